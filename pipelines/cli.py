@@ -1,0 +1,27 @@
+"""The `crmml` command line: one entry point for every step, from raw files to a served API."""
+
+from __future__ import annotations
+
+import typer
+
+from pipelines.commands import churn, data, features, models, recommender, run, serve
+
+app = typer.Typer(help="crmml: churn warnings, recommendations and customer insight.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model and register it as challenger.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Evaluate a model against its baselines on a time split.", no_args_is_help=True)
+models_app = typer.Typer(help="List, compare, promote and roll back registered models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(models_app, name="models")
+
+# Each area owns its commands in pipelines/commands/<area>.py and registers them here.
+data.register(app)
+features.register(app)
+churn.register(train_app, evaluate_app)
+recommender.register(train_app, evaluate_app)
+models.register(models_app)
+run.register(app)
+serve.register(app)
+
+if __name__ == "__main__":
+    app()
