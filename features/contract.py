@@ -168,10 +168,20 @@ def _not_blank(s: pd.Series) -> pd.Series:
     return s.notna() & (s.astype("string").str.strip() != "")
 
 
+# A null in a non-nullable column is reported by pandera as "not_nullable"; its reason by column.
+NULL_REASONS = {
+    "customer_id": "missing_customer_id",
+    "item_id": "missing_item_id",
+    "timestamp": "unparseable_timestamp",
+    "opened_at": "unparseable_timestamp",
+    "sent_at": "unparseable_timestamp",
+}
+
+
 def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
     """Row-level checks of a canonical table; each check's name is the quarantine reason."""
     not_future = pa.Check(lambda s: s.isna() | (s <= now), name="timestamp_in_future", element_wise=False)
-    ids = {"customer_id": pa.Column("string", pa.Check(_not_blank, name="missing_customer_id"), nullable=True)}
+    ids = {"customer_id": pa.Column("string", pa.Check(_not_blank, name="missing_customer_id"))}
     if table == "events":
         return pa.DataFrameSchema(
             {
@@ -179,11 +189,7 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
                 "event_type": pa.Column(
                     "string", pa.Check(lambda s: s.isin(EVENT_TYPES), name="unknown_event_type"), nullable=True
                 ),
-                "timestamp": pa.Column(
-                    "datetime64[us]",
-                    [pa.Check(lambda s: s.notna(), name="unparseable_timestamp"), not_future],
-                    nullable=True,
-                ),
+                "timestamp": pa.Column("datetime64[us]", not_future),
                 "quantity": pa.Column(
                     "float64", pa.Check(lambda s: s.isna() | (s > 0), name="non_positive_quantity"), nullable=True
                 ),
@@ -197,11 +203,7 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
         return pa.DataFrameSchema(
             {
                 **ids,
-                "opened_at": pa.Column(
-                    "datetime64[us]",
-                    [pa.Check(lambda s: s.notna(), name="unparseable_timestamp"), not_future],
-                    nullable=True,
-                ),
+                "opened_at": pa.Column("datetime64[us]", not_future),
                 "satisfaction": pa.Column(
                     "float64",
                     pa.Check(lambda s: s.isna() | s.between(1, 5), name="satisfaction_out_of_range"),
@@ -213,18 +215,14 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
         return pa.DataFrameSchema(
             {
                 **ids,
-                "sent_at": pa.Column(
-                    "datetime64[us]",
-                    [pa.Check(lambda s: s.notna(), name="unparseable_timestamp"), not_future],
-                    nullable=True,
-                ),
+                "sent_at": pa.Column("datetime64[us]", not_future),
             }
         )
     if table == "interactions":
         return pa.DataFrameSchema(
             {
                 **ids,
-                "item_id": pa.Column("string", pa.Check(_not_blank, name="missing_item_id"), nullable=True),
+                "item_id": pa.Column("string", pa.Check(_not_blank, name="missing_item_id")),
                 "timestamp": pa.Column("datetime64[us]", not_future, nullable=True),
             }
         )
