@@ -1,0 +1,459 @@
+"""Point-in-time customer snapshots and churn labels: one Ibis definition, run on DuckDB or PySpark.
+
+``build_snapshots(source, cutoffs)`` returns one row per (customer, cutoff) with every feature of
+``features.catalog`` computed from data strictly before the cutoff, plus the churn label computed
+from data in ``[cutoff, cutoff + horizon)`` only.
+
+How many cutoffs cost one pass: events are first reduced to small per-customer tables (orders,
+return documents, purchase days with their gap to the previous one, first purchase per item,
+category spend per day, views/carts per day); each is joined once to a small table of cutoffs
+(``time < cutoff``) and aggregated by (customer, cutoff) with conditional sums for the windows.
+No Python loop runs over cutoffs or customers; the engine runs one query.
+
+Time is handled as float days since 1970-01-01 (``epoch_seconds / 86400``): window tests are plain
+arithmetic, identical on both engines, and free of time-zone handling. Cutoffs are dates (00:00);
+a calendar day lies wholly before or after a cutoff, so per-day pre-aggregation loses nothing.
+An order whose lines span midnight counts once per day (an edge case that keeps truncation exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from features import catalog
+from features.engines import connect, load_tables
+
+KEYS = ["customer_id", "c"]
+EPOCH = pd.Timestamp("1970-01-01")
+DEFAULT_HORIZON = 90
+DEFAULT_ELIGIBILITY = 365
+OUTPUT_COLUMNS = ["customer_id", "cutoff", *catalog.feature_names(), "eligible", "label_available", "churned"]
+# internal columns kept for the customer 360 (features.insight) when extras=True
+EXTRA_COLUMNS = ["max_recent_gap", "first_purchase_days", "spend_365d_net"]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _days(ts):
+    """Float days since 1970-01-01 of a naive timestamp column."""
+    return ts.epoch_seconds().cast("float64") / 86400.0
+
+
+def _cnt(cond):
+    return ibis.ifelse(cond, 1, 0).sum()
+
+
+def _sum(cond, value):
+    return ibis.ifelse(cond, value, 0.0).sum()
+
+
+def _null():
+    return ibis.null().cast("float64")
+
+
+def _ratio(num, den):
+    return num.cast("float64") / den.cast("float64").nullif(0.0)
+
+
+def to_day(value) -> int:
+    """Days since 1970-01-01 of the date of ``value`` (the cutoff is that date at 00:00)."""
+    ts = pd.Timestamp(value).normalize()
+    return int((ts - EPOCH) // pd.Timedelta(days=1))
+
+
+def from_day(days) -> pd.Series:
+    return (EPOCH + pd.to_timedelta(np.asarray(days, dtype="float64"), unit="D")).astype("datetime64[us]")
+
+
+def parse_cutoffs(spec: str) -> list[pd.Timestamp]:
+    """``START:END:STEP`` (STEP like ``30D``, ``30``, ``1M``/``MS`` month starts) -> dates from START to END."""
+    start, end, step = (spec.split(":") + ["30D"])[:3]
+    step = step.strip() or "30D"
+    if step.isdigit():
+        step = f"{step}D"
+    if step.upper() in ("1M", "M", "MS", "1MS"):
+        dates = pd.date_range(start, end, freq="MS")
+    else:
+        dates = pd.date_range(start, end, freq=step)
+    return [pd.Timestamp(d).normalize() for d in dates]
+
+
+def default_cutoffs(events: pd.DataFrame | None = None, horizon_days: int = DEFAULT_HORIZON, n: int = 24,
+                    step_days: int = 30, *, max_timestamp=None, min_timestamp=None) -> list[pd.Timestamp]:
+    """``n`` cutoffs ``step_days`` apart, the last one as late as the label horizon allows.
+
+    Cutoffs before the first event are dropped. Pass ``events`` (a frame with ``timestamp``) or
+    ``max_timestamp``/``min_timestamp``.
+    """
+    if events is not None:
+        max_timestamp, min_timestamp = events["timestamp"].max(), events["timestamp"].min()
+    last = pd.Timestamp(max_timestamp).normalize() - pd.Timedelta(days=horizon_days)
+    dates = [last - pd.Timedelta(days=step_days * i) for i in range(n)][::-1]
+    if min_timestamp is not None:
+        dates = [d for d in dates if d > pd.Timestamp(min_timestamp)]
+    return dates
+
+
+# ------------------------------------------------------------------------------------------- query
+def _data_facts(t: dict) -> dict:
+    ev = t["events"]
+    stats = ev.group_by("event_type").aggregate(n=ev.count(), max_t=_days(ev.timestamp).max()).to_pandas()
+    types = dict(zip(stats["event_type"], stats["n"]))
+    return {
+        "max_day": float(stats["max_t"].max()) if len(stats) else float("nan"),
+        "has_views": types.get("view", 0) > 0,
+        "has_carts": types.get("cart", 0) > 0,
+        "event_types": {k: int(v) for k, v in types.items()},
+    }
+
+
+def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_days: int,
+                  include_ineligible: bool, extras: bool = False):
+    """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features)."""
+    h, el = float(horizon_days), float(eligibility_days)
+    ev = t["events"]
+    ev = ev.filter(ev.customer_id.notnull() & ev.timestamp.notnull())
+    ev = ev.mutate(t=_days(ev.timestamp))
+    ev = ev.mutate(
+        day=ev.t.floor().cast("float64"),
+        okey=ibis.coalesce(ev.order_id, ev.customer_id.concat("@", ev.timestamp.epoch_seconds().cast("string"))),
+    )
+    purchases = ev.filter(ev.event_type == "purchase")
+
+    # orders (per day, see module doc) and return documents
+    orders = purchases.group_by(["customer_id", "okey", "day"]).aggregate(
+        t=purchases.t.min(), amount=purchases.amount.sum(), units=purchases.quantity.sum(), lines=purchases.count()
+    )
+    rets = ev.filter(ev.event_type == "return")
+    returns = rets.group_by(["customer_id", "okey", "day"]).aggregate(
+        t=rets.t.min(), amount=rets.amount.sum(), lines=rets.count()
+    )
+
+    # -- orders x cutoffs: RFM, windows, trends, baskets, season, eligibility
+    j = orders.join(cuts, orders.t < cuts.c)
+    since = j.c - j.t
+    agg = {
+        "last_t": j.t.max(),
+        "first_t": j.t.min(),
+        "n_orders": j.count(),
+        "amount_sum": j.amount.sum(),
+        "units_sum": j.units.sum(),
+        "lines_sum": j.lines.sum(),
+        "n_prev90": _cnt((since > 90) & (since <= 180)),
+        "spend_prev90": _sum((since > 90) & (since <= 180), j.amount),
+        "n_last_year": _cnt((since > 275) & (since <= 365)),
+        "n_elig": _cnt(since <= el),
+        "lines_90": _sum(since <= 90, j.lines),
+        "spend_365_gross": _sum(since <= 365, j.amount),
+    }
+    for w in catalog.WINDOWS:
+        agg[f"n_{w}"] = _cnt(since <= w)
+        agg[f"s_{w}"] = _sum(since <= w, j.amount)
+    a_orders = j.group_by(["customer_id", "c"]).aggregate(**agg)
+
+    # -- labels: orders in [c, c + h) only
+    jl = orders.join(cuts, (orders.t >= cuts.c) & (orders.t < cuts.c + h))
+    a_label = jl.group_by(["customer_id", "c"]).aggregate(future_orders=jl.count())
+
+    # -- returns x cutoffs
+    jr = returns.join(cuts, returns.t < cuts.c)
+    a_ret = jr.group_by(["customer_id", "c"]).aggregate(
+        ret_lines=jr.lines.sum(),
+        ret_amount=jr.amount.sum(),
+        ret_docs=jr.count(),
+        ret_90=_sum(jr.c - jr.t <= 90, jr.lines),
+        ret_365_amount=_sum(jr.c - jr.t <= 365, jr.amount),
+        ret_first_t=jr.t.min(),
+    )
+
+    # -- purchase days and the gap to the previous one (independent of the cutoff)
+    pdays = orders.select("customer_id", "day").distinct()
+    pdays = pdays.mutate(gap=pdays.day - pdays.day.lag().over(group_by="customer_id", order_by="day"))
+    jd = pdays.join(cuts, pdays.day < cuts.c)
+    a_days = jd.group_by(["customer_id", "c"]).aggregate(
+        n_days=jd.count(),
+        gap_n=jd.gap.count(),
+        gap_sum=jd.gap.sum(),
+        gap_sq=(jd.gap * jd.gap).sum(),
+        max_recent_gap=ibis.ifelse(jd.c - jd.day <= 90, jd.gap, _null()).max(),
+    )
+
+    # -- distinct items: first purchase of each (customer, item)
+    pi = purchases.filter(purchases.item_id.notnull())
+    first_item = pi.group_by(["customer_id", "item_id"]).aggregate(t=pi.t.min())
+    ji = first_item.join(cuts, first_item.t < cuts.c)
+    a_items = ji.group_by(["customer_id", "c"]).aggregate(distinct_items=ji.count())
+
+    parts = [a_orders, a_label, a_ret, a_days, a_items]
+
+    # -- categories: spend per (customer, category, day)
+    a_cat = None
+    if "items" in t:
+        items = t["items"].select("item_id", "category")
+        items = items.filter(items.category.notnull())
+        pc = pi.join(items, pi.item_id == items.item_id)
+        cat_day = pc.group_by(["customer_id", "category", "day"]).aggregate(spend=pc.amount.sum())
+        jc = cat_day.join(cuts, cat_day.day < cuts.c)
+        cat = jc.group_by(["customer_id", "c", "category"]).aggregate(spend=jc.spend.sum())
+        a_cat = cat.group_by(["customer_id", "c"]).aggregate(
+            n_cats=cat.count(), top_spend=cat.spend.max(), cat_spend=cat.spend.sum()
+        )
+        parts.append(a_cat)
+
+    # -- views and carts per day
+    a_views = None
+    if facts["has_views"] or facts["has_carts"]:
+        vc = ev.filter(ev.event_type.isin(["view", "cart"]))
+        vday = vc.group_by(["customer_id", "event_type", "day"]).aggregate(n=vc.count(), last=vc.t.max(),
+                                                                            first=vc.t.min())
+        jv = vday.join(cuts, vday.day < cuts.c)
+        is_view, is_cart, vsince = jv.event_type == "view", jv.event_type == "cart", jv.c - jv.day
+        a_views = jv.group_by(["customer_id", "c"]).aggregate(
+            v_30=_sum(is_view & (vsince <= 30), jv.n),
+            v_90=_sum(is_view & (vsince <= 90), jv.n),
+            k_90=_sum(is_cart & (vsince <= 90), jv.n),
+            v_last=ibis.ifelse(is_view, jv.last, _null()).max(),
+            v_first=jv.first.min(),
+        )
+        parts.append(a_views)
+
+    # -- tickets
+    a_tix = None
+    if "tickets" in t:
+        tk = t["tickets"]
+        tk = tk.filter(tk.customer_id.notnull() & tk.opened_at.notnull())
+        tk = tk.mutate(to=_days(tk.opened_at), tr=_days(tk.resolved_at), is_c=(tk.kind == "complaint").fill_null(False))
+        jt = tk.join(cuts, tk.to < cuts.c)
+        tsince = jt.c - jt.to
+        rated = jt.satisfaction.notnull() & (jt.tr < jt.c) & (jt.c - jt.tr <= 365)
+        a_tix = jt.group_by(["customer_id", "c"]).aggregate(
+            t_365=_cnt(tsince <= 365),
+            c_90=_cnt(jt.is_c & (tsince <= 90)),
+            c_365=_cnt(jt.is_c & (tsince <= 365)),
+            c_open=_cnt(jt.is_c & (jt.tr.isnull() | (jt.tr >= jt.c))),
+            c_last=ibis.ifelse(jt.is_c, jt.to, _null()).max(),
+            sat_sum=_sum(rated, jt.satisfaction),
+            sat_n=_cnt(rated),
+        )
+        parts.append(a_tix)
+
+    # -- campaigns
+    a_camp = None
+    if "campaigns" in t:
+        cm = t["campaigns"]
+        cm = cm.filter(cm.customer_id.notnull() & cm.sent_at.notnull())
+        cm = cm.mutate(ts=_days(cm.sent_at), tr=_days(cm.responded_at))
+        jm = cm.join(cuts, cm.ts < cuts.c)
+        msince = jm.c - jm.ts
+        a_camp = jm.group_by(["customer_id", "c"]).aggregate(
+            m_90=_cnt(msince <= 90),
+            m_365=_cnt(msince <= 365),
+            m_resp=_cnt((msince <= 365) & (jm.tr < jm.c)),
+        )
+        parts.append(a_camp)
+
+    # -- customers (current attributes; signup only when before the cutoff)
+    cust = None
+    if "customers" in t:
+        cu = t["customers"]
+        cust = cu.select(
+            "customer_id", "country", "gender", "birth_year", "acquisition_channel", "membership_tier", "points",
+            fs=_days(cu.first_seen),
+        )
+
+    # -- the population: eligible customers, or everyone seen before the cutoff
+    if include_ineligible:
+        key_sets = [a_orders.select(*KEYS), a_ret.select(*KEYS)]
+        if a_views is not None:
+            key_sets.append(a_views.select(*KEYS))
+        if cust is not None:
+            cs = cust.filter(cust.fs.notnull()).join(cuts, cust.fs < cuts.c)
+            key_sets.append(cs.select("customer_id", "c"))
+        base = ibis.union(*key_sets, distinct=True)
+        base = base.join(cuts, "c").select(base.customer_id, base.c, cuts.cyear, cuts.avail)
+    else:
+        elig = a_orders.filter(a_orders.n_elig > 0)
+        base = elig.join(cuts, "c").select(elig.customer_id, elig.c, cuts.cyear, cuts.avail)
+
+    joined = base
+    for part in parts:
+        joined = joined.left_join(part, KEYS)
+    if cust is not None:
+        joined = joined.left_join(cust, "customer_id")
+    cols = {"customer_id": base.customer_id, "c": base.c}
+    o, ret, d, it, lb = a_orders, a_ret, a_days, a_items, a_label
+    c = base.c
+    z = ibis.literal(0.0)
+
+    def f(x):
+        return x.cast("float64")
+
+    freq = f(o.n_orders.fill_null(0))
+    first_any = [o.first_t, ret.ret_first_t]
+    if a_views is not None:
+        first_any.append(a_views.v_first)
+    if cust is not None:
+        first_any.append(ibis.ifelse(cust.fs < c, cust.fs, _null()))
+    first_seen = ibis.coalesce(*first_any) if len(first_any) == 1 else ibis.least(*first_any)
+    gap_mean = _ratio(d.gap_sum, d.gap_n)
+    gap_var = (f(d.gap_sq) - f(d.gap_sum) * f(d.gap_sum) / f(d.gap_n).nullif(0.0)) / (f(d.gap_n) - 1).nullif(0.0)
+    recency = c - o.last_t
+    feats = {
+        "recency_days": recency,
+        "frequency": freq,
+        "monetary": ibis.ifelse(freq > 0, f(o.amount_sum).fill_null(0.0), z),
+        "avg_order_value": _ratio(o.amount_sum, o.n_orders),
+        "tenure_days": c - first_seen,
+        "purchase_days": f(d.n_days.fill_null(0)),
+    }
+    for w in catalog.WINDOWS:
+        feats[f"orders_{w}d"] = f(getattr(o, f"n_{w}").fill_null(0))
+    for w in catalog.WINDOWS:
+        feats[f"spend_{w}d"] = f(getattr(o, f"s_{w}").fill_null(0.0))
+    feats |= {
+        "orders_trend_90d": _ratio(o.n_90, o.n_prev90),
+        "spend_trend_90d": _ratio(o.s_90, o.spend_prev90),
+        "gap_mean_days": gap_mean,
+        "gap_std_days": ibis.ifelse(f(d.gap_n) >= 2, ibis.greatest(gap_var, z).sqrt(), _null()),
+        "recency_gap_ratio": recency / gap_mean.nullif(0.0),
+        "basket_size": _ratio(o.units_sum, o.n_orders),
+        "basket_lines": _ratio(o.lines_sum, o.n_orders),
+        "distinct_items": f(it.distinct_items.fill_null(0)),
+        "distinct_categories": f(a_cat.n_cats.fill_null(0)) if a_cat is not None else _null(),
+        "top_category_share": _ratio(a_cat.top_spend, a_cat.cat_spend) if a_cat is not None else _null(),
+        "return_rate": _ratio(ret.ret_lines.fill_null(0), o.lines_sum),
+        "return_amount_rate": _ratio(ret.ret_amount.fill_null(0.0), o.amount_sum),
+        "cancellation_rate": _ratio(ret.ret_docs.fill_null(0), o.n_orders),
+        "returns_90d": f(ret.ret_90.fill_null(0)),
+    }
+    if a_tix is not None:
+        feats |= {
+            "tickets_365d": f(a_tix.t_365.fill_null(0)),
+            "complaints_90d": f(a_tix.c_90.fill_null(0)),
+            "complaints_365d": f(a_tix.c_365.fill_null(0)),
+            "complaints_unresolved": f(a_tix.c_open.fill_null(0)),
+            "days_since_complaint": c - a_tix.c_last,
+            "satisfaction_mean": _ratio(a_tix.sat_sum, a_tix.sat_n),
+        }
+    else:
+        feats |= {k: _null() for k in ("tickets_365d", "complaints_90d", "complaints_365d",
+                                       "complaints_unresolved", "days_since_complaint", "satisfaction_mean")}
+    if a_camp is not None:
+        feats |= {
+            "campaigns_90d": f(a_camp.m_90.fill_null(0)),
+            "campaigns_365d": f(a_camp.m_365.fill_null(0)),
+            "campaign_response_rate": _ratio(a_camp.m_resp, a_camp.m_365),
+        }
+    else:
+        feats |= {k: _null() for k in ("campaigns_90d", "campaigns_365d", "campaign_response_rate")}
+    lines_90 = f(o.lines_90.fill_null(0.0))
+    if a_views is not None:
+        v_30 = f(a_views.v_30.fill_null(0)) if facts["has_views"] else _null()
+        v_90 = f(a_views.v_90.fill_null(0)) if facts["has_views"] else _null()
+        k_90 = f(a_views.k_90.fill_null(0)) if facts["has_carts"] else _null()
+        feats |= {
+            "views_30d": v_30,
+            "views_90d": v_90,
+            "carts_90d": k_90,
+            "view_conversion_90d": lines_90 / v_90.nullif(0.0),
+            "cart_conversion_90d": lines_90 / k_90.nullif(0.0),
+            "days_since_view": c - a_views.v_last,
+        }
+    else:
+        feats |= {k: _null() for k in ("views_30d", "views_90d", "carts_90d", "view_conversion_90d",
+                                       "cart_conversion_90d", "days_since_view")}
+    feats["orders_same_weeks_last_year"] = f(o.n_last_year.fill_null(0))
+    if cust is not None:
+        feats |= {
+            "membership_tier": cust.membership_tier,
+            "points": f(cust.points),
+            "country": cust.country,
+            "gender": cust.gender,
+            "age": f(base.cyear) - f(cust.birth_year),
+            "acquisition_channel": cust.acquisition_channel,
+        }
+    else:
+        null_s = ibis.null().cast("string")
+        feats |= {"membership_tier": null_s, "points": _null(), "country": null_s, "gender": null_s,
+                  "age": _null(), "acquisition_channel": null_s}
+    missing = set(catalog.feature_names()) - set(feats)
+    assert not missing, f"catalog features without a definition: {missing}"
+    for name in catalog.feature_names():
+        spec = catalog.FEATURES[name]
+        cols[name] = feats[name].cast("string" if spec.dtype == "category" else "float64")
+    cols["eligible"] = o.n_elig.fill_null(0) > 0
+    cols["label_available"] = base.avail == 1
+    cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(lb.future_orders.fill_null(0) > 0, 0.0, 1.0), _null())
+    if extras:
+        cols["max_recent_gap"] = f(d.max_recent_gap)
+        cols["first_purchase_days"] = c - o.first_t
+        cols["spend_365d_net"] = f(o.spend_365_gross.fill_null(0.0)) - f(ret.ret_365_amount.fill_null(0.0))
+    return joined.select(**cols)
+
+
+def _cutoff_table(cutoffs: Iterable, facts: dict, horizon_days: int) -> pd.DataFrame:
+    days = sorted({to_day(c) for c in cutoffs})
+    if not days:
+        raise ValueError("no cutoff dates given")
+    max_day = facts["max_day"]
+    return pd.DataFrame(
+        {
+            "c": np.array(days, dtype="float64"),
+            "cyear": [pd.Timestamp(EPOCH + pd.Timedelta(days=d)).year for d in days],
+            "avail": [int(d + horizon_days <= max_day) for d in days],
+        }
+    )
+
+
+def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
+                    eligibility_days: int = DEFAULT_ELIGIBILITY, engine: str = "duckdb",
+                    include_ineligible: bool = False, *, con=None, extras: bool = False) -> pd.DataFrame:
+    """Customer features at each cutoff date, with churn labels.
+
+    ``source``: a ``Workspace``, a workspace path, or a dict of canonical DataFrames (``events``
+    required; ``customers``, ``items``, ``tickets``, ``campaigns`` optional). Returns one row per
+    (customer, cutoff) for customers eligible at that cutoff (purchased in the ``eligibility_days``
+    before it), or for every customer seen before it with ``include_ineligible=True``. Columns:
+    ``customer_id``, ``cutoff`` (datetime), the catalog features, ``eligible``, ``label_available``,
+    ``churned`` (1.0 / 0.0, NaN where the horizon is not inside the data).
+    """
+    con = con if con is not None else connect(engine)
+    t = load_tables(con, source)
+    facts = _data_facts(t)
+    cut_df = _cutoff_table(cutoffs, facts, horizon_days)
+    cuts = ibis.memtable(cut_df)
+    expr = snapshot_expr(t, cuts, facts, horizon_days, eligibility_days, include_ineligible, extras=extras)
+    df = expr.to_pandas()
+    return _finish(df, extras)
+
+
+def _finish(df: pd.DataFrame, extras: bool = False) -> pd.DataFrame:
+    df = df.copy()
+    df["cutoff"] = from_day(df.pop("c").to_numpy())
+    df["customer_id"] = df["customer_id"].astype("string")
+    for name in catalog.feature_names():
+        spec = catalog.FEATURES[name]
+        df[name] = df[name].astype("string") if spec.dtype == "category" else df[name].astype("float64")
+    df["eligible"] = df["eligible"].astype(bool)
+    df["label_available"] = df["label_available"].astype(bool)
+    df["churned"] = df["churned"].astype("float64")
+    cols = OUTPUT_COLUMNS + (EXTRA_COLUMNS if extras else [])
+    return df[cols].sort_values(["cutoff", "customer_id"], kind="stable").reset_index(drop=True)
+
+
+def summary(snap: pd.DataFrame) -> dict:
+    """Per-cutoff counts and churn rates of a snapshot table (for the CLI and the JSON summary)."""
+    rows = []
+    for cutoff, g in snap.groupby("cutoff", sort=True):
+        lab = g.loc[g["eligible"] & g["label_available"], "churned"]
+        rows.append({
+            "cutoff": str(pd.Timestamp(cutoff).date()),
+            "customers": int(len(g)),
+            "eligible": int(g["eligible"].sum()),
+            "labelled": int(lab.notna().sum()),
+            "churn_rate": float(lab.mean()) if lab.notna().any() else None,
+        })
+    return {"cutoffs": rows}
