@@ -205,11 +205,13 @@ INSIGHT_FIELDS: dict[str, str] = {
     "revenue_365d": "Net revenue (purchases - returns) in the last 365 days; the basis of the value tier.",
     "value_tier": "A: the customers who bring the first 80% of revenue (Pareto), B: the next 15%, C: the rest.",
     "revenue_share": "This customer's share of total revenue_365d.",
-    "lifecycle_stage": "new (first purchase < 90 days ago), active, at_risk (recency beyond 1.5x the usual gap "
-    "or 90-180 days), lapsed (no purchase for 180 days), won_back (bought again within 90 days after a gap "
-    "of 180+ days).",
+    "lifecycle_stage": "prospect (no purchase yet), lapsed (no purchase for 180+ days), new (first purchase < 90 "
+    "days ago), won_back (bought again in the last 90 days after a gap of 180+ days), at_risk (no purchase for 90+ "
+    "days, or for 30+ days and 2x the usual gap), active (the rest); the first rule that applies wins.",
+    "active_365d": "Purchased in the 365 days before as_of (the churn model's eligibility).",
     "favourite_category": "Category with the most spend.",
-    "price_band": "low / mid / high: the customer's mean unit price against the shop's tertiles.",
+    "mean_unit_price": "Purchase amount divided by units bought.",
+    "price_band": "low / mid / high: the customer's mean unit price against the tertiles of all buyers.",
     "preferred_channel": "Channel with the most purchase lines (NULL without channel data).",
     "preferred_weekday": "Weekday with the most orders (Monday ... Sunday).",
     "discount_affinity": "Share of purchase lines bought below 95% of the item's typical price.",

@@ -1,7 +1,171 @@
-"""CLI commands for this area (not yet built)."""
+"""`crmml features`: point-in-time snapshots with churn labels, and the customer 360, into the workspace."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+WorkspaceOption = Annotated[
+    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
+]
+
+
+class Engine(str, Enum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+def _catalog_table() -> Table:
+    from features import catalog
+
+    table = Table(title=f"Feature catalog ({len(catalog.FEATURES)} features)")
+    for col in ("name", "meaning", "window", "higher means", "reason example"):
+        table.add_column(col, overflow="fold")
+    for f in catalog.FEATURES.values():
+        table.add_row(f.name, f.meaning, f.window, f.higher_means, f.template)
+    return table
+
+
+def print_summary(summary: dict) -> None:
+    """The short summary: customers, eligible, churn rate per cutoff; segment and tier sizes."""
+    cut = Table(title=f"Snapshots ({summary['engine']}, horizon {summary['horizon_days']} days, "
+                      f"eligibility {summary['eligibility_days']} days, {summary['seconds']['snapshots']:.1f} s)")
+    for col in ("cutoff", "customers", "eligible", "labelled", "churn rate"):
+        cut.add_column(col, justify="right")
+    rows = summary["cutoffs"]
+    shown = rows if len(rows) <= 12 else rows[:3] + [None] + rows[-8:]
+    for row in shown:
+        if row is None:
+            cut.add_row("...", "", "", "", "")
+            continue
+        rate = "n/a (horizon after data)" if row["churn_rate"] is None else f"{row['churn_rate']:.1%}"
+        style = "bold" if row["cutoff"] == summary.get("focus_cutoff") else None
+        cut.add_row(row["cutoff"], f"{row['customers']:,}", f"{row['eligible']:,}", f"{row['labelled']:,}", rate,
+                    style=style)
+    console.print(cut)
+    c360 = summary.get("customer360")
+    if not c360:
+        return
+    sizes = c360["sizes"]
+    total = max(c360["customers"], 1)
+    seg = Table(title=f"Customer 360 as of {c360['as_of']}: {c360['customers']:,} customers")
+    seg.add_column("RFM segment")
+    seg.add_column("customers", justify="right")
+    seg.add_column("share", justify="right")
+    for name, n in sizes["rfm_segment"].items():
+        seg.add_row(name, f"{n:,}", f"{n / total:.1%}")
+    console.print(seg)
+    tiers = Table(title="Value tiers (Pareto of 365-day net revenue)")
+    for col in ("tier", "customers", "share of customers", "share of revenue"):
+        tiers.add_column(col, justify="right")
+    for name, n in sizes["value_tier"].items():
+        tiers.add_row(name, f"{n:,}", f"{n / total:.1%}", f"{sizes['revenue_share_by_tier'].get(name, 0.0):.1%}")
+    console.print(tiers)
+    life = Table(title="Lifecycle stages")
+    life.add_column("stage")
+    life.add_column("customers", justify="right")
+    for name, n in sizes["lifecycle_stage"].items():
+        life.add_row(name, f"{n:,}")
+    console.print(life)
+
+
+def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None = None, horizon: int = 90,
+                 eligibility_days: int = 365, engine: str = "duckdb", as_of: str | None = None,
+                 include_ineligible: bool = False, customer360: bool = True) -> dict:
+    """Build and write ``snapshots`` and ``customer360`` (kind="features") and ``features_summary.json``."""
+    import pandas as pd
+
+    from features import insight, snapshots
+    from features.engines import connect
+    from features.workspace import Workspace, atomic_write
+
+    ws = Workspace(workspace)
+    if not ws.has_table("events"):
+        raise FileNotFoundError(f"no events in workspace {ws.root}; run `crmml ingest` or `crmml generate` first")
+    dates: list = []
+    if cutoffs:
+        dates += snapshots.parse_cutoffs(cutoffs)
+    if cutoff:
+        dates.append(pd.Timestamp(cutoff).normalize())
+    if not dates:
+        ev = ws.read_table("events", columns=["timestamp"])
+        dates = snapshots.default_cutoffs(ev, horizon_days=horizon)
+    dates = sorted(set(dates))
+    con = connect(engine)
+    started = time.perf_counter()
+    snap = snapshots.build_snapshots(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
+                                     engine=engine, include_ineligible=include_ineligible, con=con)
+    t_snap = time.perf_counter() - started
+    ws.write_table("snapshots", snap, kind="features")
+    summary = {
+        "engine": engine,
+        "horizon_days": horizon,
+        "eligibility_days": eligibility_days,
+        "include_ineligible": include_ineligible,
+        "rows": int(len(snap)),
+        "focus_cutoff": str(pd.Timestamp(cutoff).date()) if cutoff else str(dates[-1].date()),
+        **snapshots.summary(snap),
+        "seconds": {"snapshots": round(t_snap, 2)},
+        "data_fingerprint": ws.data_fingerprint(),
+    }
+    if customer360:
+        started = time.perf_counter()
+        c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=con, eligibility_days=eligibility_days)
+        summary["seconds"]["customer360"] = round(time.perf_counter() - started, 2)
+        ws.write_table("customer360", c360, kind="features")
+        summary["customer360"] = {
+            "as_of": str(c360["as_of"].iloc[0]) if len(c360) else as_of,
+            "customers": int(len(c360)),
+            "sizes": insight.segment_sizes(c360),
+        }
+    path = ws.features_dir / "features_summary.json"
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str)))
+    return summary
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def features(
+        cutoff: Annotated[Optional[str], typer.Option(help="Cutoff date (YYYY-MM-DD); features use data before it.")] = None,
+        cutoffs: Annotated[
+            Optional[str], typer.Option(help="More cutoffs as START:END:STEP, e.g. 2010-01-01:2011-09-01:30D (or 1M).")
+        ] = None,
+        horizon: Annotated[int, typer.Option(min=1, help="Churn horizon in days: no purchase in [cutoff, cutoff+horizon).")] = 90,
+        eligibility_days: Annotated[int, typer.Option(min=1, help="Eligible: purchased in the days before the cutoff.")] = 365,
+        engine: Annotated[Engine, typer.Option(help="duckdb (embedded) or spark (local PySpark).")] = Engine.duckdb,
+        as_of: Annotated[
+            Optional[str], typer.Option(help="Date of the customer 360 (default: the day after the last event).")
+        ] = None,
+        include_ineligible: Annotated[
+            bool, typer.Option(help="Also write rows of customers not eligible at a cutoff (for scoring).")
+        ] = False,
+        customer360: Annotated[bool, typer.Option("--customer360/--no-customer360", help="Build the customer 360.")] = True,
+        show_catalog: Annotated[bool, typer.Option("--catalog", help="Print the feature catalog and exit.")] = False,
+        workspace: WorkspaceOption = None,
+    ):
+        """Build point-in-time customer features, churn labels and the customer 360 into the workspace."""
+        if show_catalog:
+            console.print(_catalog_table())
+            return
+        try:
+            summary = run_features(workspace, cutoff, cutoffs, horizon, eligibility_days, engine.value, as_of,
+                                   include_ineligible, customer360)
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        print_summary(summary)
+        focus = next((r for r in summary["cutoffs"] if r["cutoff"] == summary["focus_cutoff"]), None)
+        if focus:
+            rate = "n/a" if focus["churn_rate"] is None else f"{focus['churn_rate']:.1%}"
+            console.print(f"cutoff {focus['cutoff']}: {focus['customers']:,} customers, {focus['eligible']:,} eligible, "
+                          f"churn rate {rate}")
+        console.print(f"wrote snapshots ({summary['rows']:,} rows)"
+                      + (", customer360" if customer360 else "") + f" to the workspace features/ folder")
