@@ -1,7 +1,128 @@
-"""CLI commands for this area (not yet built)."""
+"""`crmml serve`: the HTTP API (BentoML) on 127.0.0.1, serving the champions and data of a workspace.
+
+    crmml serve [--port 3000] [--workspace DIR] [--no-auth] [--reload-seconds 30]
+
+What it does before handing over to ``bentoml serve serving.service:CrmmlService``:
+
+* environment: ``OPENBLAS_NUM_THREADS=1``, ``BENTOML_DO_NOT_TRACK=True``,
+  ``MLFLOW_DISABLE_TELEMETRY=true``, ``CRMML_WORKSPACE``, and ``BENTOML_HOME`` (default
+  ``<workspace>/bentoml``, so the model store lives with the workspace, not in ``~/bentoml``);
+* API key: ``$CRMML_API_KEY`` if set, else a fresh random key that is printed once (clients send
+  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``). ``--no-auth`` turns authentication off
+  (the local demo only; the service then says ``auth: false`` in ``/metadata``);
+* pre-flight: resolves ``crmml-churn@champion`` and ``crmml-recommender@champion`` in the registry
+  and imports them into the BentoML store (or finds the last imported ones when the registry is
+  unreachable). If nothing can be served it prints why and exits with code 1 instead of starting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+DEFAULT_PORT = 3000
+HOST = "127.0.0.1"
+SERVICE = "serving.service:CrmmlService"
+
+
+def serve_env(workspace: Path, api_key: str | None, no_auth: bool, reload_seconds: float | None = None,
+              base: dict | None = None) -> dict:
+    """The environment the service process gets (also used by tests and the benchmark)."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env["BENTOML_DO_NOT_TRACK"] = "True"
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["CRMML_WORKSPACE"] = str(workspace)
+    env.setdefault("BENTOML_HOME", str(Path(workspace) / "bentoml"))
+    if no_auth:
+        env["CRMML_AUTH"] = "off"
+        env.pop("CRMML_API_KEY", None)
+    else:
+        env.pop("CRMML_AUTH", None)
+        env["CRMML_API_KEY"] = api_key or ""
+    if reload_seconds is not None:
+        env["CRMML_RELOAD_SECONDS"] = str(reload_seconds)
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def serve_command(port: int = DEFAULT_PORT) -> list[str]:
+    """``bentoml serve`` for the crmml service on 127.0.0.1:port."""
+    from features.workspace import REPO_ROOT
+
+    exe = Path(sys.executable).parent / "bentoml"
+    bentoml = str(exe) if exe.exists() else (shutil.which("bentoml") or "bentoml")
+    return [bentoml, "serve", SERVICE, "--host", HOST, "--port", str(port), "--working-dir", str(REPO_ROOT)]
+
+
+def preflight(workspace: Path, env: dict) -> list[str]:
+    """Resolve and import the champions as the service will; returns lines to print. Raises NoModelError."""
+    os.environ.update({k: v for k, v in env.items() if k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY")})
+    from features.workspace import Workspace
+    from serving.models import resolve_champions
+    from serving.store import as_of_date
+
+    ws = Workspace(workspace)
+    refs, warnings = resolve_champions(ws)
+    as_of = as_of_date(ws)
+    lines = [f"{name}: version {ref.version} ({ref.source}, BentoML {ref.bentoml_tag})" for name, ref in refs.items()]
+    lines.append(f"data as of {as_of.date()} from {ws.root}")
+    return lines + [f"warning: {w}" for w in warnings]
+
+
+def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: bool = False,
+          reload_seconds: Optional[float] = None) -> None:
+    """Start the service in the foreground (replaces this process with ``bentoml serve``)."""
+    from rich.console import Console
+
+    from features.workspace import Workspace
+
+    console = Console(stderr=True)
+    ws = Workspace(workspace)
+    key = None if no_auth else (os.environ.get("CRMML_API_KEY") or secrets.token_urlsafe(24))
+    env = serve_env(ws.root, key, no_auth, reload_seconds)
+    try:
+        lines = preflight(ws.root, env)
+    except Exception as exc:  # NoModelError, no events table...
+        console.print(f"[bold red]crmml serve: refusing to start:[/] {exc}")
+        raise typer.Exit(1)
+    for line in lines:
+        console.print(f"[dim]{line}[/]")
+    url = f"http://{HOST}:{port}"
+    console.print(f"[bold]crmml API[/] on {url}  (OpenAPI: {url}/api-docs, metrics: {url}/metrics)")
+    if no_auth:
+        console.print("[yellow]authentication is OFF (--no-auth): local demo only[/]")
+    elif os.environ.get("CRMML_API_KEY"):
+        console.print("API key: from $CRMML_API_KEY (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+    else:
+        # printed once to the terminal, never logged by the service
+        console.print(f"API key: [bold]{key}[/]  (send 'Authorization: Bearer KEY'; set CRMML_API_KEY to choose one)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    cmd = serve_command(port)
+    os.execvpe(cmd[0], cmd, env)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("serve")
+    def serve_cmd(
+        port: int = typer.Option(DEFAULT_PORT, "--port", "-p", min=1, max=65535, help="Port on 127.0.0.1."),
+        workspace: Optional[Path] = typer.Option(
+            None, "--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder (default <repo>/workspace)."
+        ),
+        no_auth: bool = typer.Option(False, "--no-auth", help="No API key (local demo only)."),
+        reload_seconds: Optional[float] = typer.Option(
+            None, "--reload-seconds", min=0, help="How often to poll the registry for a new champion (0: never; default 30)."
+        ),
+    ) -> None:
+        """Serve churn scores, recommendations and customer profiles over HTTP on 127.0.0.1."""
+        serve(workspace, port, no_auth, reload_seconds)

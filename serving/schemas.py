@@ -1,0 +1,274 @@
+"""Request and response models of the crmml HTTP API (pydantic 2; they make the OpenAPI document).
+
+Bodies carry their fields at the top level (``{"customer_ids": [...]}``), never wrapped in an
+extra object. Every limit is checked here, so a bad request gets a 4xx with a reason, never a 500:
+
+* identifiers (customer and item ids) match ``ID_PATTERN``: 1-64 characters of letters, digits
+  and ``_ . : @ -``;
+* ``customer_ids``: 1 to ``MAX_CUSTOMER_IDS`` (10,000) per request; ``item_ids``: 1 to
+  ``MAX_ITEM_IDS`` (200); ``k``: 1 to ``MAX_K`` (100);
+* unknown fields are refused (422), which also catches a body wrapped in an extra object;
+* the whole body is limited to ``MAX_BODY_BYTES`` (2 MiB, answered 413 before it is parsed).
+
+The heavy responses (``/churn/score``, ``/customers/{id}/profile``) are assembled from
+pre-encoded JSON records of the online store; the models below document their exact shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
+MAX_CUSTOMER_IDS = 10_000
+MAX_ITEM_IDS = 200
+MAX_FILTER_VALUES = 200
+MAX_K = 100
+DEFAULT_K = 10
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=64)]
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K}).")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(default_factory=list, description="Where in the request, e.g. ['body', 'k'].")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: a readable ``detail`` and, for validation errors, the single problems."""
+
+    detail: str = Field(..., examples=["k: Input should be less than or equal to 100"])
+    errors: list[ErrorItem] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# churn
+# --------------------------------------------------------------------------------------------
+class ChurnScoreRequest(_Strict):
+    customer_ids: list[Id] = Field(
+        ..., min_length=1, max_length=MAX_CUSTOMER_IDS,
+        description=f"Customers to score (1-{MAX_CUSTOMER_IDS:,}); duplicates are answered once.",
+        examples=[["C000001", "C000002"]],
+    )
+
+
+class Reason(BaseModel):
+    feature: str = Field(..., description="Feature name (see features/catalog.py).")
+    value: Any = Field(None, description="The customer's value of the feature at the as-of date.")
+    contribution: float | None = Field(None, description="Contribution to the churn score (log-odds).")
+    sentence: str = Field(..., description="Readable reason, e.g. 'no purchase for 143 days'.")
+
+
+class ChurnScore(BaseModel):
+    customer_id: str
+    churn_probability: float | None = Field(..., description="Probability of no purchase within the horizon.")
+    risk_tier: str | None = Field(None, description="e.g. high / medium / low.")
+    reasons: list[Reason] = Field(default_factory=list, description="Top drivers of this customer's score.")
+    value_at_stake: float | None = Field(None, description="churn_probability x 12-month CLV.")
+    clv_12m: float | None = None
+    suggested_action: str | None = None
+    segment: str | None = None
+    value_tier: str | None = None
+    model_version: str = Field(..., description="Registry version of crmml-churn that produced the score.")
+    as_of: str = Field(..., description="Date of the data snapshot (day after the last event).")
+
+
+class ChurnScoreResponse(BaseModel):
+    model_version: str
+    as_of: str
+    count: int = Field(..., description="Number of scores returned.")
+    scores: list[ChurnScore]
+    unknown_ids: list[str] = Field(
+        default_factory=list, description="Requested ids with no customer record (answered 404 when all are unknown)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# customer profile
+# --------------------------------------------------------------------------------------------
+class RFM(BaseModel):
+    recency_days: float | None = None
+    frequency: float | None = None
+    monetary: float | None = None
+    r_score: int | None = None
+    f_score: int | None = None
+    m_score: int | None = None
+
+
+class ChurnRisk(BaseModel):
+    churn_probability: float | None = None
+    risk_tier: str | None = None
+    reasons: list[Reason] = Field(default_factory=list)
+    value_at_stake: float | None = None
+    suggested_action: str | None = None
+    model_version: str
+
+
+class CustomerProfile(BaseModel):
+    customer_id: str
+    as_of: str
+    rfm: RFM
+    segment: str | None = None
+    value_tier: str | None = None
+    lifecycle_stage: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    clv_12m: float | None = None
+    churn: ChurnRisk | None = None
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Every other column of the customer 360 record (name -> value)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# recommendations
+# --------------------------------------------------------------------------------------------
+class RecommendFilters(_Strict):
+    """Optional restrictions of the candidates (they combine with AND; see ``training.recommender``)."""
+
+    include_categories: list[FilterValue] | None = Field(
+        None, max_length=MAX_FILTER_VALUES, description="Only items of these categories."
+    )
+    exclude_categories: list[FilterValue] | None = Field(
+        None, max_length=MAX_FILTER_VALUES, description="No items of these categories."
+    )
+    exclude_items: list[Id] | None = Field(
+        None, max_length=MAX_ITEM_IDS, description="Never return these items (e.g. already in the cart)."
+    )
+    allowed_items: list[Id] | None = Field(
+        None, max_length=MAX_ITEM_IDS, description="Only these items (a candidate set)."
+    )
+    min_price: float | None = Field(None, ge=0, description="Only items with a typical price at least this.")
+    max_price: float | None = Field(None, ge=0, description="Only items with a typical price at most this.")
+
+
+class RecommendRequest(_Strict):
+    customer_id: Id = Field(..., examples=["C000001"])
+    k: K = DEFAULT_K
+    exclude_seen: bool = Field(True, description="Leave out items the customer already bought or interacted with.")
+    filters: RecommendFilters | None = None
+
+
+class BasketRequest(_Strict):
+    item_ids: list[Id] = Field(
+        ..., min_length=1, max_length=MAX_ITEM_IDS, description=f"Items of the basket or session (1-{MAX_ITEM_IDS}).",
+        examples=[["I00012", "I00345"]],
+    )
+    k: K = DEFAULT_K
+    filters: RecommendFilters | None = None
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float | None = Field(None, description="Ranking score (confidence for bought-together).")
+    source: str = Field(
+        ..., description="What produced the item: buy_again, als, bm25, ease, cooc, popular, trending, "
+        "popular_segment, or a fallback (popular_<segment>, popular_category, popular, catalogue)."
+    )
+    rank: int
+    support: float | None = Field(None, description="Bought-together only: share of orders with both items.")
+    confidence: float | None = Field(None, description="Bought-together only: P(other item | this item).")
+    lift: float | None = Field(None, description="Bought-together only: confidence / P(other item).")
+
+
+class RecommendResponse(BaseModel):
+    customer_id: str | None = None
+    k: int
+    cold_start: bool = Field(
+        ..., description="True when the customer (or basket) is unknown to the model: the answer is the fallback."
+    )
+    items: list[RecommendedItem]
+    model_version: str
+
+
+class BasketResponse(BaseModel):
+    k: int
+    cold_start: bool
+    items: list[RecommendedItem]
+    unknown_item_ids: list[str] = Field(default_factory=list)
+    model_version: str
+
+
+class ItemListResponse(BaseModel):
+    item_id: str
+    k: int
+    kind: Literal["similar", "bought_together"]
+    items: list[RecommendedItem]
+    model_version: str
+
+
+# --------------------------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    status: str
+    detail: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(..., description="Registry version (the champion at load time).")
+    alias: str = "champion"
+    run_id: str | None = None
+    bentoml_tag: str
+    source: Literal["registry", "last_imported"] = Field(
+        ..., description="'registry' when resolved from MLflow now; 'last_imported' when the registry was unreachable."
+    )
+    registered_at: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: dict[str, str] = Field(default_factory=dict, description="Training data lineage tags of the run.")
+
+
+class DataInfo(BaseModel):
+    workspace: str
+    as_of: str
+    customers: int
+    items: int | None = None
+    sources: dict[str, str] = Field(default_factory=dict, description="Table -> file the online data came from.")
+    data_fingerprint: str | None = None
+    risk_tiers: dict[str, int] = Field(default_factory=dict)
+    store: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReloadInfo(BaseModel):
+    poll_seconds: float
+    last_check: str | None = None
+    last_reload: str | None = None
+    last_error: str | None = None
+    reloads: int = 0
+    registry_reachable: bool | None = None
+
+
+class Metadata(BaseModel):
+    service: str
+    api_version: str
+    loaded_at: str
+    load_seconds: float
+    models: dict[str, ModelInfo]
+    data: DataInfo
+    reload: ReloadInfo
+    auth: bool = Field(..., description="Whether an API key is required.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    detail: str
+    models: dict[str, str] = Field(default_factory=dict, description="Model name -> registry version now served.")
+

@@ -1,0 +1,613 @@
+"""The crmml BentoML service: churn scores, recommendations and customer profiles over HTTP.
+
+Run it with ``crmml serve [--port 3000] [--workspace DIR]`` (binds 127.0.0.1), or directly::
+
+    CRMML_WORKSPACE=DIR CRMML_API_KEY=... BENTOML_HOME=DIR/bentoml \\
+        bentoml serve serving.service:CrmmlService --host 127.0.0.1 --port 3000
+
+BentoML hosts the process (workers, ``/metrics``, ``/livez``, lifecycle); every crmml route is a
+FastAPI app mounted into the service with ``@bentoml.asgi_app``, which gives full control of status
+codes, error bodies and the OpenAPI document (``/openapi.json``, browsable at ``/api-docs``):
+
+    POST /churn/score                 {"customer_ids": [...]}  (1-10,000 ids)
+    GET  /customers/{id}/profile      the customer 360 record with churn risk
+    POST /recommend                   {"customer_id", "k", "exclude_seen", "filters"}; unknown -> cold start
+    POST /recommend/basket            {"item_ids": [...], "k"}: an anonymous basket or session
+    GET  /items/{id}/similar?k=10     GET /items/{id}/bought-together?k=10
+    GET  /metadata                    model versions, lineage, as-of date, reload status
+    POST /admin/reload                re-check the champions and the data now (API key required)
+    GET  /healthz  /readyz  /metrics  open (no key)
+
+Safety (see ``CrmmlGuard``): with ``CRMML_API_KEY`` set, every route except ``/healthz``,
+``/readyz``, ``/livez`` and ``/metrics`` needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
+(401 when absent, 403 when wrong). Without a key the service refuses to start unless
+``CRMML_AUTH=off`` says so explicitly (the local demo; ``crmml serve --no-auth``). Bodies over 2 MiB
+get 413; invalid input gets 400/422 with a ``detail`` that says what is wrong; unknown ids get 404
+or the documented cold-start answer. The access log is off and nothing here logs ids or bodies;
+``/metrics`` labels carry route templates (``/customers/{id}/profile``), never ids.
+
+Models and data: see ``serving/models.py`` (champions from MLflow, BentoML store, hot reload) and
+``serving/store.py`` (online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
+``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``BENTOML_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in (
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("BENTOML_DO_NOT_TRACK", "True"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+):
+    os.environ.setdefault(_key, _value)
+
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import anyio
+import bentoml
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import schemas
+from serving.schemas import ID_PATTERN, MAX_BODY_BYTES, MAX_K
+
+log = logging.getLogger("crmml.serving")
+
+SERVICE_NAME = "crmml"
+API_VERSION = "1.0"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/metrics"})
+JSON = "application/json"
+_ID_RE = re.compile(ID_PATTERN)
+#: batches above this many ids are answered off the event loop
+_OFFLOOP_IDS = 500
+
+# The one runtime of this worker process (set by CrmmlService.__init__).
+RUNTIME = None
+STARTED_AT = time.time()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
+    from serving.store import dumps
+
+    return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(status: int, detail: str, errors: list | None = None, headers: dict | None = None) -> Response:
+    body: dict[str, Any] = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    return _json(body, status, headers)
+
+
+def _state():
+    state = RUNTIME.state if RUNTIME is not None else None
+    if state is None:
+        raise HTTPException(503, "the service is starting: models and data are not loaded yet")
+    return state
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID_RE.match(value):
+        raise HTTPException(422, f"{what} must be 1-64 characters of letters, digits and _ . : @ -")
+    return value
+
+
+def auth_config() -> tuple[str | None, bool]:
+    """(api key or None, auth enabled). Raises if neither a key nor an explicit CRMML_AUTH=off is given."""
+    key = os.environ.get("CRMML_API_KEY") or None
+    auth_off = os.environ.get("CRMML_AUTH", "").strip().lower() in ("off", "0", "false", "no", "none")
+    if key:
+        return key, True
+    if auth_off:
+        return None, False
+    raise RuntimeError(
+        "no API key: set CRMML_API_KEY (clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'), "
+        "or set CRMML_AUTH=off for a local demo without authentication (`crmml serve` does either for you)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# route templates for metrics (no ids in Prometheus labels)
+# --------------------------------------------------------------------------------------------
+_TEMPLATES = (
+    (re.compile(r"^/customers/[^/]+/profile/?$"), "/customers/{id}/profile"),
+    (re.compile(r"^/items/[^/]+/similar/?$"), "/items/{id}/similar"),
+    (re.compile(r"^/items/[^/]+/bought-together/?$"), "/items/{id}/bought-together"),
+)
+_KNOWN = frozenset(
+    {"/churn/score", "/recommend", "/recommend/basket", "/metadata", "/admin/reload", "/openapi.json", "/api-docs",
+     "/healthz", "/readyz", "/livez", "/metrics", "/"}
+)
+
+
+def route_template(path: str) -> str:
+    if path in _KNOWN:
+        return path
+    for pattern, template in _TEMPLATES:
+        if pattern.match(path):
+            return template
+    return "/{other}"
+
+
+def _install_metrics_labels() -> None:
+    """Make BentoML's HTTP metrics label requests by route template instead of the raw path.
+
+    BentoML labels ``bentoml_api_server_request_*`` with ``scope["path"]``: customer and item ids
+    would land in ``/metrics`` (personal data, unbounded label sets). Its middleware is created from
+    ``instruments.RunnerTrafficMetricsMiddleware`` when the app is built, so a subclass set there
+    sees the template; :class:`CrmmlGuard` (inside it) restores the real path before routing.
+    """
+    try:
+        from bentoml._internal.server.http import instruments
+    except ImportError:  # pragma: no cover - other BentoML layout: metrics keep raw paths
+        log.warning("BentoML metrics middleware not found; /metrics may carry raw paths")
+        return
+    base = instruments.RunnerTrafficMetricsMiddleware
+    if getattr(base, "_crmml_templated", False):
+        return
+
+    class TemplatedTrafficMetrics(base):  # type: ignore[misc, valid-type]
+        _crmml_templated = True
+
+        async def __call__(self, scope, receive, send):
+            if scope.get("type") == "http":
+                path = scope.get("path", "")
+                template = route_template(path)
+                if template != path:
+                    scope = {**scope, "path": template, "crmml.path": path}
+            await super().__call__(scope, receive, send)
+
+    instruments.RunnerTrafficMetricsMiddleware = TemplatedTrafficMetrics
+
+
+_install_metrics_labels()
+
+
+# --------------------------------------------------------------------------------------------
+# the guard: health, auth, body size (pure ASGI, before routing)
+# --------------------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    pass
+
+
+class CrmmlGuard:
+    """ASGI middleware of the service: answers /healthz and /readyz, checks the API key and the body size.
+
+    BentoML's own /healthz and /readyz routes come before mounted apps, so the JSON probes are
+    answered here. Auth happens before the body is read: an unauthenticated client cannot make
+    the service parse anything.
+    """
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        real = scope.get("crmml.path")
+        if real is not None:  # undo the metrics label rewrite before routing
+            scope = {**scope, "path": real}
+        path = scope["path"]
+        if path == "/healthz":
+            await self._send(send, 200, {"status": "ok"})
+            return
+        if path == "/readyz":
+            await self._readyz(send)
+            return
+        if path not in OPEN_PATHS and RUNTIME is not None and RUNTIME.auth:
+            problem = self._auth_problem(scope)
+            if problem is not None:
+                status, detail = problem
+                headers = [(b"www-authenticate", b'Bearer realm="crmml"')] if status == 401 else []
+                await self._send(send, status, {"detail": detail}, headers)
+                return
+        length = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    await self._send(send, 400, {"detail": "invalid Content-Length header"})
+                    return
+        if length is not None and length > self.max_body:
+            await self._send(send, 413, {"detail": f"request body of {length:,} bytes exceeds the limit of {self.max_body:,} bytes"})
+            return
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._send(send, 413, {"detail": f"request body exceeds the limit of {self.max_body:,} bytes"})
+
+    def _auth_problem(self, scope) -> tuple[int, str] | None:
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    given = token.strip()
+            elif name == b"x-api-key" and given is None:
+                given = value.decode("latin-1").strip() or None
+        if given is None:
+            return 401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), RUNTIME.api_key.encode("utf-8")):
+            return 403, "invalid API key"
+        return None
+
+    async def _readyz(self, send) -> None:
+        state = RUNTIME.state if RUNTIME is not None else None
+        if state is None:
+            await self._send(send, 503, {"ready": False, "status": "starting", "detail": "models and data not loaded yet"})
+            return
+        versions = {name: m.ref.version for name, m in state.models.items()}
+        await self._send(send, 200, {"ready": True, "status": "ok", "models": versions, "as_of": state.as_of})
+
+    @staticmethod
+    async def _send(send, status: int, body: dict, headers: list | None = None) -> None:
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+                + list(headers or []),
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+# --------------------------------------------------------------------------------------------
+# the FastAPI app
+# --------------------------------------------------------------------------------------------
+ERRORS = {
+    400: {"model": schemas.ErrorResponse, "description": "Malformed request (e.g. invalid JSON)."},
+    401: {"model": schemas.ErrorResponse, "description": "Missing API key."},
+    403: {"model": schemas.ErrorResponse, "description": "Wrong API key."},
+    413: {"model": schemas.ErrorResponse, "description": "Body larger than 2 MiB."},
+    422: {"model": schemas.ErrorResponse, "description": "Invalid field (limits, id format, unknown field)."},
+    503: {"model": schemas.ErrorResponse, "description": "Not ready yet."},
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {code: ERRORS[code] for code in codes}
+
+
+api = FastAPI(
+    title="crmml",
+    version=API_VERSION,
+    description=(
+        "Churn warnings, recommendations and customer insight. Send the API key as "
+        "`Authorization: Bearer KEY` or `X-API-Key: KEY` (every route except /healthz, /readyz, /metrics)."
+    ),
+    docs_url="/api-docs",
+    redoc_url=None,
+    openapi_url="/openapi.json",
+)
+
+
+def _openapi() -> dict:
+    if api.openapi_schema is None:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        for path, ops in schema.get("paths", {}).items():
+            if path in OPEN_PATHS:
+                continue
+            for op in ops.values():
+                op["security"] = [{"bearer": []}, {"apiKey": []}]
+        api.openapi_schema = schema
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")  # a wrapped body: say so first
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _error(400, "request body is not valid JSON")
+    items = []
+    for e in errors[:20]:
+        msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "missing" and e.get("loc") == ("body",):
+            msg = "a JSON body is required"
+        elif e.get("type") == "string_pattern_mismatch":
+            msg = "must be 1-64 characters of letters, digits and _ . : @ -"
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown field (fields go at the top level of the body)"
+        items.append({"loc": [p for p in e.get("loc", ()) if isinstance(p, (str, int))], "msg": msg, "type": str(e.get("type", ""))})
+    first = items[0] if items else {"loc": [], "msg": "invalid request"}
+    detail = f"{_loc(first['loc'])}: {first['msg']}"
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return _error(422, detail, items)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return _error(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s: %s", route_template(request.url.path), type(exc).__name__, exc_info=exc)
+    return _error(500, "internal error (logged on the server)")
+
+
+# -- churn ------------------------------------------------------------------------------------
+def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
+    from serving.store import join_records
+
+    seen: set[str] = set()
+    unique = [i for i in ids if not (i in seen or seen.add(i))]
+    records = state.store.get_many("churn", unique)
+    found = [r for r in records if r is not None]
+    unknown = [i for i, r in zip(unique, records) if r is None]
+    if not found:
+        return 404, json.dumps({
+            "detail": f"none of the {len(unique)} customer id(s) is known (as of {state.as_of})",
+            "unknown_ids": unknown[:100],
+        }).encode()
+    head = (
+        b'{"model_version":' + json.dumps(state.models["crmml-churn"].ref.version).encode()
+        + b',"as_of":' + json.dumps(state.as_of).encode()
+        + b',"count":' + str(len(found)).encode()
+        + b',"unknown_ids":' + json.dumps(unknown).encode()
+        + b',"scores":'
+    )
+    return 200, head + join_records(found) + b"}"
+
+
+@api.post(
+    "/churn/score",
+    response_model=schemas.ChurnScoreResponse,
+    responses={404: {"model": schemas.ErrorResponse, "description": "None of the ids is known."}, **_errors(400, 401, 403, 413, 422, 503)},
+    summary="Churn scores with reasons for up to 10,000 customers",
+    tags=["churn"],
+)
+async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
+    state = _state()
+    if len(body.customer_ids) > _OFFLOOP_IDS:
+        status, payload = await anyio.to_thread.run_sync(_churn_body, state, body.customer_ids)
+    else:
+        status, payload = _churn_body(state, body.customer_ids)
+    return Response(payload, status_code=status, media_type=JSON)
+
+
+@api.get(
+    "/customers/{customer_id}/profile",
+    response_model=schemas.CustomerProfile,
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
+    summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
+    tags=["customers"],
+)
+async def customer_profile(customer_id: str = Path(..., max_length=64)) -> Response:
+    _check_id(customer_id, "customer id")
+    state = _state()
+    record = state.store.get("profile", customer_id)
+    if record is None:
+        raise HTTPException(404, f"unknown customer (no record as of {state.as_of})")
+    return Response(record, media_type=JSON)
+
+
+# -- recommendations --------------------------------------------------------------------------
+def _items(items: list[dict]) -> list[dict]:
+    return [{"item_id": it["item_id"], "score": it.get("score"), "source": it.get("source", "model"), "rank": n}
+            for n, it in enumerate(items, 1)]
+
+
+@api.post(
+    "/recommend",
+    response_model=schemas.RecommendResponse,
+    responses=_errors(400, 401, 403, 413, 422, 503),
+    summary="Top-k items for a customer (unknown customers get the cold-start answer, flagged)",
+    tags=["recommendations"],
+)
+async def recommend(body: schemas.RecommendRequest) -> Response:
+    state = _state()
+    filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
+    try:
+        items, cold = state.rec.for_customer(body.customer_id, body.k, body.exclude_seen, filters)
+    except ValueError as exc:  # a filter the model cannot apply
+        raise HTTPException(422, f"filters: {exc}") from None
+    return _json({
+        "customer_id": body.customer_id, "k": body.k, "cold_start": cold, "items": _items(items),
+        "model_version": state.models["crmml-recommender"].ref.version,
+    })
+
+
+@api.post(
+    "/recommend/basket",
+    response_model=schemas.BasketResponse,
+    responses=_errors(400, 401, 403, 413, 422, 503),
+    summary="Top-k items for an anonymous basket or session",
+    tags=["recommendations"],
+)
+async def recommend_basket(body: schemas.BasketRequest) -> Response:
+    state = _state()
+    filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
+    try:
+        items, cold, unknown = state.rec.for_basket(body.item_ids, body.k, filters)
+    except ValueError as exc:
+        raise HTTPException(422, f"filters: {exc}") from None
+    return _json({
+        "k": body.k, "cold_start": cold, "items": _items(items), "unknown_item_ids": unknown,
+        "model_version": state.models["crmml-recommender"].ref.version,
+    })
+
+
+def _item_list(kind: str, item_id: str, k: int) -> Response:
+    _check_id(item_id, "item id")
+    state = _state()
+    items = state.rec.similar(item_id, k) if kind == "similar" else state.rec.bought_together(item_id, k)
+    if items is None:
+        raise HTTPException(404, "unknown item")
+    return _json({
+        "item_id": item_id, "k": k, "kind": kind, "items": _items(items),
+        "model_version": state.models["crmml-recommender"].ref.version,
+    })
+
+
+@api.get(
+    "/items/{item_id}/similar",
+    response_model=schemas.ItemListResponse,
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    summary="Items similar to an item",
+    tags=["recommendations"],
+)
+async def similar_items(
+    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+) -> Response:
+    return _item_list("similar", item_id, k)
+
+
+@api.get(
+    "/items/{item_id}/bought-together",
+    response_model=schemas.ItemListResponse,
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    summary="Items frequently bought together with an item",
+    tags=["recommendations"],
+)
+async def bought_together(
+    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+) -> Response:
+    return _item_list("bought_together", item_id, k)
+
+
+# -- operations -------------------------------------------------------------------------------
+@api.get("/healthz", response_model=schemas.Health, tags=["operations"], summary="Liveness (no key needed)")
+async def healthz() -> dict:  # answered by CrmmlGuard; documented here
+    return {"status": "ok"}
+
+
+@api.get(
+    "/readyz", response_model=schemas.Readiness, tags=["operations"],
+    responses={503: {"model": schemas.Readiness}}, summary="Readiness: models and data loaded (no key needed)",
+)
+async def readyz() -> dict:  # answered by CrmmlGuard; documented here
+    return {"ready": RUNTIME is not None and RUNTIME.state is not None, "status": "ok"}
+
+
+@api.get(
+    "/metadata", response_model=schemas.Metadata, responses=_errors(401, 403, 503),
+    summary="Model versions, training data lineage, as-of date, reload status", tags=["operations"],
+)
+async def metadata() -> Response:
+    state = _state()
+    return _json(RUNTIME.metadata(state))
+
+
+@api.post(
+    "/admin/reload", response_model=schemas.ReloadResponse, responses=_errors(401, 403, 503),
+    summary="Re-check the registry champions and the workspace data now; reload if changed", tags=["operations"],
+)
+async def admin_reload(force: bool = Query(False, description="Rebuild even if nothing changed.")) -> Response:
+    _state()
+    reloaded, detail = await anyio.to_thread.run_sync(lambda: RUNTIME.check(force=force))
+    state = RUNTIME.state
+    return _json({
+        "reloaded": reloaded, "detail": detail,
+        "models": {name: m.ref.version for name, m in state.models.items()},
+    })
+
+
+def _refuse(exc: BaseException) -> None:
+    """Fatal start-up problem: say why, and stop the BentoML supervisor instead of a restart loop.
+
+    BentoML restarts a worker whose start-up failed, forever; when this worker's parent is the
+    ``bentoml serve`` process, it is asked to shut down (SIGTERM). ``crmml serve`` runs the same
+    checks before starting BentoML and exits with code 1.
+    """
+    import signal
+    import sys
+
+    print(f"crmml: refusing to start: {exc}", file=sys.stderr, flush=True)
+    log.critical("refusing to start: %s", exc)
+    if os.environ.get("CRMML_EXIT_ON_FATAL", "1") != "1":
+        return
+    try:
+        parent = os.getppid()
+        cmdline = open(f"/proc/{parent}/cmdline", "rb").read().replace(b"\0", b" ")
+    except OSError:
+        return
+    if b"bentoml" in cmdline and b" serve" in cmdline:
+        os.kill(parent, signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------------------------
+# the BentoML service
+# --------------------------------------------------------------------------------------------
+@bentoml.service(
+    name=SERVICE_NAME,
+    workers=1,
+    traffic={"timeout": 60},
+    # no access log: no paths (ids) or bodies in logs
+    logging={"access": {"enabled": False}},
+    # OpenTelemetry spans cost ~1.8 ms per request here and nothing exports them; set
+    # CRMML_TRACING=on to trace every route again
+    tracing={"excluded_urls": [] if os.environ.get("CRMML_TRACING", "").lower() in ("on", "1", "true") else ["."]},
+    http={"host": "127.0.0.1"},
+)
+@bentoml.asgi_app(api, path="/")
+class CrmmlService:
+    """Loads the champions and the online data at start-up; the mounted FastAPI app answers."""
+
+    def __init__(self) -> None:
+        global RUNTIME
+        from serving.models import NoModelError, ServingRuntime
+
+        try:
+            runtime = ServingRuntime.from_env()
+            runtime.start()
+        except (NoModelError, RuntimeError, FileNotFoundError, ValueError) as exc:
+            _refuse(exc)
+            raise
+        RUNTIME = runtime
+        RUNTIME.start_polling()
+
+    def __is_ready__(self) -> bool:
+        return RUNTIME is not None and RUNTIME.state is not None
+
+
+CrmmlService.add_asgi_middleware(CrmmlGuard)  # type: ignore[attr-defined]

@@ -1,0 +1,556 @@
+"""The online store: per-customer records the service answers from, without touching a database.
+
+What a request needs from a customer is known when the state loads (start-up and each reload):
+the churn score with its reasons and the 360 profile. Both are encoded once, as JSON, and kept in
+compact arrays keyed by id, so a request is a dict lookup plus a slice of a byte buffer:
+
+    index:   dict  customer_id -> row number
+    blob:    bytes all records of one kind, concatenated          (one per kind: "churn", "profile")
+    offsets: array('q') of n+1 start offsets into the blob        (8 bytes per customer)
+    columns: numpy arrays of a few typed fields (churn_probability float32, risk tier codes int8, ...)
+
+:class:`OnlineStore` is the read interface the service uses; :class:`MemoryStore` implements it
+in process memory (the default). :class:`RedisStore` implements the same interface on Redis for
+customer bases larger than one process's memory: the same JSON records under
+``<prefix>:<generation>:<kind>:<id>``, published generation by generation so that a reload
+flips one pointer key (``<prefix>:current``) and readers never see a half-written state.
+It needs the ``redis`` package (not a dependency; not installed here) and has only been checked
+against an in-process fake of the client, not a real ``redis-server``.
+
+Records are plain JSON (``NaN`` written as ``null``); :func:`encode_records` builds them
+column-wise from a pandas frame in one pass at load time. Nothing here logs ids or record content.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from array import array
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("churn", "profile")
+
+
+# --------------------------------------------------------------------------------------------
+# JSON encoding (load time, not per request)
+# --------------------------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """A JSON-ready Python value: numpy scalars and arrays unwrapped, NaN/NaT/NA -> None, dates -> ISO."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+        return [plain(v) for v in value]
+    if isinstance(value, (pd.Timestamp, np.datetime64)):
+        ts = pd.Timestamp(value)
+        return None if pd.isna(ts) else ts.isoformat()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def column_values(series: pd.Series) -> list:
+    """A column as a list of JSON-ready values (fast paths for plain numeric and string columns)."""
+    if pd.api.types.is_bool_dtype(series.dtype) and not series.isna().any():
+        return series.astype(bool).tolist()
+    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        return series.astype("int64").tolist()
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+        out = values.tolist()
+        if not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values))
+            for i in bad.tolist():
+                out[i] = None
+        return out
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return [None if pd.isna(v) else pd.Timestamp(v).isoformat() for v in series.tolist()]
+    return [plain(v) for v in series.tolist()]
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON of a JSON-ready object."""
+    return _dumps(obj).encode("utf-8")
+
+
+def encode_records(records: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    return [dumps(r) for r in records]
+
+
+# --------------------------------------------------------------------------------------------
+# the interface
+# --------------------------------------------------------------------------------------------
+class OnlineStore(ABC):
+    """Read side of the online store, as used per request.
+
+    Every method takes string ids and returns the pre-encoded JSON record (``bytes``) or ``None``
+    for an unknown id. Implementations must be safe to call from several threads at once and must
+    never log ids or records.
+    """
+
+    backend = "abstract"
+
+    @abstractmethod
+    def get(self, kind: str, key: str) -> bytes | None:
+        """The record of ``kind`` (``"churn"`` or ``"profile"``) for ``key``, or None."""
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Records for many ids, in order (None where unknown). Implementations batch this."""
+        return [self.get(kind, key) for key in keys]
+
+    @abstractmethod
+    def __contains__(self, key: object) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def column(self, name: str) -> np.ndarray | None:
+        """A typed column over all customers (for summaries); None if this store does not keep it."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "customers": len(self)}
+
+    def close(self) -> None:  # pragma: no cover - nothing to release in memory
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# in-process memory
+# --------------------------------------------------------------------------------------------
+class _Blob:
+    """One kind of record for all customers: one bytes buffer and n+1 offsets."""
+
+    __slots__ = ("data", "offsets")
+
+    def __init__(self, records: Sequence[bytes]):
+        lengths = np.fromiter((len(r) for r in records), dtype=np.int64, count=len(records))
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        self.data = b"".join(records)
+        self.offsets = array("q", offsets.tobytes())  # array indexing gives Python ints fast
+
+    def at(self, i: int) -> bytes | None:
+        return self.data[self.offsets[i]:self.offsets[i + 1]] or None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + self.offsets.itemsize * len(self.offsets)
+
+
+class MemoryStore(OnlineStore):
+    """All records in this process: ``dict`` id -> row, one byte buffer + offsets per kind.
+
+    An empty record (``b""``) means "no record of this kind for this id" (``get`` returns None).
+    """
+
+    backend = "memory"
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        records: Mapping[str, Sequence[bytes]],
+        columns: Mapping[str, np.ndarray] | None = None,
+    ):
+        ids = [str(i) for i in ids]
+        self._index: dict[str, int] = {key: i for i, key in enumerate(ids)}
+        if len(self._index) != len(ids):
+            raise ValueError("MemoryStore: duplicate ids")
+        self._blobs: dict[str, _Blob] = {}
+        for kind, recs in records.items():
+            if len(recs) != len(ids):
+                raise ValueError(f"MemoryStore: {len(recs)} {kind} records for {len(ids)} ids")
+            self._blobs[kind] = _Blob(recs)
+        self._columns = {name: np.asarray(col) for name, col in (columns or {}).items()}
+        for name, col in self._columns.items():
+            if len(col) != len(ids):
+                raise ValueError(f"MemoryStore: column {name} has {len(col)} values for {len(ids)} ids")
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        i = self._index.get(key)
+        return None if i is None else self._blobs[kind].at(i)
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        blob = self._blobs[kind]
+        data, offsets, index = blob.data, blob.offsets, self._index
+        out: list[bytes | None] = []
+        append = out.append
+        for key in keys:
+            i = index.get(key)
+            append(None if i is None else (data[offsets[i]:offsets[i + 1]] or None))
+        return out
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def row(self, key: str) -> int | None:
+        return self._index.get(key)
+
+    def column(self, name: str) -> np.ndarray | None:
+        return self._columns.get(name)
+
+    def info(self) -> dict[str, Any]:
+        nbytes = sum(b.nbytes for b in self._blobs.values()) + sum(c.nbytes for c in self._columns.values())
+        return {
+            "backend": self.backend,
+            "customers": len(self),
+            "kinds": sorted(self._blobs),
+            "record_bytes": int(nbytes),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Redis (optional)
+# --------------------------------------------------------------------------------------------
+class RedisStore(OnlineStore):
+    """The same records in Redis, for customer bases larger than one process's memory.
+
+    Layout: ``<prefix>:<generation>:<kind>:<id>`` -> JSON bytes; ``<prefix>:<generation>:meta``
+    -> JSON (customer count); ``<prefix>:current`` -> the generation readers use. :meth:`publish`
+    writes a whole new generation in pipelined batches, then flips ``current`` (old generations
+    expire after ``keep_seconds``). A reader binds to one generation when it is created, like the
+    in-memory state object, so a reload never mixes two generations within one state.
+
+    ``client`` is a ``redis.Redis`` (``redis.Redis.from_url("redis://127.0.0.1:6379/0")``) or
+    anything with ``get``, ``mget``, ``set``, ``expire``, ``scan_iter`` and ``pipeline``.
+    """
+
+    backend = "redis"
+    BATCH = 1000
+
+    def __init__(self, client: Any, prefix: str = "crmml", generation: str | None = None):
+        self.client = client
+        self.prefix = prefix
+        if generation is None:
+            current = client.get(f"{prefix}:current")
+            if current is None:
+                raise LookupError(f"redis: no published generation under {prefix}:current")
+            generation = current.decode() if isinstance(current, bytes) else str(current)
+        self.generation = generation
+        meta = client.get(self._key("meta"))
+        self._meta = json.loads(meta) if meta else {}
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, self.generation, *parts))
+
+    @classmethod
+    def publish(
+        cls,
+        client: Any,
+        ids: Sequence[str],
+        records: Mapping[str, Sequence[bytes]],
+        generation: str,
+        prefix: str = "crmml",
+        keep_seconds: int = 3600,
+    ) -> "RedisStore":
+        """Write a full generation, then make it current; returns a reader bound to it."""
+        previous = client.get(f"{prefix}:current")
+        for kind, recs in records.items():
+            if len(recs) != len(ids):
+                raise ValueError(f"RedisStore: {len(recs)} {kind} records for {len(ids)} ids")
+            for start in range(0, len(ids), cls.BATCH):
+                pipe = client.pipeline(transaction=False)
+                for key, rec in zip(ids[start:start + cls.BATCH], recs[start:start + cls.BATCH]):
+                    pipe.set(f"{prefix}:{generation}:{kind}:{key}", rec)
+                pipe.execute()
+        client.set(f"{prefix}:{generation}:meta", json.dumps({"customers": len(ids), "kinds": sorted(records)}))
+        client.set(f"{prefix}:current", generation)
+        if previous is not None:
+            old = previous.decode() if isinstance(previous, bytes) else str(previous)
+            if old != generation:
+                for key in client.scan_iter(match=f"{prefix}:{old}:*", count=1000):
+                    client.expire(key, keep_seconds)
+        return cls(client, prefix, generation)
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        return self.client.get(self._key(kind, key))
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), self.BATCH):
+            out.extend(self.client.mget([self._key(kind, k) for k in keys[start:start + self.BATCH]]))
+        return out
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.client.get(self._key("churn", key)) is not None
+
+    def __len__(self) -> int:
+        return int(self._meta.get("customers", 0))
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "customers": len(self), "generation": self.generation, "prefix": self.prefix}
+
+
+def join_records(records: Iterable[bytes]) -> bytes:
+    """``[r1,r2,...]`` as bytes, from pre-encoded records."""
+    return b"[" + b",".join(records) + b"]"
+
+
+# --------------------------------------------------------------------------------------------
+# online data: what the state loads from the workspace (start-up and reloads, never per request)
+# --------------------------------------------------------------------------------------------
+#: workspace files whose change triggers a reload of the online data
+WATCHED = (("data", "events"), ("data", "customers"), ("data", "items"), ("features", "snapshots"),
+           ("features", "customer360"))
+
+
+def data_stamp(ws) -> tuple:
+    """Cheap fingerprint of the workspace tables the online data is built from (mtime and size)."""
+    out = []
+    for kind, name in WATCHED:
+        path = ws.table_path(name, kind)
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((f"{kind}/{name}", st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def as_of_date(ws) -> pd.Timestamp:
+    """The day after the last event: the data snapshot the service answers from."""
+    ts = ws.read_table("events", columns=["timestamp"])["timestamp"]
+    if ts.empty or ts.isna().all():
+        raise ValueError(f"workspace {ws.root}: the events table is empty")
+    return pd.Timestamp(ts.max()).normalize() + pd.Timedelta(days=1)
+
+
+class CustomerData:
+    """Customer frames at one as-of date: features snapshot, customer 360 and CLV (load time only)."""
+
+    def __init__(self, as_of: pd.Timestamp, snapshot: pd.DataFrame, c360: pd.DataFrame | None,
+                 clv: pd.DataFrame | None, sources: dict[str, str], stamp: tuple):
+        self.as_of = pd.Timestamp(as_of)
+        self.snapshot = snapshot
+        self.c360 = c360
+        self.clv = clv
+        self.sources = sources
+        self.stamp = stamp
+
+    @property
+    def as_of_str(self) -> str:
+        return str(self.as_of.date())
+
+
+def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame | None:
+    if column not in df.columns:
+        return None
+    values = pd.to_datetime(df[column], errors="coerce")
+    rows = df.loc[values.dt.normalize() == as_of]
+    return rows.reset_index(drop=True) if len(rows) else None
+
+
+def load_customer_data(ws) -> CustomerData:
+    """Snapshot, customer 360 and CLV of every customer at the as-of date (day after the last event).
+
+    Prefers what the pipeline wrote to the workspace (``features/snapshots`` rows at that date,
+    ``features/customer360`` of that date); computes what is missing with the feature code
+    (``features.snapshots.build_snapshots``, ``features.insight``) and ``training.clv.clv_frame``.
+    """
+    stamp = data_stamp(ws)
+    as_of = as_of_date(ws)
+    sources: dict[str, str] = {}
+    snapshot = None
+    if ws.has_table("snapshots", "features"):
+        snapshot = _rows_at(ws.read_table("snapshots", "features"), "cutoff", as_of)
+        if snapshot is not None:
+            sources["snapshot"] = str(ws.table_path("snapshots", "features"))
+    c360 = None
+    if ws.has_table("customer360", "features"):
+        c360 = _rows_at(ws.read_table("customer360", "features"), "as_of", as_of)
+        if c360 is not None:
+            sources["customer360"] = str(ws.table_path("customer360", "features"))
+    if snapshot is None or c360 is None:
+        from features import insight
+        from features.engines import connect, load_tables
+        from features.snapshots import build_snapshots, to_day
+
+        con = connect("duckdb")
+        snap_x = build_snapshots(ws, [as_of], include_ineligible=True, extras=True, con=con)
+        if snapshot is None:
+            snapshot = snap_x
+            sources["snapshot"] = "computed at load (features.snapshots.build_snapshots)"
+        if c360 is None:
+            prof = insight.profile(load_tables(con, ws), to_day(as_of))
+            c360 = insight.assemble(snap_x, prof, as_of)
+            sources["customer360"] = "computed at load (features.insight)"
+    clv = None
+    try:
+        from training.clv import clv_frame
+
+        events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
+        clv = clv_frame(events, as_of)
+        sources["clv"] = "computed at load (training.clv.clv_frame)"
+    except Exception as exc:  # CLV needs repeat buyers; without it value at stake is unknown
+        sources["clv"] = f"unavailable ({type(exc).__name__}: {exc})"
+    snapshot = snapshot.copy()
+    snapshot["customer_id"] = snapshot["customer_id"].astype(str)
+    if c360 is not None:
+        c360 = c360.copy()
+        c360["customer_id"] = c360["customer_id"].astype(str)
+    return CustomerData(as_of, snapshot, c360, clv, sources, stamp)
+
+
+# --------------------------------------------------------------------------------------------
+# records
+# --------------------------------------------------------------------------------------------
+RFM_FIELDS = ("recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm_score")
+SCORE_FIELDS = ("churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m", "suggested_action")
+RISK_TIERS = ("high", "medium", "low")
+
+
+def _col(df: pd.DataFrame | None, name: str, n: int) -> list:
+    if df is None or name not in df.columns:
+        return [None] * n
+    return column_values(df[name])
+
+
+def _reasons(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [{"feature": "", "value": None, "contribution": None, "sentence": value}]
+    return [
+        {
+            "feature": str(r.get("feature", "")),
+            "value": plain(r.get("value")),
+            "contribution": plain(r.get("contribution")),
+            "sentence": str(r.get("sentence", "")),
+        }
+        for r in (plain(value) or [])
+        if isinstance(r, dict)
+    ]
+
+
+def _tags(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return [str(t) for t in value]
+
+
+def build_customer_store(scores: pd.DataFrame, c360: pd.DataFrame | None, model_version: str, as_of: str) -> MemoryStore:
+    """Encode every customer's churn record and 360 profile once; returns the in-memory store.
+
+    ``scores``: ``customer_id`` + ``SCORE_FIELDS`` (``training.churn_pyfunc.score_customers``);
+    ``c360``: ``features.insight`` customer 360 rows. A customer in only one of them gets the record
+    of that one (no churn record without a score; a profile without 360 row carries its churn risk).
+    """
+    scores = scores.reset_index(drop=True)
+    score_ids = scores["customer_id"].astype(str).tolist()
+    c360 = c360.reset_index(drop=True) if c360 is not None else None
+    c360_ids = c360["customer_id"].astype(str).tolist() if c360 is not None else []
+    ids = list(dict.fromkeys(c360_ids + score_ids))
+    n = len(ids)
+
+    # churn side, aligned to `ids`
+    s_pos = {cid: i for i, cid in enumerate(score_ids)}
+    s = {name: _col(scores, name, len(scores)) for name in SCORE_FIELDS}
+    c_pos = {cid: i for i, cid in enumerate(c360_ids)}
+    seg = _col(c360, "rfm_segment", len(c360_ids)) if c360 is not None and "rfm_segment" in c360.columns else _col(c360, "segment", len(c360_ids))
+    tier = _col(c360, "value_tier", len(c360_ids))
+    churn_records: list[bytes] = []
+    churn_objs: list[dict | None] = []
+    probability = np.full(n, np.nan, dtype=np.float32)
+    tier_code = np.full(n, -1, dtype=np.int8)
+    tier_index = {t: i for i, t in enumerate(RISK_TIERS)}
+    for row, cid in enumerate(ids):
+        i = s_pos.get(cid)
+        j = c_pos.get(cid)
+        if i is None:
+            churn_records.append(b"")
+            churn_objs.append(None)
+            continue
+        p = s["churn_probability"][i]
+        rec = {
+            "customer_id": cid,
+            "churn_probability": p,
+            "risk_tier": s["risk_tier"][i],
+            "reasons": _reasons(s["reasons"][i]),
+            "value_at_stake": s["value_at_stake"][i],
+            "clv_12m": s["clv_12m"][i],
+            "suggested_action": s["suggested_action"][i],
+            "segment": seg[j] if j is not None else None,
+            "value_tier": tier[j] if j is not None else None,
+            "model_version": model_version,
+            "as_of": as_of,
+        }
+        if p is not None:
+            probability[row] = p
+        tier_code[row] = tier_index.get(rec["risk_tier"], -1)
+        churn_objs.append(rec)
+        churn_records.append(dumps(rec))
+
+    # profile side
+    profile_records: list[bytes] = []
+    known = {"customer_id", "as_of", "rfm_segment", "segment", "value_tier", "lifecycle_stage", "tags", *RFM_FIELDS}
+    extra_cols = [c for c in (c360.columns if c360 is not None else []) if c not in known]
+    cols = {name: _col(c360, name, len(c360_ids)) for name in (*RFM_FIELDS, "value_tier", "lifecycle_stage", "tags", *extra_cols)}
+    for row, cid in enumerate(ids):
+        j = c_pos.get(cid)
+        churn = churn_objs[row]
+        churn_part = None
+        if churn is not None:
+            churn_part = {k: churn[k] for k in ("churn_probability", "risk_tier", "reasons", "value_at_stake", "suggested_action", "model_version")}
+        if j is None:
+            rec = {
+                "customer_id": cid, "as_of": as_of, "rfm": {}, "segment": None, "value_tier": None,
+                "lifecycle_stage": None, "tags": [], "clv_12m": churn["clv_12m"] if churn else None,
+                "churn": churn_part, "attributes": {},
+            }
+        else:
+            rec = {
+                "customer_id": cid,
+                "as_of": as_of,
+                "rfm": {k: cols[k][j] for k in RFM_FIELDS},
+                "segment": seg[j],
+                "value_tier": cols["value_tier"][j],
+                "lifecycle_stage": cols["lifecycle_stage"][j],
+                "tags": _tags(cols["tags"][j]),
+                "clv_12m": churn["clv_12m"] if churn else None,
+                "churn": churn_part,
+                "attributes": {k: cols[k][j] for k in extra_cols},
+            }
+        profile_records.append(dumps(rec))
+    return MemoryStore(
+        ids,
+        {"churn": churn_records, "profile": profile_records},
+        columns={"churn_probability": probability, "risk_tier": tier_code},
+    )
+
+
+def risk_tier_counts(store: OnlineStore) -> dict[str, int]:
+    codes = store.column("risk_tier")
+    if codes is None:
+        return {}
+    counts = np.bincount(codes[codes >= 0].astype(np.int64), minlength=len(RISK_TIERS))
+    return {t: int(c) for t, c in zip(RISK_TIERS, counts) if c}
