@@ -105,7 +105,7 @@ def _probe(uri: str, timeout: float = 2.0) -> None:
     elif scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if path and not Path(path).exists():
-            raise RegistryUnavailable(f"MLflow registry {uri}: file not found")
+            raise RegistryUnavailable(f"MLflow registry {uri}: file not found (nothing trained in this workspace yet?)")
 
 
 class Registry:
@@ -121,8 +121,13 @@ class Registry:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            import mlflow
             from mlflow import MlflowClient
 
+            # models:/ URIs (import_model downloads through them) resolve with the global URIs:
+            # point them at this store, never at a ./mlflow.db in the current directory
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_registry_uri(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
@@ -237,6 +242,7 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
     try:
         model = bentoml.models.get(tag)
     except NotFound:
+        registry.client()  # sets the global MLflow URIs that models:/ downloads use
         tags = dict(mv.tags or {})
         metrics = {k[len("metric."):]: v for k, v in tags.items() if k.startswith("metric.") and _float(v) is not None}
         lineage: dict[str, str] = {}
@@ -252,6 +258,13 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
         if tags.get("data_fingerprint"):
             lineage.setdefault("data_fingerprint", tags["data_fingerprint"])
         log.info("importing %s version %s into the BentoML store as %s", name, version, tag)
+        try:
+            from mlflow.artifacts import download_artifacts
+
+            # fail here with MLflow's own message (BentoML's import masks download errors)
+            download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel")
+        except Exception as exc:
+            raise RegistryUnavailable(f"{name} version {version}: cannot download the model artifacts: {exc}") from exc
         model = bentoml.mlflow.import_model(
             tag,
             f"models:/{name}/{version}",
@@ -506,20 +519,108 @@ def _plain_item(it: dict) -> dict:
     return out
 
 
+class _Lists:
+    """A bounded cache of top-``MAX_K`` answers in compact arrays (item column, score, source code).
+
+    Answers of one state never change (the model is frozen), so a customer's list is computed once
+    with ``k = MAX_K`` and later requests take a prefix (``recommend_one`` ranks with a stable sort
+    and appends fallbacks after, so the top ``k`` is the prefix of the top ``MAX_K``). About 1 KB
+    per entry; the oldest entries go first when full. Belongs to one state: a reload starts empty.
+    """
+
+    def __init__(self, item_ids, max_entries: int):
+        from collections import OrderedDict
+
+        self._ids = item_ids  # numpy object array: column -> item id
+        self._index = {str(x): i for i, x in enumerate(item_ids)}
+        self._sources: list[str] = []
+        self._codes: dict[str, int] = {}
+        self._data: "OrderedDict[Any, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key, k: int) -> list[dict] | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+        cols, scores, codes, extras = entry
+        n = min(k, len(cols))
+        ids, src = self._ids, self._sources
+        out = [
+            {"item_id": str(ids[c]), "score": float(sc), "source": src[code]}
+            for c, sc, code in zip(cols[:n].tolist(), scores[:n].tolist(), codes[:n].tolist())
+        ]
+        if extras is not None:
+            for item, row in zip(out, extras[:n].tolist()):
+                item["support"], item["confidence"], item["lift"] = row
+        return out
+
+    def put(self, key, items: list[dict]) -> None:
+        import numpy as np
+
+        if self.max_entries <= 0:
+            return
+        try:
+            cols = np.fromiter((self._index[it["item_id"]] for it in items), dtype=np.int32, count=len(items))
+        except KeyError:  # an item outside the model's catalogue: do not cache
+            return
+        codes = np.empty(len(items), dtype=np.uint8)
+        with self._lock:
+            for n, it in enumerate(items):
+                code = self._codes.get(it["source"])
+                if code is None:
+                    if len(self._sources) >= 255:
+                        return
+                    code = self._codes[it["source"]] = len(self._sources)
+                    self._sources.append(it["source"])
+                codes[n] = code
+        scores = np.array([np.nan if it.get("score") is None else it["score"] for it in items], dtype=np.float32)
+        extras = None
+        if items and "confidence" in items[0]:
+            extras = np.array([[it.get("support"), it.get("confidence"), it.get("lift")] for it in items], dtype=np.float32)
+        with self._lock:
+            self._data[key] = (cols, scores, codes, extras)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def info(self) -> dict:
+        return {"entries": len(self._data), "max_entries": self.max_entries, "hits": self.hits, "misses": self.misses}
+
+
+def _cache_size() -> int:
+    try:
+        return max(0, int(os.environ.get("CRMML_REC_CACHE", "50000")))
+    except ValueError:
+        return 50000
+
+
 class RecommenderAdapter:
     """Per-request calls into the champion ``training.recommender.Recommender``.
 
     Known customers go through ``recommend_one`` (the fast per-user path); unknown ones get its
     cold-start fallback and the answer is flagged ``cold_start``. Unknown items (not in the model's
-    catalogue) give None, which the service answers with 404.
+    catalogue) give None, which the service answers with 404. Unfiltered answers of known customers
+    and items are cached per state (``CRMML_REC_CACHE`` entries, default 50,000; 0 turns it off).
     """
 
-    def __init__(self, rec: Any):
+    MAX_K = 100
+
+    def __init__(self, rec: Any, cache_size: int | None = None):
         self.rec = rec
         state = getattr(rec, "state_", None)
         matrix = getattr(state, "matrix", None)
         self._users = getattr(matrix, "user_index", None) or {}
         self._items = getattr(rec, "item_index_", None) or {}
+        item_ids = getattr(rec, "item_ids_", None)
+        size = _cache_size() if cache_size is None else cache_size
+        self.cache = _Lists(item_ids if item_ids is not None else [], size if item_ids is not None else 0)
 
     @property
     def n_items(self) -> int:
@@ -532,10 +633,21 @@ class RecommenderAdapter:
     def knows_item(self, item_id: str) -> bool:
         return item_id in self._items
 
+    def _cached(self, key, k: int, compute: Callable[[int], Any]) -> list[dict]:
+        hit = self.cache.get(key, k)
+        if hit is not None:
+            return hit
+        items = [_plain_item(it) for it in _records(compute(self.MAX_K))]
+        self.cache.put(key, items)
+        return items[:k]
+
     def for_customer(self, customer_id: str, k: int, exclude_seen: bool, filters: dict | None) -> tuple[list[dict], bool]:
         cold = customer_id not in self._users
-        items = self.rec.recommend_one(customer_id, k=k, exclude_seen=exclude_seen, filters=filters or None)
-        return [_plain_item(it) for it in _records(items)], cold
+        if cold or filters:
+            items = self.rec.recommend_one(customer_id, k=k, exclude_seen=exclude_seen, filters=filters or None)
+            return [_plain_item(it) for it in _records(items)], cold
+        compute = lambda kk: self.rec.recommend_one(customer_id, k=kk, exclude_seen=exclude_seen)  # noqa: E731
+        return self._cached(("u", customer_id, bool(exclude_seen)), k, compute), False
 
     def for_basket(self, item_ids: list[str], k: int, filters: dict | None) -> tuple[list[dict], bool, list[str]]:
         unknown = [i for i in dict.fromkeys(item_ids) if i not in self._items]
@@ -546,12 +658,12 @@ class RecommenderAdapter:
     def similar(self, item_id: str, k: int) -> list[dict] | None:
         if item_id not in self._items:
             return None
-        return [_plain_item(it) for it in _records(self.rec.similar_items(item_id, k=k))]
+        return self._cached(("s", item_id), k, lambda kk: self.rec.similar_items(item_id, k=kk))
 
     def bought_together(self, item_id: str, k: int) -> list[dict] | None:
         if item_id not in self._items:
             return None
-        return [_plain_item(it) for it in _records(self.rec.bought_together(item_id, k=k))]
+        return self._cached(("b", item_id), k, lambda kk: self.rec.bought_together(item_id, k=kk))
 
 
 def score_all(churn: LoadedModel, data) -> Any:
@@ -637,7 +749,7 @@ class ServingRuntime(Runtime):
         try:
             from threadpoolctl import threadpool_limits
 
-            threadpool_limits(1, "blas")
+            threadpool_limits(1)  # BLAS and OpenMP: one worker thread per request
         except Exception:  # pragma: no cover - optional
             pass
         started = time.perf_counter()
@@ -670,10 +782,9 @@ class ServingRuntime(Runtime):
                 "customers": len(state.store),
                 "items": state.rec.n_items,
                 "sources": state.data.sources,
-                "data_fingerprint": next((m.ref.lineage.get("data_fingerprint") for m in state.models.values()
-                                          if m.ref.lineage.get("data_fingerprint")), None),
+                "data_fingerprint": state.data.fingerprint,
                 "risk_tiers": risk_tier_counts(state.store),
-                "store": state.store.info(),
+                "store": {**state.store.info(), "recommendation_cache": state.rec.cache.info()},
             },
             "reload": {
                 "poll_seconds": self.poll_seconds,

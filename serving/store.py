@@ -344,7 +344,8 @@ class CustomerData:
     """Customer frames at one as-of date: features snapshot, customer 360 and CLV (load time only)."""
 
     def __init__(self, as_of: pd.Timestamp, snapshot: pd.DataFrame, c360: pd.DataFrame | None,
-                 clv: pd.DataFrame | None, sources: dict[str, str], stamp: tuple):
+                 clv: pd.DataFrame | None, sources: dict[str, str], stamp: tuple, fingerprint: str | None = None):
+        self.fingerprint = fingerprint
         self.as_of = pd.Timestamp(as_of)
         self.snapshot = snapshot
         self.c360 = c360
@@ -413,7 +414,7 @@ def load_customer_data(ws) -> CustomerData:
     if c360 is not None:
         c360 = c360.copy()
         c360["customer_id"] = c360["customer_id"].astype(str)
-    return CustomerData(as_of, snapshot, c360, clv, sources, stamp)
+    return CustomerData(as_of, snapshot, c360, clv, sources, stamp, ws.data_fingerprint())
 
 
 # --------------------------------------------------------------------------------------------

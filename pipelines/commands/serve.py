@@ -36,6 +36,8 @@ def serve_env(workspace: Path, api_key: str | None, no_auth: bool, reload_second
     """The environment the service process gets (also used by tests and the benchmark)."""
     env = dict(os.environ if base is None else base)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     env["BENTOML_DO_NOT_TRACK"] = "True"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -93,10 +95,10 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     try:
         lines = preflight(ws.root, env)
     except Exception as exc:  # NoModelError, no events table...
-        console.print(f"[bold red]crmml serve: refusing to start:[/] {exc}")
+        console.print(f"[bold red]crmml serve: refusing to start:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1)
     for line in lines:
-        console.print(f"[dim]{line}[/]")
+        console.print(f"[dim]{line}[/]", soft_wrap=True)
     url = f"http://{HOST}:{port}"
     console.print(f"[bold]crmml API[/] on {url}  (OpenAPI: {url}/api-docs, metrics: {url}/metrics)")
     if no_auth:
