@@ -797,6 +797,13 @@ def plot_value_at_stake(top: pd.DataFrame, id_col: str, stake_col: str, prob_col
 # ================================================================================================
 # finding what other modules produced
 # ================================================================================================
+def _optional_module(module: str):
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _optional(module: str, *names: str):
     """The first attribute of ``module`` among ``names`` (None when the module or names are absent)."""
     try:
@@ -1034,17 +1041,17 @@ def section_rfm(ctx: ReportContext) -> Section:
         if risky and "lifetime_share" in seg.columns:
             text += (f"; {' and '.join(_label(x) for x in risky)} ({_pct(seg.loc[risky, 'customer_share'].sum())} of "
                      f"customers) brought {_pct(seg.loc[risky, 'lifetime_share'].sum())} of lifetime spend but only "
-                     f"{_pct(seg.loc[risky, 'revenue_share'].sum())} of the last 12 months'")
+                     f"{_pct(seg.loc[risky, 'revenue_share'].sum())} of the last 12 months' revenue")
     s.takeaway = text + "."
     s.plots.append(plot_segments(seg))
-    cols, num = ["segment", "customers", "share of customers"], [False, True, True]
+    cols, num = ["segment", "customers", "% customers"], [False, True, True]
     fields = []
     if has_rev:
-        fields += [("revenue", "revenue 365 d", _num), ("revenue_share", "share", lambda v: _pct(v, 1))]
+        fields += [("revenue", "revenue 365 d", _num), ("revenue_share", "% revenue", lambda v: _pct(v, 1))]
     if "lifetime" in seg.columns:
-        fields += [("lifetime", "lifetime spend", _num), ("lifetime_share", "share", lambda v: _pct(v, 1))]
+        fields += [("lifetime", "lifetime spend", _num), ("lifetime_share", "% lifetime", lambda v: _pct(v, 1))]
     if "recency_days" in seg.columns:
-        fields.append(("recency_days", "median recency (days)", _num))
+        fields.append(("recency_days", "median days since last order", _num))
     if "frequency" in seg.columns:
         fields.append(("frequency", "median orders", lambda v: _num(v, 0)))
     cols += [f[1] for f in fields]
@@ -1254,10 +1261,17 @@ def evaluation_views(obj: Any) -> dict[str, dict[str, dict[str, float]]]:
     return {"": rows} if rows else {}
 
 
-CHURN_METRICS = ["auc", "pr_auc", "brier", "log_loss", "ece", "lift_at_10", "capture_at_10", "lift@10%",
-                 "capture@10%", "lift_10", "capture_10"]
-CHURN_PLOTTED = ["auc", "pr_auc", "brier", "lift_at_10", "lift@10%", "lift_10"]
-LOWER_BETTER = ["brier", "log_loss", "ece"]
+def _churn_display() -> tuple:
+    """``training.churn_metrics.DISPLAY``: (key, header, format, higher is better) per metric column."""
+    display = getattr(_optional_module("training.churn_metrics"), "DISPLAY", None)
+    return tuple(display) if display else (
+        ("auc", "ROC-AUC", "{:.3f}", True), ("pr_auc", "PR-AUC", "{:.3f}", True), ("brier", "Brier", "{:.4f}", False),
+        ("log_loss", "log loss", "{:.4f}", False), ("ece", "ECE", "{:.4f}", False),
+        ("top_decile_lift", "lift@10%", "{:.2f}", True), ("top_decile_capture", "capture@10%", "{:.1%}", True),
+    )
+
+
+CHURN_PLOTTED = ["auc", "pr_auc", "brier", "top_decile_lift"]
 REC_METRICS = ["ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "coverage", "novelty"]
 REC_PLOTTED = ["ndcg@10", "recall@10", "hit_rate@10", "coverage"]
 MODEL_ROWS = ("model", "champion", "challenger", "lightgbm", "recommender")
@@ -1289,37 +1303,113 @@ def _view_tables(views: dict, preferred: list[str]) -> dict[str, pd.DataFrame]:
     return out
 
 
+def metric_key(name: str) -> str:
+    """MLflow-safe metric names back to their usual spelling: ``ndcg_at_10`` -> ``ndcg@10``."""
+    return re.sub(r"_at_(\d+)", r"@\1", str(name))
+
+
+def views_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """An MLflow run's metrics as evaluation views: ``auc`` is the model's, ``baseline.recency.auc``
+    the ``recency`` baseline's; a dotted prefix before the metric (``new.ndcg_at_10``) names a view."""
+    views: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in metrics.items():
+        if _finite(value) is None:
+            continue
+        parts = str(key).split(".")
+        if parts[0] == "baseline" and len(parts) >= 3:
+            name, rest = parts[1], parts[2:]
+        else:
+            name, rest = "model", parts
+        view = ".".join(rest[:-1])
+        views.setdefault(view, {}).setdefault(name, {})[metric_key(rest[-1])] = float(value)
+    # a view holding the model alone (e.g. training-time figures) is no comparison: keep views with baselines
+    compared = {v: rows for v, rows in views.items() if len(rows) > 1}
+    return compared or views
+
+
+def mlflow_evaluation(ws: Workspace, model_name: str) -> tuple[dict, list[Plot], str] | None:
+    """Evaluation views and ``plots/*.png`` of the champion's training run of ``model_name`` (else
+    the newest finished run tagged with it) in the workspace's MLflow store; None without a store."""
+    uri = ws.mlflow_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None  # never create an MLflow store just to look into it
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run, label = None, ""
+    try:
+        mv = mlc.get_model_version_by_alias(model_name, "champion")
+        run = mlc.get_run(mv.run_id)
+        label = f"MLflow: {model_name} champion, version {mv.version} (run {run.info.run_id[:8]})"
+    except Exception:  # noqa: BLE001 - no registered champion: fall back to the newest run
+        experiments = [e.experiment_id for e in mlc.search_experiments()]
+        if experiments:
+            runs = mlc.search_runs(experiments, f"tags.model_name = '{model_name}' and attributes.status = 'FINISHED'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                run = runs[0]
+                label = f"MLflow: newest {model_name} run {run.info.run_name} ({run.info.run_id[:8]})"
+    if run is None:
+        return None
+    views = views_from_metrics(run.data.metrics)
+    plots: list[Plot] = []
+    try:
+        names = [a.path for a in mlc.list_artifacts(run.info.run_id, "plots") if a.path.endswith(".png")]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                local = Path(mlc.download_artifacts(run.info.run_id, name, tmp))
+                plot = _existing_png(local)
+                if plot is not None:
+                    plot.name = f"{model_name.removeprefix('crmml-')}_{plot.name}"
+                    plots.append(plot)
+    except Exception:  # noqa: BLE001 - plots are a bonus
+        pass
+    return views, plots, label
+
+
 def section_churn_eval(ctx: ReportContext) -> Section:
     s = Section("churn-eval", "Churn model evaluation against baselines")
     obj, path = _json_any(ctx.workspace, [
         "reports/churn_evaluation.json", "reports/churn/evaluation.json", "outputs/churn_evaluation.json",
     ])
     views = evaluation_views(obj) if obj else {}
+    extra: list[Plot] = []
+    if views:
+        src = str(path.relative_to(ctx.workspace.root))
+        folder = path.parent if path.parent != ctx.workspace.reports_dir else None
+        extra = [p for p in (_existing_png(f) for f in sorted(folder.glob("*.png")))] if folder else []
+    else:
+        found = mlflow_evaluation(ctx.workspace, "crmml-churn")
+        if found:
+            views, extra, src = found
     if not views:
-        s.missing = ("No churn evaluation: run `crmml evaluate churn` (reports/churn_evaluation.json) to compare "
-                     "the model with its baselines.")
+        s.missing = ("No churn evaluation: train or evaluate the churn model (`crmml train churn`, "
+                     "`crmml evaluate churn`) to compare it with its baselines.")
         return s
-    tables = _view_tables(views, CHURN_METRICS)
+    display = _churn_display()
+    keys = [d[0] for d in display]
+    tables = _view_tables(views, keys)
     first = next(iter(tables.values()))
     model = _model_row(first)
     vs = _versus(first, "auc", model)
-    s.takeaway = (f"The churn model's AUC is {vs}." if vs else f"{len(first)} models and baselines evaluated.")
+    s.takeaway = (f"The churn model's ROC-AUC is {vs}." if vs else f"{len(first)} models and baselines evaluated.")
     if "brier" in first.columns and len(first) > 1:
         s.takeaway += f" Brier score (lower is better): {_versus(first, 'brier', model, higher_better=False)}."
-    plotted = {v: t[[c for c in CHURN_PLOTTED if c in t.columns] or list(t.columns)[:4]] for v, t in tables.items()}
+    headers = {d[0]: d[1] for d in display}
+    lower = [headers.get(k, k) for k, *_, better in display if not better]
+    plotted = {v: t[[c for c in CHURN_PLOTTED if c in t.columns] or list(t.columns)[:4]].rename(columns=headers)
+               for v, t in tables.items()}
     s.plots.append(plot_metric_bars(plotted, "Churn model vs baselines", "churn_metrics",
                                     "The churn model (blue) and each baseline on the evaluation window; "
-                                    "↑ higher is better, ↓ lower is better.", model_row=model,
-                                    lower_better=LOWER_BETTER))
-    folder = path.parent if path.parent != ctx.workspace.reports_dir else None
-    for png in sorted(folder.glob("*.png")) if folder else []:  # evaluation plots written beside the JSON
-        plot = _existing_png(png)
-        if plot is not None:
-            s.plots.append(plot)
+                                    "↑ higher is better, ↓ lower is better.", model_row=model, lower_better=lower))
+    s.plots.extend(p for p in extra if p is not None)
+    formats = {d[0]: d[2] for d in display}
     for view, table in tables.items():
-        s.tables.append(_df_table(table, caption=view))
-    s.source = str(path.relative_to(ctx.workspace.root))
-    s.notes.append(f"From {s.source}.")
+        s.tables.append(_df_table(table, caption=view, headers=headers, formats=formats))
+    s.source = src
+    s.notes.append(f"From {src}.")
     return s
 
 
@@ -1332,9 +1422,12 @@ def _existing_png(path: Path) -> Plot | None:
     return Plot(name=path.stem, caption=_label(path.stem), png=data, width=w, height=h)
 
 
-def _df_table(table: pd.DataFrame, index_name: str = "model / baseline", caption: str = "") -> Table:
-    cols = [index_name] + [str(c) for c in table.columns]
-    rows = [[_label(i)] + [("–" if not math.isfinite(float(v)) else f"{float(v):.4f}") for v in r]
+def _df_table(table: pd.DataFrame, index_name: str = "model / baseline", caption: str = "",
+              headers: dict | None = None, formats: dict | None = None) -> Table:
+    headers, formats = headers or {}, formats or {}
+    cols = [index_name] + [headers.get(c, str(c)) for c in table.columns]
+    rows = [[_label(i)] + [("–" if not math.isfinite(float(v)) else formats.get(c, "{:.4f}").format(float(v)))
+                           for c, v in r.items()]
             for i, r in table.iterrows()]
     return Table(cols, rows, caption=caption, numeric=[False] + [True] * len(table.columns))
 
@@ -1352,9 +1445,16 @@ def section_rec_eval(ctx: ReportContext) -> Section:
         "outputs/recommender_evaluation.json",
     ])
     views = evaluation_views(obj) if obj else {}
+    extra: list[Plot] = []
+    if views:
+        src = str(path.relative_to(ctx.workspace.root))
+    else:
+        found = mlflow_evaluation(ctx.workspace, "crmml-recommender")
+        if found:
+            views, extra, src = found
     if not views:
-        s.missing = ("No recommender evaluation: run `crmml evaluate recommender` "
-                     "(reports/recommender_evaluation.json) to compare it with its baselines.")
+        s.missing = ("No recommender evaluation: train or evaluate the recommender (`crmml train recommender`, "
+                     "`crmml evaluate recommender`) to compare it with its baselines.")
         return s
     tables = _view_tables(views, REC_METRICS)
     parts = []
@@ -1370,12 +1470,13 @@ def section_rec_eval(ctx: ReportContext) -> Section:
     s.plots.append(plot_metric_bars(plotted, "Recommender vs baselines", "recommender_metrics",
                                     "Ranking metrics of the recommender (blue) and its baselines on held-out purchases.",
                                     model_row=model))
+    s.plots.extend(extra)
     for view, table in tables.items():
         s.tables.append(_df_table(table, caption=REC_VIEW_CAPTIONS.get(view, view)))
     facts = [f"{k.replace('_', ' ')}: {obj[k]}" for k in ("cutoff", "window_days", "k", "n_users", "n_users_new")
              if isinstance(obj, dict) and k in obj]
-    s.source = str(path.relative_to(ctx.workspace.root))
-    s.notes.append(f"From {s.source}" + (f" ({', '.join(facts)})" if facts else "") + ".")
+    s.source = src
+    s.notes.append(f"From {src}" + (f" ({', '.join(facts)})" if facts else "") + ".")
     return s
 
 

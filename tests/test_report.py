@@ -239,8 +239,39 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
     for title in SECTIONS[1:]:
         assert plots[title] >= 1, f"{title} has no plot"
     text = path.read_text(encoding="utf-8")
-    assert "0.8100" in text and "recency" in text  # model vs baseline table
+    assert "0.810" in text and "recency" in text  # model vs baseline table
     assert "no purchase for 143 days" in text  # retention list reasons
+
+
+def test_evaluation_from_mlflow_runs(synthetic_workspace, tmp_path):
+    """Without evaluation files, the champion's (else the newest) training run in MLflow is used:
+    model metrics, ``baseline.<name>.<metric>`` and the run's ``plots/*.png``."""
+    from matplotlib.figure import Figure
+
+    from features.workspace import Workspace
+    from training import registry
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(synthetic_workspace.data_dir, ws.data_dir)
+    with registry.training_run(ws, registry.CHURN, params={"horizon_days": 90}) as run:
+        run.log_metrics({"auc": 0.8, "brier": 0.15, "pr_auc": 0.6, "top_decile_lift": 2.5})
+        run.log_metrics({"auc": 0.7, "brier": 0.2, "pr_auc": 0.5, "top_decile_lift": 2.0}, prefix="baseline.recency")
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        ax.plot([0, 0.2, 1], [0, 0.7, 1])
+        ax.set_title("ROC")
+        run.log_figure(fig, "roc.png")
+    with registry.training_run(ws, registry.RECOMMENDER) as run:
+        run.log_metrics({"ndcg@10": 0.2, "recall@10": 0.15})
+        run.log_metrics({"ndcg@10": 0.1, "recall@10": 0.08}, prefix="baseline.popular")
+    path = rp.build_report(ws, tmp_path / "r.html")
+    check_images(path, min_images=len(ALWAYS) + 3)
+    plots = sections_with_plots(path)
+    assert plots["Churn model evaluation against baselines"] == 2  # the comparison + the run's roc.png
+    assert plots["Recommendation metrics against baselines"] == 1
+    text = path.read_text(encoding="utf-8")
+    assert "ROC-AUC is 0.800 against 0.700 for the best baseline (recency)" in text
+    assert "ndcg@10 is 0.200 against 0.100" in text
 
 
 def test_log_report_to_mlflow(synthetic_workspace, synthetic_report):
