@@ -153,7 +153,7 @@ def prepare_events(events: pd.DataFrame, as_of=None) -> tuple[pd.DataFrame, pd.T
     if as_of is None:
         last = ev["timestamp"].max()
         as_of = (last.normalize() + pd.Timedelta(days=1)) if pd.notna(last) else pd.Timestamp.now().normalize()
-    as_of = pd.Timestamp(as_of)
+    as_of = pd.Timestamp(as_of).normalize()  # a date, as for the customer 360 and the snapshots
     ev = ev[ev["timestamp"] < as_of]
     ev["customer_id"] = ev["customer_id"].astype(str)
     if "amount" in ev.columns:
@@ -1073,10 +1073,8 @@ def section_cohorts(ctx: ReportContext) -> Section:
     if p.empty:
         s.missing = "No purchases in the data: no cohorts."
         return s
-    as_of_month = int(ctx.as_of.year * 12 + ctx.as_of.month - 1)
-    before = as_of_month if ctx.as_of.day != 1 or ctx.as_of != ctx.as_of.normalize() else as_of_month
-    # the month of as_of is partial unless as_of is the 1st at 00:00; with as_of on the 1st, month
-    # number as_of_month has no data yet, so "< as_of_month" is right in both cases
+    # complete months only: the month of as_of is partial (or, when as_of is the 1st, still empty)
+    before = int(ctx.as_of.year * 12 + ctx.as_of.month - 1)
     shares, sizes = cohort_retention(p, before_month=before)
     if shares.empty or shares.shape[1] < 2:
         s.missing = "Less than two complete months of purchases: no cohort retention yet."
