@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines.commands import churn, data, features, models, recommender, run, serve
+from pipelines.commands import churn, data, features, models, recommender, report, run, serve
 
 app = typer.Typer(help="crmml: churn warnings, recommendations and customer insight.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a model and register it as challenger.", no_args_is_help=True)
@@ -20,6 +20,7 @@ features.register(app)
 churn.register(train_app, evaluate_app)
 recommender.register(train_app, evaluate_app)
 models.register(models_app)
+report.register(app)
 run.register(app)
 serve.register(app)
 
