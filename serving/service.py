@@ -436,8 +436,13 @@ async def customer_profile(customer_id: str = Path(..., max_length=64)) -> Respo
 
 # -- recommendations --------------------------------------------------------------------------
 def _items(items: list[dict]) -> list[dict]:
-    return [{"item_id": it["item_id"], "score": it.get("score"), "source": it.get("source", "model"), "rank": n}
-            for n, it in enumerate(items, 1)]
+    out = []
+    for n, it in enumerate(items, 1):
+        row = {"item_id": it["item_id"], "score": it.get("score"), "source": it.get("source", "model"), "rank": n}
+        if "confidence" in it:
+            row.update(support=it.get("support"), confidence=it.get("confidence"), lift=it.get("lift"))
+        out.append(row)
+    return out
 
 
 @api.post(

@@ -1,0 +1,653 @@
+"""The crmml HTTP service: started for real on loopback, called over HTTP.
+
+* fast, in-process: the online store (memory, and the Redis layout against a fake client), route
+  templates for metrics, the auth/size guard;
+* the real service (``crmml serve`` -> ``bentoml serve``) on a free 127.0.0.1 port with a temporary
+  workspace holding real registered champions trained on a small synthetic shop: every endpoint,
+  the 4xx paths, a champion change picked up by ``POST /admin/reload`` while requests keep flowing
+  and by polling, the registry-unreachable fallback, and the refusals to start.
+
+Every process started here is stopped by killing its process group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key-7f3a9c"
+N_CUSTOMERS = 400
+
+
+# ============================================================================================
+# fast, in-process
+# ============================================================================================
+def test_memory_store_lookup_and_missing():
+    from serving.store import MemoryStore, dumps, join_records
+
+    ids = ["a", "b", "c"]
+    recs = {"churn": [dumps({"id": "a"}), b"", dumps({"id": "c", "x": [1, 2]})], "profile": [b"{}", b"{}", b"{}"]}
+    store = MemoryStore(ids, recs, columns={"p": np.array([0.1, np.nan, 0.9], dtype=np.float32)})
+    assert store.get("churn", "a") == b'{"id":"a"}'
+    assert store.get("churn", "b") is None  # empty record = no record of this kind
+    assert store.get("churn", "zz") is None
+    assert store.get_many("churn", ["c", "zz", "a"]) == [b'{"id":"c","x":[1,2]}', None, b'{"id":"a"}']
+    assert json.loads(join_records([store.get("churn", "a"), store.get("churn", "c")]))[1]["x"] == [1, 2]
+    assert len(store) == 3 and "b" in store and "zz" not in store
+    assert store.info()["record_bytes"] > 0
+    with pytest.raises(ValueError):
+        MemoryStore(["a", "a"], {"churn": [b"", b""]})
+
+
+def test_customer_store_records_are_json_with_nan_as_null():
+    from serving.store import build_customer_store
+
+    scores = pd.DataFrame({
+        "customer_id": ["C1", "C2"], "churn_probability": [0.8, np.nan], "risk_tier": ["high", None],
+        "reasons": [[{"feature": "recency_days", "value": np.float64(143.0), "contribution": 0.5,
+                      "sentence": "no purchase for 143 days"}], []],
+        "value_at_stake": [80.0, np.nan], "clv_12m": [100.0, np.nan], "suggested_action": ["call", None],
+    })
+    c360 = pd.DataFrame({
+        "customer_id": ["C1", "C3"], "as_of": ["2024-12-31"] * 2, "r_score": pd.array([1, None], dtype="Int64"),
+        "rfm_segment": ["lost", None], "value_tier": ["A", "C"], "lifecycle_stage": ["lapsed", "prospect"],
+        "tags": ["lost, top customer", ""], "recency_days": [143.0, np.nan], "country": ["UK", None],
+    })
+    store = build_customer_store(scores, c360, "7", "2024-12-31")
+    c1 = json.loads(store.get("churn", "C1"))
+    assert c1["segment"] == "lost" and c1["model_version"] == "7" and c1["reasons"][0]["value"] == 143.0
+    assert json.loads(store.get("churn", "C2"))["churn_probability"] is None
+    assert store.get("churn", "C3") is None  # a profile without a score has no churn record
+    p1 = json.loads(store.get("profile", "C1"))
+    assert p1["tags"] == ["lost", "top customer"] and p1["rfm"]["r_score"] == 1 and p1["churn"]["risk_tier"] == "high"
+    assert p1["attributes"] == {"country": "UK"} and p1["clv_12m"] == 100.0
+    assert json.loads(store.get("profile", "C3"))["churn"] is None
+
+
+class _FakeRedis:
+    """Just enough of redis-py for RedisStore (get, mget, set, expire, scan_iter, pipeline)."""
+
+    def __init__(self):
+        self.data: dict[str, bytes] = {}
+        self.expiring: set[str] = set()
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def mget(self, keys):
+        return [self.data.get(k) for k in keys]
+
+    def set(self, key, value):
+        self.data[key] = value if isinstance(value, bytes) else str(value).encode()
+
+    def expire(self, key, seconds):
+        self.expiring.add(key)
+
+    def scan_iter(self, match, count=None):
+        prefix = match.rstrip("*")
+        return [k for k in list(self.data) if k.startswith(prefix)]
+
+    def pipeline(self, transaction=False):
+        parent = self
+
+        class Pipe:
+            ops = []
+
+            def set(self, key, value):
+                self.ops.append((key, value))
+
+            def execute(self):
+                for key, value in self.ops:
+                    parent.set(key, value)
+                self.ops.clear()
+
+        return Pipe()
+
+
+def test_redis_store_layout_against_a_fake_client():
+    from serving.store import RedisStore
+
+    client = _FakeRedis()
+    gen1 = RedisStore.publish(client, ["a", "b"], {"churn": [b'{"v":1}', b'{"v":2}']}, generation="g1")
+    assert gen1.get("churn", "a") == b'{"v":1}' and gen1.get_many("churn", ["b", "zz"]) == [b'{"v":2}', None]
+    assert len(gen1) == 2 and "a" in gen1
+    gen2 = RedisStore.publish(client, ["a"], {"churn": [b'{"v":3}']}, generation="g2")
+    assert RedisStore(client).generation == "g2" and gen2.get("churn", "a") == b'{"v":3}'
+    assert gen1.get("churn", "a") == b'{"v":1}'  # a reader keeps its generation until it is swapped
+    assert all(k.startswith("crmml:g1:") for k in client.expiring)  # the old generation expires
+
+
+def test_route_templates_keep_ids_out_of_metrics():
+    from serving.service import route_template
+
+    assert route_template("/customers/C0001/profile") == "/customers/{id}/profile"
+    assert route_template("/items/I9/similar") == "/items/{id}/similar"
+    assert route_template("/items/I9/bought-together") == "/items/{id}/bought-together"
+    assert route_template("/churn/score") == "/churn/score"
+    assert route_template("/some/C0001/thing") == "/{other}"
+
+
+def test_schemas_limits():
+    from pydantic import ValidationError
+
+    from serving import schemas
+
+    schemas.RecommendRequest(customer_id="C1", k=100)
+    for bad in ({"customer_id": "C1", "k": 0}, {"customer_id": "C1", "k": 101}, {"customer_id": "a b"},
+                {"customer_id": "x" * 65}, {"customer_id": "C1", "colour": "red"}):
+        with pytest.raises(ValidationError):
+            schemas.RecommendRequest(**bad)
+    with pytest.raises(ValidationError):
+        schemas.ChurnScoreRequest(customer_ids=["C"] * 10_001)
+    with pytest.raises(ValidationError):
+        schemas.BasketRequest(item_ids=["I"] * 201)
+
+
+# ============================================================================================
+# the real service
+# ============================================================================================
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _base_env(ws: Path, extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    for k in ("CRMML_API_KEY", "CRMML_AUTH", "MLFLOW_TRACKING_URI", "CRMML_RELOAD_SECONDS"):
+        env.pop(k, None)
+    env.update({
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "True",
+        "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_HOME": str(ws / "bentoml"), "PYTHONUNBUFFERED": "1",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+    })
+    if _STANDIN_SITE is not None:  # only while training.churn_pyfunc has not landed
+        env["PYTHONPATH"] = str(_STANDIN_SITE) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+class Server:
+    """``crmml serve`` on a free loopback port, in its own process group."""
+
+    def __init__(self, ws: Path, log: Path, env: dict | None = None, args: tuple = ()):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port), "--workspace", str(ws), *args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=_base_env(ws, env), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+    def wait_ready(self, timeout: float = 240.0) -> "Server":
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200 and r.json().get("ready"):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"service not ready after {timeout} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+
+
+# -- champions --------------------------------------------------------------------------------
+# Stand-ins are used only for modules that have not landed yet (they live in this file alone).
+_HAVE_CHURN = importlib.util.find_spec("training.churn_pyfunc") is not None and importlib.util.find_spec("training.churn") is not None
+_HAVE_REC_PYFUNC = importlib.util.find_spec("training.recommender_pyfunc") is not None
+_STANDIN_SITE: Path | None = None
+
+_STANDIN_SCORE = '''
+import sys, importlib.abc, importlib.util
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "training.churn_pyfunc" else None
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        import numpy as np, pandas as pd
+        def score_customers(model, snapshot_df, clv_df):
+            feats = model.features
+            X = snapshot_df[feats].astype(float).fillna(0.0).to_numpy()
+            p = model.predict_proba(X)[:, 1]
+            contrib = (X - model.mean) * model.coef
+            out = pd.DataFrame({"customer_id": snapshot_df["customer_id"].astype(str).to_numpy(), "churn_probability": p})
+            out["risk_tier"] = np.where(p >= 0.6, "high", np.where(p >= 0.3, "medium", "low"))
+            top = np.argsort(-contrib, axis=1)[:, :3]
+            out["reasons"] = [[{"feature": feats[j], "value": float(X[i, j]), "contribution": float(contrib[i, j]),
+                                "sentence": f"{feats[j]} = {X[i, j]:.0f}"} for j in top[i]] for i in range(len(X))]
+            clv = clv_df.set_index("customer_id")["clv_12m"] if clv_df is not None else pd.Series(dtype=float)
+            out["clv_12m"] = out["customer_id"].map(clv).astype(float)
+            out["value_at_stake"] = out["churn_probability"] * out["clv_12m"]
+            out["suggested_action"] = np.where(out["risk_tier"] == "high", "call now", "none")
+            return out
+        module.score_customers = score_customers
+
+sys.meta_path.append(_Finder())
+'''
+
+
+def _standin_churn(ws, C: float = 1.0) -> str:
+    """A tiny real logistic regression, logged as a pyfunc and registered through training.registry."""
+    import cloudpickle
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    from features.snapshots import build_snapshots, default_cutoffs
+    from training import registry
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    snap = build_snapshots(ws, default_cutoffs(ws.read_table("events", columns=["timestamp"]), n=3))
+    snap = snap[snap["label_available"]]
+    feats = ["recency_days", "frequency", "monetary", "tenure_days", "orders_90d"]
+    X = snap[feats].astype(float).fillna(0.0).to_numpy()
+    lr = LogisticRegression(C=C, max_iter=500).fit(X, snap["churned"].to_numpy().astype(int))
+    model = _ChurnStandIn(feats, lr, X.mean(axis=0))
+    example = snap[feats].head(3).astype(float)
+    with registry.training_run(ws, registry.CHURN, params={"C": C}) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_ChurnPyfunc(model),
+                                       signature=infer_signature(example, np.zeros(3)), pip_requirements=["scikit-learn"])
+        run.register(info, {"auc": 0.7, "brier": 0.2})
+    return run.model_version
+
+
+class _ChurnStandIn:
+    def __init__(self, features, lr, mean):
+        self.features, self.lr, self.mean, self.coef = features, lr, mean, lr.coef_[0]
+
+    def predict_proba(self, X):
+        return self.lr.predict_proba(X)
+
+
+try:
+    import mlflow.pyfunc as _pyfunc
+
+    class _ChurnPyfunc(_pyfunc.PythonModel):
+        def __init__(self, model):
+            self.model = model
+
+        def predict(self, context, model_input, params=None):
+            X = model_input[self.model.features].astype(float).fillna(0.0).to_numpy()
+            return self.model.predict_proba(X)[:, 1]
+
+    class _RecPyfunc(_pyfunc.PythonModel):
+        def __init__(self, model):
+            self.model = model
+
+        def predict(self, context, model_input, params=None):
+            return self.model.recommend(list(model_input["user_id"].astype(str)), k=10)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _standin_recommender(ws) -> str:
+    """The real Recommender, fitted small, wrapped in a stand-in pyfunc until recommender_pyfunc lands."""
+    import cloudpickle
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from features.interactions import load_interactions
+    from training import registry
+    from training.recommender import Recommender
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    rec = Recommender(show_progress=False, use_ranker=False, als_iterations=3, als_factors=8, num_threads=1).fit(
+        load_interactions(ws), items=ws.read_table("items"), users=ws.read_table("customers"))
+    with registry.training_run(ws, registry.RECOMMENDER) as run:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=_RecPyfunc(rec), pip_requirements=["implicit"],
+            signature=infer_signature(pd.DataFrame({"user_id": ["x"]}), pd.DataFrame({"item_id": ["a"]})))
+        run.register(info, {"ndcg@10": 0.1, "coverage": 0.5})
+    return run.model_version
+
+
+def _train_churn(ws, C: float = 1.0) -> str:
+    return _standin_churn(ws, C)
+
+
+def _train_recommender(ws) -> str:
+    return _standin_recommender(ws)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A small synthetic shop with champions v1 of both models."""
+    global _STANDIN_SITE
+    from features import synthetic
+    from features.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("serving")
+    if not _HAVE_CHURN:
+        site = root / "standin_site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_STANDIN_SCORE)
+        _STANDIN_SITE = site
+    ws = Workspace(root / "workspace")
+    synthetic.write(ws, synthetic.generate(N_CUSTOMERS, seed=3), 3, N_CUSTOMERS)
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    _train_churn(ws)
+    _train_recommender(ws)
+    events = ws.read_table("events")
+    purchases = events[events["event_type"] == "purchase"]
+    return {
+        "ws": ws,
+        "root": root,
+        "customer": str(purchases["customer_id"].value_counts().index[0]),
+        "item": str(purchases["item_id"].value_counts().index[0]),
+        "customers": sorted(events["customer_id"].astype(str).unique()),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(shop):
+    srv = Server(shop["ws"].root, shop["root"] / "server_a.log", {"CRMML_API_KEY": KEY}, ("--reload-seconds", "0"))
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        yield c
+
+
+# -- endpoints --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_health_is_open_and_everything_else_needs_the_key(server, client):
+    import httpx
+
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(server.url + "/readyz").json()
+    assert ready["ready"] is True and set(ready["models"]) == {"crmml-churn", "crmml-recommender"}
+    assert httpx.get(server.url + "/metrics").status_code == 200
+    for method, path, body in (("POST", "/churn/score", {"customer_ids": ["C1"]}), ("GET", "/metadata", None),
+                               ("POST", "/recommend", {"customer_id": "C1"}), ("GET", "/items/I1/similar", None),
+                               ("POST", "/admin/reload", None), ("GET", "/openapi.json", None)):
+        r = httpx.request(method, server.url + path, json=body)
+        assert r.status_code == 401, (path, r.text)
+        assert "API key" in r.json()["detail"] and r.headers["www-authenticate"].startswith("Bearer")
+        r = httpx.request(method, server.url + path, json=body, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 403 and r.json()["detail"] == "invalid API key"
+    assert httpx.get(server.url + "/metadata", headers={"X-API-Key": KEY}).status_code == 200
+
+
+@pytest.mark.slow
+def test_churn_score(shop, client):
+    cid = shop["customer"]
+    r = client.post("/churn/score", json={"customer_ids": [cid, cid, "NOBODY-1"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 1 and body["unknown_ids"] == ["NOBODY-1"] and body["model_version"] == "1"
+    score = body["scores"][0]
+    assert score["customer_id"] == cid and 0.0 <= score["churn_probability"] <= 1.0
+    assert score["risk_tier"] and score["suggested_action"] and score["segment"]
+    assert score["reasons"] and {"feature", "value", "contribution", "sentence"} <= set(score["reasons"][0])
+    assert score["as_of"] == body["as_of"] and score["model_version"] == "1"
+    assert "value_at_stake" in score and "clv_12m" in score
+    # the whole base at once
+    everyone = client.post("/churn/score", json={"customer_ids": shop["customers"]}).json()
+    assert everyone["count"] >= len(shop["customers"]) * 0.9
+    r = client.post("/churn/score", json={"customer_ids": ["NOBODY-1", "NOBODY-2"]})
+    assert r.status_code == 404 and "none of the 2" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_profile(shop, client):
+    cid = shop["customer"]
+    p = client.get(f"/customers/{cid}/profile").json()
+    assert p["customer_id"] == cid and p["segment"] and p["value_tier"] in ("A", "B", "C") and p["lifecycle_stage"]
+    assert {"recency_days", "frequency", "monetary", "r_score", "f_score", "m_score"} <= set(p["rfm"])
+    assert isinstance(p["tags"], list) and p["churn"]["model_version"] == "1" and "clv_12m" in p
+    r = client.get("/customers/NOBODY-1/profile")
+    assert r.status_code == 404 and "unknown customer" in r.json()["detail"]
+    r = client.get("/customers/bad%20id/profile")
+    assert r.status_code == 422 and "1-64 characters" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_recommend(shop, client):
+    cid = shop["customer"]
+    r = client.post("/recommend", json={"customer_id": cid, "k": 5, "exclude_seen": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cold_start"] is False and len(body["items"]) == 5 and body["model_version"] == "1"
+    assert all(it["source"] and it["item_id"] for it in body["items"])
+    assert [it["rank"] for it in body["items"]] == [1, 2, 3, 4, 5]
+    again = client.post("/recommend", json={"customer_id": cid, "k": 3, "exclude_seen": True}).json()
+    assert [it["item_id"] for it in again["items"]] == [it["item_id"] for it in body["items"]][:3]  # cached prefix
+    cold = client.post("/recommend", json={"customer_id": "NEW-CUSTOMER-1", "k": 4}).json()
+    assert cold["cold_start"] is True and len(cold["items"]) == 4
+    assert all(it["source"].startswith(("popular", "catalogue", "trending")) for it in cold["items"])
+    filtered = client.post("/recommend", json={"customer_id": cid, "k": 5, "filters": {"exclude_items": [shop["item"]]}})
+    assert filtered.status_code == 200 and shop["item"] not in [it["item_id"] for it in filtered.json()["items"]]
+
+
+@pytest.mark.slow
+def test_basket_and_items(shop, client):
+    item = shop["item"]
+    r = client.post("/recommend/basket", json={"item_ids": [item, "NO-SUCH-ITEM"], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["cold_start"] is False and body["unknown_item_ids"] == ["NO-SUCH-ITEM"] and len(body["items"]) == 5
+    assert item not in [it["item_id"] for it in body["items"]]
+    cold = client.post("/recommend/basket", json={"item_ids": ["NO-SUCH-ITEM"], "k": 3}).json()
+    assert cold["cold_start"] is True and len(cold["items"]) == 3
+    sim = client.get(f"/items/{item}/similar", params={"k": 4}).json()
+    assert sim["kind"] == "similar" and 0 < len(sim["items"]) <= 4 and item not in [i["item_id"] for i in sim["items"]]
+    bt = client.get(f"/items/{item}/bought-together", params={"k": 4}).json()
+    assert bt["kind"] == "bought_together" and all(i["source"] == "cooc" for i in bt["items"])
+    assert all(i["confidence"] is not None and i["lift"] is not None for i in bt["items"])
+    for path in ("/items/NO-SUCH-ITEM/similar", "/items/NO-SUCH-ITEM/bought-together"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["detail"] == "unknown item"
+
+
+@pytest.mark.slow
+def test_bad_requests_get_4xx_with_a_reason(server, client):
+    cases = [
+        ("/recommend", {"customer_id": "C1", "k": 0}, 422, "k"),
+        ("/recommend", {"customer_id": "C1", "k": 101}, 422, "k"),
+        ("/recommend", {"customer_id": "C 1"}, 422, "customer_id"),
+        ("/recommend", {"customer_id": "C1", "filters": {"colour": "red"}}, 422, "unknown field"),
+        ("/recommend", {"req": {"customer_id": "C1"}}, 422, "top level"),
+        ("/churn/score", {"customer_ids": []}, 422, "customer_ids"),
+        ("/churn/score", {"customer_ids": ["C1"] * 10_001}, 422, "at most 10000"),
+        ("/churn/score", {"customer_ids": ["ok", "not/ok"]}, 422, "customer_ids.1"),
+        ("/churn/score", {"customer_ids": "C1"}, 422, "customer_ids"),
+        ("/recommend/basket", {"item_ids": ["I1"] * 201}, 422, "item_ids"),
+    ]
+    for path, body, status, words in cases:
+        r = client.post(path, json=body)
+        assert r.status_code == status, (path, body, r.text)
+        assert words in r.json()["detail"], (path, r.json())
+    r = client.post("/recommend", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = client.post("/churn/score", content=b"[" + b'"C1",' * 500_000 + b'"C1"]', headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert client.get("/items/I1/similar", params={"k": 500}).status_code == 422
+    assert client.get("/recommend").status_code == 405
+
+
+@pytest.mark.slow
+def test_metadata_metrics_and_openapi(shop, server, client):
+    meta = client.get("/metadata").json()
+    for name in ("crmml-churn", "crmml-recommender"):
+        m = meta["models"][name]
+        assert m["version"] == "1" and m["source"] == "registry" and m["bentoml_tag"].startswith(f"{name}:v1-")
+        assert m["run_id"] and m["lineage"]["data_fingerprint"]
+    assert meta["data"]["as_of"] and meta["data"]["customers"] >= len(shop["customers"]) * 0.9 and meta["auth"] is True
+    spec = client.get("/openapi.json").json()
+    for path in ("/churn/score", "/customers/{customer_id}/profile", "/recommend", "/recommend/basket",
+                 "/items/{item_id}/similar", "/items/{item_id}/bought-together", "/metadata", "/admin/reload"):
+        assert path in spec["paths"], path
+    assert "bearer" in spec["components"]["securitySchemes"]
+    client.get(f"/customers/{shop['customer']}/profile")
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/customers/{id}/profile"' in metrics
+    assert shop["customer"] not in metrics and "NOBODY" not in metrics
+    assert shop["customer"] not in server.tail(200_000)  # no ids in the service log
+
+
+@pytest.mark.slow
+def test_admin_reload_picks_up_a_new_champion_without_dropping_requests(shop, server, client):
+    import httpx
+
+    from training import registry
+
+    version = _train_churn(shop["ws"], C=0.05)
+    registry.promote(shop["ws"], registry.CHURN, version=version, force=True)
+    assert client.get("/metadata").json()["models"]["crmml-churn"]["version"] == "1"  # polling is off here
+
+    failures, done = [], threading.Event()
+    count = [0]
+
+    def hammer():
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=30) as c:
+            while not done.is_set():
+                for r in (c.post("/recommend", json={"customer_id": shop["customer"], "k": 5}),
+                          c.post("/churn/score", json={"customer_ids": [shop["customer"]]})):
+                    count[0] += 1
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        r = client.post("/admin/reload")
+        time.sleep(0.5)
+    finally:
+        done.set()
+        thread.join()
+    assert r.status_code == 200 and r.json()["reloaded"] is True, r.text
+    assert r.json()["models"]["crmml-churn"] == version
+    assert failures == [] and count[0] > 10
+    meta = client.get("/metadata").json()
+    assert meta["models"]["crmml-churn"]["version"] == version and meta["reload"]["reloads"] == 1
+    score = client.post("/churn/score", json={"customer_ids": [shop["customer"]]}).json()
+    assert score["model_version"] == version and score["scores"][0]["model_version"] == version
+    assert client.post("/admin/reload").json()["reloaded"] is False  # nothing changed since
+
+
+@pytest.mark.slow
+def test_polling_picks_up_a_champion_change(shop, server):
+    import httpx
+
+    from training import registry
+
+    server.stop()  # one service at a time on this small machine
+    poller = Server(shop["ws"].root, shop["root"] / "server_poll.log", {"CRMML_API_KEY": KEY}, ("--reload-seconds", "1"))
+    try:
+        poller.wait_ready()
+        h = {"X-API-Key": KEY}
+        before = httpx.get(poller.url + "/metadata", headers=h).json()["models"]["crmml-churn"]["version"]
+        moved = registry.rollback(shop["ws"], registry.CHURN)
+        assert moved["from"] == before
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            now = httpx.get(poller.url + "/metadata", headers=h).json()["models"]["crmml-churn"]["version"]
+            if now == moved["to"]:
+                break
+            time.sleep(0.5)
+        assert now == moved["to"], poller.tail()
+    finally:
+        poller.stop()
+
+
+@pytest.mark.slow
+def test_registry_unreachable_serves_the_last_imported_versions(shop):
+    import httpx
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    srv = Server(shop["ws"].root, shop["root"] / "server_offline.log",
+                 {"CRMML_API_KEY": KEY, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead}"}, ("--reload-seconds", "0"))
+    try:
+        srv.wait_ready()
+        meta = httpx.get(srv.url + "/metadata", headers={"X-API-Key": KEY}).json()
+        assert {m["source"] for m in meta["models"].values()} == {"last_imported"}
+        assert any("registry unreachable" in w for w in meta["warnings"])
+        assert meta["reload"]["registry_reachable"] is False
+        r = httpx.post(srv.url + "/recommend", json={"customer_id": shop["customer"]}, headers={"X-API-Key": KEY})
+        assert r.status_code == 200
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_refuses_to_start_without_models(shop, tmp_path):
+    from features.workspace import Workspace
+
+    ws = Workspace(tmp_path / "empty")
+    ws.write_table("events", shop["ws"].read_table("events"))
+    srv = Server(ws.root, tmp_path / "refuse.log", {"CRMML_API_KEY": KEY})
+    try:
+        code = srv.proc.wait(timeout=120)
+    finally:
+        srv.stop()
+    out = srv.tail()
+    assert code != 0 and "refusing to start" in out and "no earlier import of crmml-churn" in out, out
+
+
+@pytest.mark.slow
+def test_service_refuses_to_start_without_a_key(shop, tmp_path):
+    """``bentoml serve`` directly, no CRMML_API_KEY and no CRMML_AUTH=off: the service stops itself."""
+    env = _base_env(shop["ws"].root, {"CRMML_WORKSPACE": str(shop["ws"].root)})
+    port = _free_port()
+    log = tmp_path / "nokey.log"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:CrmmlService", "--host", "127.0.0.1",
+         "--port", str(port)], cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text(errors="replace")
+    assert "refusing to start" in text and "CRMML_API_KEY" in text, text[-3000:]
