@@ -665,6 +665,22 @@ class RecommenderAdapter:
             return None
         return self._cached(("b", item_id), k, lambda kk: self.rec.bought_together(item_id, k=kk))
 
+    def smoke(self) -> None:
+        """Call every route's code path once (known and unknown customer, an item, a basket).
+
+        A model that cannot answer (e.g. pickled by a different version of the code) fails here, at
+        load, instead of answering 500 later: start-up refuses, a reload keeps the old state.
+        """
+        user = next(iter(self._users), None)
+        item = next(iter(self._items), None)
+        if user is not None:
+            self.rec.recommend_one(user, k=3, exclude_seen=True)
+        self.rec.recommend_one("__crmml_smoke_unknown__", k=3)
+        if item is not None:
+            self.rec.recommend_for_items([item], k=3)
+            self.rec.similar_items(item, k=3)
+            self.rec.bought_together(item, k=3)
+
 
 def score_all(churn: LoadedModel, data) -> Any:
     """Churn scores with reasons for every customer of ``data`` in one vectorised batch."""
@@ -715,10 +731,18 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
     else:
         scores = score_all(models[CHURN], data)
         store = st.build_customer_store(scores, data.c360, refs[CHURN].version, data.as_of_str)
+    rec = RecommenderAdapter(models[RECOMMENDER].impl)
+    try:
+        rec.smoke()
+    except Exception as exc:
+        raise RuntimeError(
+            f"{refs[RECOMMENDER].name} v{refs[RECOMMENDER].version} cannot answer requests "
+            f"({type(exc).__name__}: {exc}); not serving it"
+        ) from exc
     return ServingState(
         models=models,
         store=store,
-        rec=RecommenderAdapter(models[RECOMMENDER].impl),
+        rec=rec,
         data=data,
         as_of=data.as_of_str,
         data_stamp=stamp,

@@ -564,14 +564,21 @@ def _refuse(exc: BaseException) -> None:
     """Fatal start-up problem: say why, and stop the BentoML supervisor instead of a restart loop.
 
     BentoML restarts a worker whose start-up failed, forever; when this worker's parent is the
-    ``bentoml serve`` process, it is asked to shut down (SIGTERM). ``crmml serve`` runs the same
-    checks before starting BentoML and exits with code 1.
+    ``bentoml serve`` process, it is asked to shut down (SIGTERM). ``crmml serve`` runs the registry
+    checks before starting BentoML, and reads ``CRMML_REFUSAL_FILE`` afterwards to exit with code 1.
     """
     import signal
     import sys
 
     print(f"crmml: refusing to start: {exc}", file=sys.stderr, flush=True)
     log.critical("refusing to start: %s", exc)
+    refusal = os.environ.get("CRMML_REFUSAL_FILE")
+    if refusal:  # `crmml serve` reads it and exits with code 1
+        try:
+            with open(refusal, "w") as fh:
+                fh.write(str(exc))
+        except OSError:
+            pass
     if os.environ.get("CRMML_EXIT_ON_FATAL", "1") != "1":
         return
     try:
@@ -603,12 +610,12 @@ class CrmmlService:
 
     def __init__(self) -> None:
         global RUNTIME
-        from serving.models import NoModelError, ServingRuntime
+        from serving.models import ServingRuntime
 
         try:
             runtime = ServingRuntime.from_env()
             runtime.start()
-        except (NoModelError, RuntimeError, FileNotFoundError, ValueError) as exc:
+        except Exception as exc:  # NoModelError, no API key, no data, a model that cannot answer...
             _refuse(exc)
             raise
         RUNTIME = runtime

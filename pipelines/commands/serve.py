@@ -2,7 +2,7 @@
 
     crmml serve [--port 3000] [--workspace DIR] [--no-auth] [--reload-seconds 30]
 
-What it does before handing over to ``bentoml serve serving.service:CrmmlService``:
+What it does before running ``bentoml serve serving.service:CrmmlService`` in the foreground:
 
 * environment: ``OPENBLAS_NUM_THREADS=1``, ``BENTOML_DO_NOT_TRACK=True``,
   ``MLFLOW_DISABLE_TELEMETRY=true``, ``CRMML_WORKSPACE``, and ``BENTOML_HOME`` (default
@@ -83,7 +83,7 @@ def preflight(workspace: Path, env: dict) -> list[str]:
 
 def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: bool = False,
           reload_seconds: Optional[float] = None) -> None:
-    """Start the service in the foreground (replaces this process with ``bentoml serve``)."""
+    """Start the service in the foreground (``bentoml serve`` as a child; Ctrl+C stops both)."""
     from rich.console import Console
 
     from features.workspace import Workspace
@@ -110,8 +110,43 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
         console.print(f"API key: [bold]{key}[/]  (send 'Authorization: Bearer KEY'; set CRMML_API_KEY to choose one)")
     sys.stdout.flush()
     sys.stderr.flush()
-    cmd = serve_command(port)
-    os.execvpe(cmd[0], cmd, env)
+    raise typer.Exit(run_service(serve_command(port), env, console))
+
+
+def run_service(cmd: list[str], env: dict, console) -> int:
+    """Run ``bentoml serve`` in the foreground; 1 if the service refused to start, else its exit code.
+
+    BentoML's supervisor exits 0 when it is stopped, also when the service stopped it because it
+    refused to start (no champion, no key, a model that cannot answer): the service then writes its
+    reason to ``CRMML_REFUSAL_FILE``. SIGINT/SIGTERM are passed on to the supervisor.
+    """
+    import signal
+    import subprocess
+    import tempfile
+
+    fd, refusal = tempfile.mkstemp(prefix="crmml_refusal_")
+    os.close(fd)
+    env = {**env, "CRMML_REFUSAL_FILE": refusal}
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+        while code is None:  # pragma: no cover
+            code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reason = Path(refusal).read_text().strip() if Path(refusal).exists() else ""
+        Path(refusal).unlink(missing_ok=True)
+    if reason:
+        console.print(f"[bold red]crmml serve: the service refused to start:[/] {reason}", soft_wrap=True)
+        return 1
+    return code
 
 
 def register(app: typer.Typer) -> None:
