@@ -882,7 +882,7 @@ def load_churn_scores(ctx: ReportContext) -> tuple[pd.DataFrame | None, str]:
         return ctx.cache["scores"]
     df, src = _read_any(ctx.workspace, [("churn_scores", "outputs"), ("scores", "outputs"), ("churn_scores", "features")])
     if df is not None:
-        df = df.copy()
+        df = _lists(df.copy())
         df["customer_id"] = df["customer_id"].astype(str)
     ctx.cache["scores"] = (df, src)
     return df, src
@@ -895,8 +895,17 @@ def _prob_column(df: pd.DataFrame) -> str | None:
     return None
 
 
+def _lists(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet gives list columns back as numpy arrays; make them lists again (reasons)."""
+    for col in ("reasons", "top_reasons"):
+        if col in df.columns:
+            df[col] = df[col].map(lambda v: list(v) if isinstance(v, (np.ndarray, tuple)) else v)
+    return df
+
+
 def load_retention_list(ctx: ReportContext) -> tuple[pd.DataFrame | None, str]:
-    return _read_any(ctx.workspace, [("retention_list", "outputs"), ("retention", "outputs")])
+    df, src = _read_any(ctx.workspace, [("retention_list", "outputs"), ("retention", "outputs")])
+    return (_lists(df), src) if df is not None else (None, "")
 
 
 # ================================================================================================
@@ -1539,48 +1548,99 @@ def section_rules(ctx: ReportContext) -> Section:
     return s
 
 
+def reason_text(value) -> str:
+    """Reasons as one readable string: a list of sentences or of ``{"sentence": ...}`` records."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return str(value.get("sentence") or value.get("text") or value.get("feature") or "")
+    try:
+        return "; ".join(t for t in (reason_text(v) for v in value) if t)
+    except TypeError:
+        return str(value)
+
+
+RETENTION_COLUMNS = [  # (column, header, kind) shown when present, in this order
+    ("rank", "#", "int"),
+    ("customer_id", "customer", "text"),
+    ("churn_probability", "churn risk", "pct"),
+    ("risk_tier", "risk tier", "label"),
+    ("clv_12m", "12-month value", "money"),
+    ("value_at_stake", "value at stake", "money"),
+    ("rfm_segment", "RFM segment", "label"),
+    ("value_tier", "tier", "text"),
+    ("action_text", "suggested action", "text"),
+    ("why", "why", "text"),
+]
+
+
 def section_retention(ctx: ReportContext) -> Section:
     s = Section("retention-list", "Retention list: top customers by value at stake")
     df, src = load_retention_list(ctx)
     if df is None:
-        s.missing = "No retention list: run `crmml score` (outputs/retention_list.parquet) to rank customers by value at stake."
+        scores, score_src = load_churn_scores(ctx)
+        make = _optional("training.retention", "retention_list")
+        needed = {"churn_probability", "risk_tier", "reasons", "clv_12m"}
+        if scores is not None and make is not None and (needed <= set(scores.columns)):
+            df, src = make(scores), f"training.retention.retention_list on {score_src}"
+    if df is None:
+        s.missing = ("No retention list: score the customers with the churn model (`crmml score`) to rank them "
+                     "by value at stake.")
         return s
     stake = next((c for c in ("value_at_stake", "expected_loss", "value_at_risk") if c in df.columns), None)
     if stake is None:
         s.missing = f"The retention list ({src}) has no value-at-stake column."
         return s
-    df = df.sort_values(stake, ascending=False)
-    prob = _prob_column(df)
+    df = df.copy()
+    df["customer_id"] = df["customer_id"].astype(str)
+    df = df.sort_values(stake, ascending=False, kind="stable")
+    reasons = next((c for c in ("reasons", "top_reasons") if c in df.columns), None)
+    if reasons and ("why" not in df.columns or not df["why"].astype(str).str.len().any()):
+        df["why"] = df[reasons].map(reason_text)
+    if "action_text" not in df.columns and "suggested_action" in df.columns:
+        df["action_text"] = df["suggested_action"].map(_label)
+    c360, _ = load_customer360(ctx)
     top = df.head(TOP_RETENTION)
+    if c360 is not None:
+        extra = [c for c in ("rfm_segment", "value_tier") if c in c360.columns and c not in top.columns]
+        if extra:
+            top = top.merge(c360[["customer_id"] + extra], on="customer_id", how="left")
+    prob = _prob_column(df)
     total = float(df[stake].sum())
-    s.takeaway = (f"The top {len(top)} customers hold {_money(float(top[stake].sum()))} of value at stake, "
-                  f"{_pct(float(top[stake].sum()) / total if total else math.nan)} of the list's {_money(total)} "
-                  f"({len(df):,} customers).")
+    top_sum = float(top[stake].sum())
+    s.takeaway = (f"The top {len(top)} customers hold {_money(top_sum)} of value at stake: "
+                  f"{_pct(top_sum / total if total else math.nan)} of the {_money(total)} at stake across the "
+                  f"{len(df):,} customers on the list.")
     s.plots.append(plot_value_at_stake(top, "customer_id", stake, prob))
-    wanted = ["customer_id", prob, stake] + [c for c in ("value", "customer_value", "clv", "revenue_365d",
-                                                         "risk_tier", "rfm_segment", "value_tier", "reasons",
-                                                         "top_reasons", "action", "recommended_action")
-                                             if c in df.columns]
-    wanted = [c for c in dict.fromkeys(wanted) if c]
+    cols = [(c, h, k) for c, h, k in RETENTION_COLUMNS if c in top.columns]
+    if prob and prob != "churn_probability":
+        cols.insert(2, (prob, "churn risk", "pct"))
+    fmt = {
+        "int": lambda v: _num(float(v)),
+        "pct": lambda v: _pct(float(v), 0),
+        "money": lambda v: _num(float(v)),
+        "label": lambda v: _label(v),
+        "text": lambda v: str(v),
+    }
     rows = []
     for _, r in top.iterrows():
-        row = []
-        for c in wanted:
-            v = r[c]
-            if c == prob:
-                row.append(_pct(float(v), 0))
-            elif isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool):
-                row.append(_num(float(v)))
-            elif isinstance(v, (list, tuple, np.ndarray)):
-                row.append("; ".join(str(x) for x in v))
-            else:
-                row.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else _label(v) if c in (
-                    "rfm_segment", "risk_tier") else str(v))
-        rows.append(row)
-    numeric = [c in (prob, stake, "value", "customer_value", "clv", "revenue_365d") for c in wanted]
-    s.tables.append(Table([_label(c) for c in wanted], rows, numeric=numeric))
+        rows.append(["" if _is_missing(r[c]) else fmt[k](r[c]) for c, _, k in cols])
+    s.tables.append(Table([h for _, h, _ in cols], rows, numeric=[k in ("int", "pct", "money") for _, _, k in cols]))
+    s.notes.append(f"From {src}. Value at stake = churn probability x the customer's expected value over the next "
+                   "12 months.")
     s.source = src
     return s
+
+
+def _is_missing(v) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return bool(isinstance(v, float) and math.isnan(v))
+    except TypeError:
+        return False
 
 
 SECTIONS: list[Callable[[ReportContext], Section]] = [

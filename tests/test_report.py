@@ -208,16 +208,17 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
     rng = np.random.default_rng(0)
     p = rng.uniform(0.02, 0.95, len(customers))
     clv = rng.gamma(2.0, 100.0, len(customers))
-    scores = pd.DataFrame({
+    reasons = [{"feature": "recency_days", "value": 143.0, "contribution": 0.8, "sentence": "no purchase for 143 days"},
+               {"feature": "complaints_90d", "value": 2.0, "contribution": 0.3,
+                "sentence": "2 complaints in the last 90 days"}]
+    scores = pd.DataFrame({  # the columns of the churn model's score_customers
         "customer_id": customers, "churn_probability": p,
-        "risk_tier": np.where(p > 0.6, "high", np.where(p > 0.3, "medium", "low")),
-        "reasons": [["no purchase for 143 days", "2 complaints in the last 90 days"]] * len(customers),
-        "value_at_stake": p * clv, "clv_12m": clv, "suggested_action": "call",
+        "risk_tier": np.where(p >= 0.6, "high", np.where(p >= 0.3, "medium", "low")),
+        "reasons": [reasons] * len(customers), "clv_12m": clv,
     })
     ws.outputs_dir.mkdir(parents=True)
+    # scores only: the retention list is made with training.retention.retention_list
     scores.to_parquet(ws.outputs_dir / "churn_scores.parquet", index=False)
-    scores.sort_values("value_at_stake", ascending=False).to_parquet(ws.outputs_dir / "retention_list.parquet",
-                                                                     index=False)
     ws.reports_dir.mkdir(parents=True)
     (ws.reports_dir / "churn_evaluation.json").write_text(json.dumps({
         "model": {"auc": 0.81, "pr_auc": 0.62, "brier": 0.15},
@@ -240,7 +241,9 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
         assert plots[title] >= 1, f"{title} has no plot"
     text = path.read_text(encoding="utf-8")
     assert "0.810" in text and "recency" in text  # model vs baseline table
-    assert "no purchase for 143 days" in text  # retention list reasons
+    assert "no purchase for 143 days; 2 complaints in the last 90 days" in text  # retention list reasons
+    top = scores.assign(v=p * clv)[p >= 0.3].sort_values("v", ascending=False)["customer_id"].iloc[0]
+    assert f"<td class=\"n\">1</td><td>{top}</td>" in text  # ranked by value at stake
 
 
 def test_evaluation_from_mlflow_runs(synthetic_workspace, tmp_path):
