@@ -1203,7 +1203,10 @@ def section_churn_risk(ctx: ReportContext) -> Section:
         rows = [[_label(n), _num(r["customers"]), _pct(r["mean_risk"], 1)] + ([_num(r["value_at_risk"])] if stake else [])
                 for n, r in tab.iterrows()]
         s.tables.append(Table(cols, rows, numeric=[False] + [True] * (len(cols) - 1)))
-    s.notes.append(f"{len(d):,} customers scored ({src}).")
+    when = next((scores[c].dropna().iloc[0] for c in ("as_of", "cutoff", "scored_at") if c in scores.columns
+                 and scores[c].notna().any()), None)
+    s.notes.append(f"{len(d):,} customers scored ({src}" + (f", as of {_date(when)}" if when is not None else "")
+                   + "); value at stake = churn probability x the customer's value.")
     s.source = src
     return s
 
@@ -1513,6 +1516,10 @@ def section_rules(ctx: ReportContext) -> Section:
     rules = rules.copy()
     pairs = dedupe_rule_pairs(rules)
     # top by lift among the better-supported pairs (rare pairs have huge, unreliable lifts)
+    pairs = pairs[pairs["lift"] > 1]  # bought together more often than by chance
+    if pairs.empty:
+        s.missing = "No item pair is bought together more often than by chance (every lift <= 1)."
+        return s
     floor = float(pairs["support"].quantile(0.5)) if len(pairs) > 4 * TOP_RULES else 0.0
     top = pairs[pairs["support"] >= floor].head(TOP_RULES)
     names = {}
@@ -1667,7 +1674,9 @@ def collect(workspace, as_of=None) -> tuple[ReportContext, dict, list[Section]]:
     sections = [section_summary(ctx, summary)]
     for build in SECTIONS:
         try:
-            sections.append(build(ctx))
+            section = build(ctx)
+            section.takeaway = section.takeaway[:1].upper() + section.takeaway[1:]
+            sections.append(section)
         except Exception as exc:  # noqa: BLE001 - one broken input must not sink the whole report
             name = build.__name__.removeprefix("section_").replace("_", "-")
             sections.append(Section(name, name.replace("-", " ").capitalize(),
