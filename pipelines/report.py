@@ -895,11 +895,22 @@ def _prob_column(df: pd.DataFrame) -> str | None:
     return None
 
 
+def _as_list(value):
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _lists(df: pd.DataFrame) -> pd.DataFrame:
-    """Parquet gives list columns back as numpy arrays; make them lists again (reasons)."""
+    """Reasons as lists: parquet gives list columns back as numpy arrays, the pyfunc gives JSON text."""
     for col in ("reasons", "top_reasons"):
         if col in df.columns:
-            df[col] = df[col].map(lambda v: list(v) if isinstance(v, (np.ndarray, tuple)) else v)
+            df[col] = df[col].map(_as_list)
     return df
 
 
@@ -1560,7 +1571,8 @@ def reason_text(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, str):
-        return value
+        parsed = _as_list(value)
+        return value if isinstance(parsed, str) else reason_text(parsed)
     if isinstance(value, dict):
         return str(value.get("sentence") or value.get("text") or value.get("feature") or "")
     try:

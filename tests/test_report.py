@@ -358,3 +358,12 @@ def test_report_on_real_data(real_workspace, tmp_path):
     # the UCI shop is concentrated: the top fifth brings about three quarters of the revenue
     top20 = int(re.search(r"20% of customers bring (\d+)% of the last 365 days", text).group(1))
     assert 65 <= top20 <= 85
+
+
+def test_reason_text_formats():
+    as_json = json.dumps([{"feature": "recency_days", "sentence": "no purchase for 143 days"},
+                          {"feature": "complaints_90d", "sentence": "2 complaints in the last 90 days"}])
+    assert rp.reason_text(as_json) == "no purchase for 143 days; 2 complaints in the last 90 days"
+    assert rp.reason_text(np.array([{"sentence": "a"}, {"sentence": "b"}], dtype=object)) == "a; b"
+    assert rp.reason_text(["x", "y"]) == "x; y"
+    assert rp.reason_text(None) == "" and rp.reason_text("plain words") == "plain words"
