@@ -43,7 +43,7 @@ REAL_FILES = [
     SHARED / "online_retail_ii" / "online_retail_ii_year_2009_2010.csv.gz",
     SHARED / "online_retail" / "online_retail.csv.gz",
 ]
-EVENTS_PER_CUSTOMER = 125  # about what features.synthetic generates (views, carts, purchases, returns)
+EVENTS_PER_CUSTOMER = 117  # about what features.synthetic generates per customer (views, carts, purchases, returns)
 
 
 # ------------------------------------------------------------------------------------------- pandas

@@ -44,6 +44,7 @@ def spark_session(cores: int | str = 2, memory: str = "4g"):
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.warehouse.dir", str(_spark_tmpdir() / "warehouse"))
             .config("spark.driver.memory", memory)
             .config("spark.sql.shuffle.partitions", "8")
             .config("spark.sql.adaptive.enabled", "true")

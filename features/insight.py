@@ -161,8 +161,8 @@ def profile(t: dict, as_of_day: int) -> pd.DataFrame:
         priced = pi.filter(pi.price.notnull() & (pi.price > 0) & pi.quantity.notnull() & (pi.quantity > 0)
                            & pi.amount.notnull())
         disc = priced.group_by("customer_id").aggregate(
-            discount_affinity=ibis.ifelse(priced.amount / priced.quantity < DISCOUNT_BELOW * priced.price, 1.0, 0.0)
-            .mean()
+            discount_affinity=ibis.ifelse(priced.amount / priced.quantity < DISCOUNT_BELOW * priced.price, 1, 0)
+            .cast("float64").mean()  # an integer flag: a bare 1.0 would be a decimal on Spark
         )
         merge(disc.to_pandas())
     for col in ("preferred_channel", "preferred_weekday", "favourite_category", "discount_affinity"):

@@ -43,11 +43,15 @@ def _days(ts):
 
 
 def _cnt(cond):
-    return ibis.ifelse(cond, 1, 0).sum()
+    return ibis.ifelse(cond, 1, 0).cast("int64").sum()
+
+
+def _zero():
+    return ibis.literal(0.0).cast("float64")  # a double on every engine (Spark reads a bare 0.0 as a decimal)
 
 
 def _sum(cond, value):
-    return ibis.ifelse(cond, value, 0.0).sum()
+    return ibis.ifelse(cond, value.cast("float64"), _zero()).sum()
 
 
 def _null():
@@ -111,8 +115,13 @@ def _data_facts(t: dict) -> dict:
 
 
 def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_days: int,
-                  include_ineligible: bool, extras: bool = False):
-    """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features)."""
+                  include_ineligible: bool, extras: bool = False, stage=None, stage_parts=None):
+    """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features).
+
+    ``stage(table)`` may materialise an intermediate table (Spark: cache it), identity by default.
+    """
+    stage = stage or (lambda x: x)
+    stage_parts = stage_parts or (lambda x: x)
     h, el = float(horizon_days), float(eligibility_days)
     ev = t["events"]
     ev = ev.filter(ev.customer_id.notnull() & ev.timestamp.notnull())
@@ -121,12 +130,14 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         day=ev.t.floor().cast("float64"),
         okey=ibis.coalesce(ev.order_id, ev.customer_id.concat("@", ev.timestamp.epoch_seconds().cast("string"))),
     )
+    ev = stage(ev)
     purchases = ev.filter(ev.event_type == "purchase")
 
     # orders (per day, see module doc) and return documents
     orders = purchases.group_by(["customer_id", "okey", "day"]).aggregate(
         t=purchases.t.min(), amount=purchases.amount.sum(), units=purchases.quantity.sum(), lines=purchases.count()
     )
+    orders = stage(orders)
     rets = ev.filter(ev.event_type == "return")
     returns = rets.group_by(["customer_id", "okey", "day"]).aggregate(
         t=rets.t.min(), amount=rets.amount.sum(), lines=rets.count()
@@ -255,6 +266,11 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         )
         parts.append(a_camp)
 
+    # materialise the per-(customer, cutoff) parts where the engine gains from it (Spark)
+    a_orders, a_label, a_ret, a_days, a_items = map(stage_parts, (a_orders, a_label, a_ret, a_days, a_items))
+    a_cat, a_views, a_tix, a_camp = (None if x is None else stage_parts(x) for x in (a_cat, a_views, a_tix, a_camp))
+    parts = [x for x in (a_orders, a_label, a_ret, a_days, a_items, a_cat, a_views, a_tix, a_camp) if x is not None]
+
     # -- customers (current attributes; signup only when before the cutoff)
     cust = None
     if "customers" in t:
@@ -286,7 +302,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     cols = {"customer_id": base.customer_id, "c": base.c}
     o, ret, d, it, lb = a_orders, a_ret, a_days, a_items, a_label
     c = base.c
-    z = ibis.literal(0.0)
+    z = _zero()
 
     def f(x):
         return x.cast("float64")
@@ -386,7 +402,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         cols[name] = feats[name].cast("string" if spec.dtype == "category" else "float64")
     cols["eligible"] = o.n_elig.fill_null(0) > 0
     cols["label_available"] = base.avail == 1
-    cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(lb.future_orders.fill_null(0) > 0, 0.0, 1.0), _null())
+    cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(lb.future_orders.fill_null(0) > 0, _zero(), _zero() + 1.0), _null())
     if extras:
         cols["max_recent_gap"] = f(d.max_recent_gap)
         cols["first_purchase_days"] = c - o.first_t

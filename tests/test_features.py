@@ -389,3 +389,18 @@ def test_real_data_cutoff_2011_09_09(real_workspace):
     assert sizes["revenue_share_by_tier"]["A"] == pytest.approx(0.80, abs=0.01)
     assert sizes["value_tier"]["A"] < 0.3 * len(c360)  # the few who bring most of the revenue
     assert {"champions", "lost", "at_risk"} <= set(sizes["rfm_segment"])
+
+
+def test_duckdb_features_equal_an_independent_pandas_implementation():
+    """bench/bench_features.py holds a plain pandas version of every feature: both must agree."""
+    from bench.bench_features import compare, pandas_snapshots
+    from features import synthetic
+
+    tables = synthetic.generate(n_customers=500, seed=9)
+    tables.pop("ground_truth", None)
+    cutoffs = [pd.Timestamp("2023-09-01"), pd.Timestamp("2024-05-01"), pd.Timestamp("2024-12-01")]
+    for include in (False, True):
+        ours = build_snapshots(tables, cutoffs, include_ineligible=include)
+        ref = pandas_snapshots(tables, cutoffs, include_ineligible=include)
+        result = compare(ref, ours)
+        assert result["same_keys"] and result["equal"], result
