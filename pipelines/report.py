@@ -89,6 +89,11 @@ class Plot:
     path: Path | None = None  # where the PNG file was written
 
     @property
+    def half(self) -> bool:
+        """Square or portrait plots (the churn evaluation's ROC, PR, calibration) go two per row."""
+        return bool(self.width and self.height and self.width / self.height < 1.5)
+
+    @property
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
@@ -1256,6 +1261,12 @@ def _evaluation_rows(obj: Any) -> dict[str, dict[str, float]]:
             rows["model" if key == "metrics" else str(key)] = _numeric_metrics(value)
     if not rows and _numeric_metrics(obj):
         rows["model"] = _numeric_metrics(obj)
+    # keep the rows that are evaluations like the model's (not timings, model info, ...)
+    model = next((r for r in MODEL_ROWS if r in rows), None)
+    if model is not None and len(rows) > 1:
+        keys = set(rows[model])
+        rows = {n: m for n, m in rows.items()
+                if n == model or (n not in NOT_MODELS and len(keys & set(m)) >= min(2, len(keys)))}
     return rows
 
 
@@ -1295,6 +1306,7 @@ def _churn_display() -> tuple:
 CHURN_PLOTTED = ["auc", "pr_auc", "brier", "top_decile_lift"]
 REC_METRICS = ["ndcg@10", "recall@10", "precision@10", "map@10", "hit_rate@10", "coverage", "novelty"]
 REC_PLOTTED = ["ndcg@10", "recall@10", "hit_rate@10", "coverage"]
+NOT_MODELS = ("protocol", "model_info", "timings_s", "timings", "calibration_curve", "tiers", "notes", "params")
 MODEL_ROWS = ("model", "champion", "challenger", "lightgbm", "recommender")
 
 
@@ -1399,8 +1411,7 @@ def section_churn_eval(ctx: ReportContext) -> Section:
     extra: list[Plot] = []
     if views:
         src = str(path.relative_to(ctx.workspace.root))
-        folder = path.parent if path.parent != ctx.workspace.reports_dir else None
-        extra = [p for p in (_existing_png(f) for f in sorted(folder.glob("*.png")))] if folder else []
+        extra = churn_evaluation_plots(path)
     else:
         found = mlflow_evaluation(ctx.workspace, "crmml-churn")
         if found:
@@ -1429,9 +1440,57 @@ def section_churn_eval(ctx: ReportContext) -> Section:
     formats = {d[0]: d[2] for d in display}
     for view, table in tables.items():
         s.tables.append(_df_table(table, caption=view, headers=headers, formats=formats))
+    if isinstance(obj, dict) and isinstance(obj.get("tiers"), list) and obj["tiers"]:
+        s.tables.append(Table(
+            ["risk tier", "customers", "mean churn probability", "observed churn rate", "value at stake"],
+            [[_label(t.get("tier", "")), _num(_finite(t.get("customers"))), _pct(_finite(t.get("mean_probability")), 1),
+              _pct(_finite(t.get("observed_churn_rate")), 1), _num(_finite(t.get("value_at_stake")))]
+             for t in obj["tiers"] if isinstance(t, dict)],
+            caption="risk tiers on the evaluation window: predicted against observed churn",
+            numeric=[False, True, True, True, True]))
+    facts = []
+    if isinstance(obj, dict):
+        if obj.get("cutoff"):
+            facts.append(f"evaluation cutoff {obj['cutoff']}")
+        if obj.get("horizon_days"):
+            facts.append(f"horizon {obj['horizon_days']} days")
+        if _finite(obj.get("n_customers")):
+            facts.append(f"{int(obj['n_customers']):,} customers")
+        if _finite(obj.get("churn_rate")):
+            facts.append(f"churn rate {_pct(float(obj['churn_rate']), 1)}")
     s.source = src
-    s.notes.append(f"From {src}.")
+    s.notes.append(f"From {src}" + (f": {', '.join(facts)}" if facts else "") + ". The model is trained only on "
+                   "labels that end on or before the evaluation cutoff; baselines are scored on the same customers.")
     return s
+
+
+CHURN_PLOT_CAPTIONS = {  # training.churn.write_report's plots, in the order shown
+    "roc": "ROC curve of the model and the baselines on the evaluation window.",
+    "precision_recall": "Precision-recall: the churn rate among the customers flagged, against the share of "
+                        "churners caught.",
+    "calibration": "Calibration: predicted probability against the observed churn rate.",
+    "gains_lift": "Cumulative gains and lift: churners caught when calling the riskiest customers first.",
+    "tiers": "Risk tiers: customers and value at stake.",
+    "shap_summary": "What drives the model's scores (SHAP contributions).",
+}
+
+
+def churn_evaluation_plots(json_path: Path) -> list[Plot]:
+    """The PNGs ``training.churn.write_report`` wrote beside the JSON (``<name>_plots/``), known ones first."""
+    folder = json_path.parent / f"{json_path.stem}_plots"
+    files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not files and json_path.parent.name != "reports":
+        files = sorted(json_path.parent.glob("*.png"))
+    order = list(CHURN_PLOT_CAPTIONS)
+    files.sort(key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
+    plots = []
+    for f in files:
+        plot = _existing_png(f)
+        if plot is not None:
+            plot.name = f"churn_{f.stem}"
+            plot.caption = CHURN_PLOT_CAPTIONS.get(f.stem, _label(f.stem))
+            plots.append(plot)
+    return plots
 
 
 def _existing_png(path: Path) -> Plot | None:
