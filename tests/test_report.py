@@ -277,6 +277,32 @@ def test_evaluation_from_mlflow_runs(synthetic_workspace, tmp_path):
     assert "ndcg@10 is 0.200 against 0.100" in text
 
 
+@pytest.mark.slow
+def test_report_reads_the_churn_evaluation_and_scores(synthetic_workspace, tmp_path):
+    """What training.churn writes (evaluation JSON + plots, score_customers output) lands in the report."""
+    from features.workspace import Workspace
+    from training import churn
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(synthetic_workspace.data_dir, ws.data_dir)
+    ev = churn.evaluate_protocol(ws, "2024-09-01", tune=False)
+    written = churn.write_report(ev, ws.reports_dir)
+    ws.outputs_dir.mkdir(parents=True)
+    scores = ev.scored.drop(columns=["churned"])
+    # reasons hold values of mixed types (numbers, categories): stored as JSON text, as the pyfunc returns them
+    scores["reasons"] = scores["reasons"].map(lambda r: json.dumps(r, default=str))
+    scores.to_parquet(ws.outputs_dir / "churn_scores.parquet", index=False)
+    path = rp.build_report(ws)
+    check_images(path, min_images=len(ALWAYS) + 3)
+    plots = sections_with_plots(path)
+    assert plots["Churn model evaluation against baselines"] == 1 + len(written["figures"])
+    assert plots["Churn risk by segment"] == 1 and plots["Retention list: top customers by value at stake"] == 1
+    text = path.read_text(encoding="utf-8")
+    auc = ev.metrics["model"]["auc"]
+    assert f"ROC-AUC is {auc:.3f} against" in text
+    assert "evaluation cutoff 2024-09-01" in text
+
+
 def test_log_report_to_mlflow(synthetic_workspace, synthetic_report):
     import mlflow
 
