@@ -683,10 +683,20 @@ class RecommenderAdapter:
 
 
 def score_all(churn: LoadedModel, data) -> Any:
-    """Churn scores with reasons for every customer of ``data`` in one vectorised batch."""
-    from training.churn_pyfunc import score_customers
+    """Churn scores with reasons for every customer of ``data`` in one vectorised batch.
 
-    return score_customers(churn.impl, data.snapshot, data.clv)
+    ``outputs/churn_scores`` is used as is when the batch scoring wrote it for this as-of date with
+    this very model version; otherwise ``training.churn.score_customers`` scores the features of
+    every customer at the as-of date (``prepare_frame``) with the champion's ``ChurnModel``.
+    """
+    from training.churn import score_customers
+
+    batch = data.batch_scores(churn.ref.version)
+    if batch is not None:
+        return batch
+    model = churn.impl
+    frame = data.scoring_frame(int(getattr(model, "horizon_days", 90) or 90))
+    return score_customers(model, frame, data.clv)
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,8 +78,9 @@ class ChurnScore(BaseModel):
     reasons: list[Reason] = Field(default_factory=list, description="Top drivers of this customer's score.")
     value_at_stake: float | None = Field(None, description="churn_probability x 12-month CLV.")
     clv_12m: float | None = None
-    suggested_action: str | None = None
-    segment: str | None = None
+    suggested_action: str | None = Field(None, description="Action code, e.g. call, offer, service_recovery.")
+    action_text: str | None = Field(None, description="The suggested action in words, for the CRM agent.")
+    segment: str | None = Field(None, description="RFM segment (customer 360).")
     value_tier: str | None = None
     model_version: str = Field(..., description="Registry version of crmml-churn that produced the score.")
     as_of: str = Field(..., description="Date of the data snapshot (day after the last event).")
@@ -113,6 +114,7 @@ class ChurnRisk(BaseModel):
     reasons: list[Reason] = Field(default_factory=list)
     value_at_stake: float | None = None
     suggested_action: str | None = None
+    action_text: str | None = None
     model_version: str
 
 

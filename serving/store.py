@@ -315,8 +315,8 @@ def join_records(records: Iterable[bytes]) -> bytes:
 # online data: what the state loads from the workspace (start-up and reloads, never per request)
 # --------------------------------------------------------------------------------------------
 #: workspace files whose change triggers a reload of the online data
-WATCHED = (("data", "events"), ("data", "customers"), ("data", "items"), ("features", "snapshots"),
-           ("features", "customer360"))
+WATCHED = (("data", "events"), ("data", "customers"), ("data", "items"), ("data", "tickets"), ("data", "campaigns"),
+           ("data", "interactions"), ("features", "customer360"), ("outputs", "churn_scores"))
 
 
 def data_stamp(ws) -> tuple:
@@ -341,21 +341,59 @@ def as_of_date(ws) -> pd.Timestamp:
 
 
 class CustomerData:
-    """Customer frames at one as-of date: features snapshot, customer 360 and CLV (load time only)."""
+    """Customer data at one as-of date (load time only): customer 360, CLV, and the churn scoring
+    frames (features at the as-of date for every customer, one per model horizon, made on demand)."""
 
-    def __init__(self, as_of: pd.Timestamp, snapshot: pd.DataFrame, c360: pd.DataFrame | None,
-                 clv: pd.DataFrame | None, sources: dict[str, str], stamp: tuple, fingerprint: str | None = None):
-        self.fingerprint = fingerprint
+    def __init__(self, ws, as_of: pd.Timestamp, c360: pd.DataFrame | None, clv: pd.DataFrame | None,
+                 sources: dict[str, str], stamp: tuple, fingerprint: str | None = None):
+        self.ws = ws
         self.as_of = pd.Timestamp(as_of)
-        self.snapshot = snapshot
         self.c360 = c360
         self.clv = clv
         self.sources = sources
         self.stamp = stamp
+        self.fingerprint = fingerprint
+        self._frames: dict[int, pd.DataFrame] = {}
 
     @property
     def as_of_str(self) -> str:
         return str(self.as_of.date())
+
+    def scoring_frame(self, horizon_days: int) -> pd.DataFrame:
+        """Every customer seen before the as-of date with the churn model's features at that date
+        (``training.churn.prepare_frame``: catalog features + the model's extra features)."""
+        if horizon_days not in self._frames:
+            from training.churn import prepare_frame
+
+            frame = prepare_frame(self.ws, [self.as_of], horizon_days=horizon_days, include_ineligible=True)
+            frame["customer_id"] = frame["customer_id"].astype(str)
+            self._frames = {horizon_days: frame}  # keep one: the champion's
+            self.sources["churn_features"] = "computed at load (training.churn.prepare_frame)"
+        return self._frames[horizon_days]
+
+    def batch_scores(self, model_version: str) -> pd.DataFrame | None:
+        """``outputs/churn_scores`` when it was written for this as-of date by this model version."""
+        ws = self.ws
+        if not ws.has_table("churn_scores", "outputs"):
+            return None
+        try:
+            df = ws.read_table("churn_scores", "outputs")
+        except Exception:
+            return None
+        if "model_version" not in df.columns or "customer_id" not in df.columns:
+            return None
+        if set(df["model_version"].astype(str).unique()) != {str(model_version)}:
+            return None
+        for col in ("as_of", "cutoff"):
+            if col in df.columns:
+                dates = pd.to_datetime(df[col], errors="coerce").dt.normalize().unique()
+                if len(dates) != 1 or pd.Timestamp(dates[0]) != self.as_of:
+                    return None
+                break
+        else:
+            return None
+        self.sources["churn_scores"] = str(ws.table_path("churn_scores", "outputs"))
+        return df
 
 
 def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame | None:
@@ -367,39 +405,26 @@ def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame
 
 
 def load_customer_data(ws) -> CustomerData:
-    """Snapshot, customer 360 and CLV of every customer at the as-of date (day after the last event).
+    """Customer 360 and CLV of every customer at the as-of date (the day after the last event).
 
-    Prefers what the pipeline wrote to the workspace (``features/snapshots`` rows at that date,
-    ``features/customer360`` of that date); computes what is missing with the feature code
-    (``features.snapshots.build_snapshots``, ``features.insight``) and ``training.clv.clv_frame``.
+    Prefers what the pipeline wrote to the workspace (``features/customer360`` of that date);
+    computes what is missing with ``features.insight.build_customer360`` and ``training.clv.clv_frame``.
     """
     stamp = data_stamp(ws)
     as_of = as_of_date(ws)
     sources: dict[str, str] = {}
-    snapshot = None
-    if ws.has_table("snapshots", "features"):
-        snapshot = _rows_at(ws.read_table("snapshots", "features"), "cutoff", as_of)
-        if snapshot is not None:
-            sources["snapshot"] = str(ws.table_path("snapshots", "features"))
     c360 = None
     if ws.has_table("customer360", "features"):
         c360 = _rows_at(ws.read_table("customer360", "features"), "as_of", as_of)
         if c360 is not None:
             sources["customer360"] = str(ws.table_path("customer360", "features"))
-    if snapshot is None or c360 is None:
-        from features import insight
-        from features.engines import connect, load_tables
-        from features.snapshots import build_snapshots, to_day
+    if c360 is None:
+        from features.insight import build_customer360
 
-        con = connect("duckdb")
-        snap_x = build_snapshots(ws, [as_of], include_ineligible=True, extras=True, con=con)
-        if snapshot is None:
-            snapshot = snap_x
-            sources["snapshot"] = "computed at load (features.snapshots.build_snapshots)"
-        if c360 is None:
-            prof = insight.profile(load_tables(con, ws), to_day(as_of))
-            c360 = insight.assemble(snap_x, prof, as_of)
-            sources["customer360"] = "computed at load (features.insight)"
+        c360 = build_customer360(ws, as_of)
+        sources["customer360"] = "computed at load (features.insight.build_customer360)"
+    c360 = c360.copy()
+    c360["customer_id"] = c360["customer_id"].astype(str)
     clv = None
     try:
         from training.clv import clv_frame
@@ -407,21 +432,16 @@ def load_customer_data(ws) -> CustomerData:
         events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
         clv = clv_frame(events, as_of)
         sources["clv"] = "computed at load (training.clv.clv_frame)"
-    except Exception as exc:  # CLV needs repeat buyers; without it value at stake is unknown
+    except Exception as exc:  # CLV needs repeat buyers; without it the value at stake is unknown
         sources["clv"] = f"unavailable ({type(exc).__name__}: {exc})"
-    snapshot = snapshot.copy()
-    snapshot["customer_id"] = snapshot["customer_id"].astype(str)
-    if c360 is not None:
-        c360 = c360.copy()
-        c360["customer_id"] = c360["customer_id"].astype(str)
-    return CustomerData(as_of, snapshot, c360, clv, sources, stamp, ws.data_fingerprint())
+    return CustomerData(ws, as_of, c360, clv, sources, stamp, ws.data_fingerprint())
 
 
 # --------------------------------------------------------------------------------------------
 # records
 # --------------------------------------------------------------------------------------------
 RFM_FIELDS = ("recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "rfm_score")
-SCORE_FIELDS = ("churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m", "suggested_action")
+SCORE_FIELDS = ("churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m", "suggested_action", "action_text")
 RISK_TIERS = ("high", "medium", "low")
 
 
@@ -500,6 +520,7 @@ def build_customer_store(scores: pd.DataFrame, c360: pd.DataFrame | None, model_
             "value_at_stake": s["value_at_stake"][i],
             "clv_12m": s["clv_12m"][i],
             "suggested_action": s["suggested_action"][i],
+            "action_text": s["action_text"][i],
             "segment": seg[j] if j is not None else None,
             "value_tier": tier[j] if j is not None else None,
             "model_version": model_version,
@@ -521,7 +542,8 @@ def build_customer_store(scores: pd.DataFrame, c360: pd.DataFrame | None, model_
         churn = churn_objs[row]
         churn_part = None
         if churn is not None:
-            churn_part = {k: churn[k] for k in ("churn_probability", "risk_tier", "reasons", "value_at_stake", "suggested_action", "model_version")}
+            churn_part = {k: churn[k] for k in ("churn_probability", "risk_tier", "reasons", "value_at_stake",
+                                                "suggested_action", "action_text", "model_version")}
         if j is None:
             rec = {
                 "customer_id": cid, "as_of": as_of, "rfm": {}, "segment": None, "value_tier": None,

@@ -174,8 +174,6 @@ def _base_env(ws: Path, extra: dict | None = None) -> dict:
         "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_HOME": str(ws / "bentoml"), "PYTHONUNBUFFERED": "1",
         "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
     })
-    if _STANDIN_SITE is not None:  # only while training.churn_pyfunc has not landed
-        env["PYTHONPATH"] = str(_STANDIN_SITE) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
 
@@ -227,85 +225,13 @@ class Server:
 
 
 # -- champions --------------------------------------------------------------------------------
-# Stand-ins are used only for modules that have not landed yet (they live in this file alone).
-_HAVE_CHURN = importlib.util.find_spec("training.churn_pyfunc") is not None and importlib.util.find_spec("training.churn") is not None
+# The churn champion is trained with the real code (training.churn + training.churn_pyfunc). The
+# recommender is the real Recommender; its pyfunc wrapper is a stand-in defined here until
+# training/recommender_pyfunc.py lands.
 _HAVE_REC_PYFUNC = importlib.util.find_spec("training.recommender_pyfunc") is not None
-_STANDIN_SITE: Path | None = None
-
-_STANDIN_SCORE = '''
-import sys, importlib.abc, importlib.util
-
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        return importlib.util.spec_from_loader(name, self) if name == "training.churn_pyfunc" else None
-    def create_module(self, spec):
-        return None
-    def exec_module(self, module):
-        import numpy as np, pandas as pd
-        def score_customers(model, snapshot_df, clv_df):
-            feats = model.features
-            X = snapshot_df[feats].astype(float).fillna(0.0).to_numpy()
-            p = model.predict_proba(X)[:, 1]
-            contrib = (X - model.mean) * model.coef
-            out = pd.DataFrame({"customer_id": snapshot_df["customer_id"].astype(str).to_numpy(), "churn_probability": p})
-            out["risk_tier"] = np.where(p >= 0.6, "high", np.where(p >= 0.3, "medium", "low"))
-            top = np.argsort(-contrib, axis=1)[:, :3]
-            out["reasons"] = [[{"feature": feats[j], "value": float(X[i, j]), "contribution": float(contrib[i, j]),
-                                "sentence": f"{feats[j]} = {X[i, j]:.0f}"} for j in top[i]] for i in range(len(X))]
-            clv = clv_df.set_index("customer_id")["clv_12m"] if clv_df is not None else pd.Series(dtype=float)
-            out["clv_12m"] = out["customer_id"].map(clv).astype(float)
-            out["value_at_stake"] = out["churn_probability"] * out["clv_12m"]
-            out["suggested_action"] = np.where(out["risk_tier"] == "high", "call now", "none")
-            return out
-        module.score_customers = score_customers
-
-sys.meta_path.append(_Finder())
-'''
-
-
-def _standin_churn(ws, C: float = 1.0) -> str:
-    """A tiny real logistic regression, logged as a pyfunc and registered through training.registry."""
-    import cloudpickle
-    import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-
-    from features.snapshots import build_snapshots, default_cutoffs
-    from training import registry
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    snap = build_snapshots(ws, default_cutoffs(ws.read_table("events", columns=["timestamp"]), n=3))
-    snap = snap[snap["label_available"]]
-    feats = ["recency_days", "frequency", "monetary", "tenure_days", "orders_90d"]
-    X = snap[feats].astype(float).fillna(0.0).to_numpy()
-    lr = LogisticRegression(C=C, max_iter=500).fit(X, snap["churned"].to_numpy().astype(int))
-    model = _ChurnStandIn(feats, lr, X.mean(axis=0))
-    example = snap[feats].head(3).astype(float)
-    with registry.training_run(ws, registry.CHURN, params={"C": C}) as run:
-        info = mlflow.pyfunc.log_model(name="model", python_model=_ChurnPyfunc(model),
-                                       signature=infer_signature(example, np.zeros(3)), pip_requirements=["scikit-learn"])
-        run.register(info, {"auc": 0.7, "brier": 0.2})
-    return run.model_version
-
-
-class _ChurnStandIn:
-    def __init__(self, features, lr, mean):
-        self.features, self.lr, self.mean, self.coef = features, lr, mean, lr.coef_[0]
-
-    def predict_proba(self, X):
-        return self.lr.predict_proba(X)
-
 
 try:
     import mlflow.pyfunc as _pyfunc
-
-    class _ChurnPyfunc(_pyfunc.PythonModel):
-        def __init__(self, model):
-            self.model = model
-
-        def predict(self, context, model_input, params=None):
-            X = model_input[self.model.features].astype(float).fillna(0.0).to_numpy()
-            return self.model.predict_proba(X)[:, 1]
 
     class _RecPyfunc(_pyfunc.PythonModel):
         def __init__(self, model):
@@ -338,8 +264,16 @@ def _standin_recommender(ws) -> str:
     return run.model_version
 
 
-def _train_churn(ws, C: float = 1.0) -> str:
-    return _standin_churn(ws, C)
+def _train_churn(ws, num_leaves: int = 15) -> str:
+    """The real churn model (no tuning, small), logged with log_churn and registered via training.registry."""
+    from training import registry
+    from training.churn import train_final
+    from training.churn_pyfunc import log_churn
+
+    model, info = train_final(ws, tune=False, model_kwargs={"params": {"num_leaves": num_leaves}, "n_jobs": 1})
+    with registry.training_run(ws, registry.CHURN, params={"num_leaves": num_leaves}) as run:
+        run.register(log_churn(model, info["example"]), model.validation_metrics_)
+    return run.model_version
 
 
 def _train_recommender(ws) -> str:
@@ -349,16 +283,10 @@ def _train_recommender(ws) -> str:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A small synthetic shop with champions v1 of both models."""
-    global _STANDIN_SITE
     from features import synthetic
     from features.workspace import Workspace
 
     root = tmp_path_factory.mktemp("serving")
-    if not _HAVE_CHURN:
-        site = root / "standin_site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(_STANDIN_SCORE)
-        _STANDIN_SITE = site
     ws = Workspace(root / "workspace")
     synthetic.write(ws, synthetic.generate(N_CUSTOMERS, seed=3), 3, N_CUSTOMERS)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -421,13 +349,16 @@ def test_churn_score(shop, client):
     assert body["count"] == 1 and body["unknown_ids"] == ["NOBODY-1"] and body["model_version"] == "1"
     score = body["scores"][0]
     assert score["customer_id"] == cid and 0.0 <= score["churn_probability"] <= 1.0
-    assert score["risk_tier"] and score["suggested_action"] and score["segment"]
-    assert score["reasons"] and {"feature", "value", "contribution", "sentence"} <= set(score["reasons"][0])
+    assert score["risk_tier"] in ("high", "medium", "low") and score["suggested_action"] and score["segment"]
     assert score["as_of"] == body["as_of"] and score["model_version"] == "1"
-    assert "value_at_stake" in score and "clv_12m" in score
+    assert "value_at_stake" in score and "clv_12m" in score and "action_text" in score
     # the whole base at once
     everyone = client.post("/churn/score", json={"customer_ids": shop["customers"]}).json()
     assert everyone["count"] >= len(shop["customers"]) * 0.9
+    risky = [s for s in everyone["scores"] if s["risk_tier"] == "high"]
+    assert risky and all(s["reasons"] for s in risky)
+    assert {"feature", "value", "contribution", "sentence"} <= set(risky[0]["reasons"][0])
+    assert all(isinstance(r["sentence"], str) and r["sentence"] for r in risky[0]["reasons"])
     r = client.post("/churn/score", json={"customer_ids": ["NOBODY-1", "NOBODY-2"]})
     assert r.status_code == 404 and "none of the 2" in r.json()["detail"]
 
@@ -535,7 +466,7 @@ def test_admin_reload_picks_up_a_new_champion_without_dropping_requests(shop, se
 
     from training import registry
 
-    version = _train_churn(shop["ws"], C=0.05)
+    version = _train_churn(shop["ws"], num_leaves=7)
     registry.promote(shop["ws"], registry.CHURN, version=version, force=True)
     assert client.get("/metadata").json()["models"]["crmml-churn"]["version"] == "1"  # polling is off here
 
