@@ -1,0 +1,1 @@
+from training.churn import ChurnModel

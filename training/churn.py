@@ -1,0 +1,934 @@
+"""The churn warning model: calibrated LightGBM on stacked snapshots, with reasons and an honest protocol.
+
+Model (:class:`ChurnModel`, scikit-learn style: ``fit``, ``predict_proba``, ``explain``)
+    LightGBM (binary) trained on customer snapshots stacked over many cutoffs (one row per eligible
+    customer and cutoff, ``features.snapshots.build_snapshots`` + :func:`model_features`).
+    Validation is time-based: the **most recent cutoff** of the training frame is held out; the
+    booster trains on the cutoffs whose label window ends on or before it (``c + horizon <= c_val``:
+    no overlap of label windows), with early stopping on the validation AUC. Probabilities are
+    calibrated on the held-out cutoff (centered isotonic regression, or Platt), so that 0.7 means
+    about 70% of such customers leave. Hyperparameters come from a small Optuna (TPE) search on the
+    same time split (``tune=True``, ``n_trials``), or fixed defaults (``tune=False``).
+
+Features
+    The catalog features (``features/catalog.py``) plus :data:`EXTRA_FEATURES`: time-decayed
+    purchase activity, active months, the customer's own gap history, same-season-last-year
+    activity, item seasonality, and the BG/NBD outputs (``bg_p_alive``, ``bg_expected_purchases``,
+    ``bg_p_no_purchase``) fitted **per cutoff on the history before it** (``training/clv.py``).
+    Every extra feature uses rows strictly before its cutoff, like the catalog ones.
+
+Evaluation protocol (:func:`evaluate_protocol`, ``crmml evaluate churn``)
+    For an evaluation cutoff ``E`` and horizon ``h``: training cutoffs every ``step_days`` going back
+    from ``E - h`` (the most recent fully-labelled cutoff), so every training label ends on or
+    before ``E``; the model and the three baselines (``training/churn_baselines.py``; their score ->
+    probability calibrators fitted on the same training snapshots) then score the customers
+    eligible at ``E`` (a purchase in the 365 days before it), whose labels are the purchases in
+    ``[E, E + h)``. Metrics: ``training/churn_metrics.py``; plots: ``training/churn_plots.py``.
+
+Reasons, tiers, value and actions: ``training/retention.py``; :func:`score_customers` puts them
+together for the pipelines and the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from features import catalog
+from training import churn_metrics as cm
+from training import retention
+from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HORIZON = 90
+KEY_COLUMNS = ("customer_id", "cutoff")
+LABEL_COLUMNS = ("eligible", "label_available", "churned")
+
+# Features computed here (training/churn.py, training/clv.py) on top of the catalog ones.
+EXTRA_FEATURES = [
+    "ewm_orders_30", "ewm_orders_90", "ewm_orders_365", "active_months_365d",
+    "purchase_days_ly_next90", "purchase_days_ly_next180", "max_gap_days", "last_gap_days",
+    "recency_max_gap_ratio", "own_gap_survival", "first_purchase_days", "season_affinity",
+    "bg_p_alive", "bg_expected_purchases", "bg_p_no_purchase",
+]  # fmt: skip
+
+DEFAULT_PARAMS = {
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_child_samples": 200,
+    "feature_fraction": 0.7,
+    "bagging_fraction": 0.8,
+    "lambda_l2": 10.0,
+    "min_split_gain": 0.0,
+}
+
+
+# ============================================================================================
+# model features
+# ============================================================================================
+def _purchase_lines(events: pd.DataFrame) -> pd.DataFrame:
+    mask = (events["event_type"].astype("string") == "purchase").fillna(False).to_numpy(bool)
+    cols = [c for c in ("customer_id", "item_id", "timestamp", "amount") if c in events.columns]
+    lines = events.loc[mask, cols].copy()
+    lines["customer_id"] = lines["customer_id"].astype(str)
+    lines["amount"] = pd.to_numeric(lines.get("amount"), errors="coerce")
+    return lines
+
+
+def extra_features(events: pd.DataFrame, cutoffs, horizon_days: int = DEFAULT_HORIZON,
+                   days: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The non-catalog behavioural features per (customer, cutoff) from purchase rows before each cutoff.
+
+    See ``retention.EXTRA_FEATURES`` for their meaning. One row per customer with a purchase
+    before the cutoff.
+    """
+    from training.clv import purchase_days
+
+    if days is None:
+        days = purchase_days(events)
+    lines = _purchase_lines(events)
+    has_items = "item_id" in lines.columns and lines["item_id"].notna().any() and lines["amount"].notna().any()
+    day_arr = days["day"].to_numpy("datetime64[D]")
+    cust_arr = days["customer_id"].to_numpy()
+    amount_arr = days["amount"].to_numpy(float)
+    frames = []
+    ln2 = math.log(2.0)
+    for cutoff in sorted({pd.Timestamp(c).normalize() for c in cutoffs}):
+        cut = np.datetime64(cutoff.date(), "D")
+        m = day_arr < cut
+        if not m.any():
+            continue
+        d = pd.DataFrame({"customer_id": cust_arr[m], "day": day_arr[m], "amount": amount_arr[m]})
+        d["age"] = (cut - d["day"].to_numpy("datetime64[D]")).astype("timedelta64[D]").astype(float)
+        d = d.sort_values(["customer_id", "day"], kind="stable")
+        age = d["age"].to_numpy()
+        for hl in (30, 90, 365):
+            d[f"ewm_orders_{hl}"] = np.exp(-age * ln2 / hl)
+        d["in_365"] = age <= 365
+        d["month_bin"] = np.where(age <= 365, np.floor(age / 30.4), np.nan)
+        d["ly90"] = ((age > 365 - horizon_days) & (age <= 365)).astype(float)
+        d["ly180"] = ((age > 365 - 2 * horizon_days) & (age <= 365)).astype(float)
+        prev = d.groupby("customer_id", sort=False)["age"].shift(1)
+        d["gap"] = prev - d["age"]  # days between consecutive purchase days
+        g = d.groupby("customer_id", sort=True)
+        f = pd.DataFrame(index=g.size().index)
+        for hl in (30, 90, 365):
+            f[f"ewm_orders_{hl}"] = g[f"ewm_orders_{hl}"].sum()
+        f["active_months_365d"] = g["month_bin"].nunique()
+        f["purchase_days_ly_next90"] = g["ly90"].sum()
+        f["purchase_days_ly_next180"] = g["ly180"].sum()
+        f["max_gap_days"] = g["gap"].max()
+        f["last_gap_days"] = g["gap"].last()
+        recency = g["age"].min()
+        f["first_purchase_days"] = g["age"].max()
+        f["recency_max_gap_ratio"] = recency / f["max_gap_days"].where(f["max_gap_days"] > 0)
+        # the customer's own history of breaks: of the past gaps longer than the current absence,
+        # how many also lasted another horizon (smoothed towards 1/2)
+        rec_row = d["customer_id"].map(recency).to_numpy()
+        gap = d["gap"].to_numpy()
+        longer = np.nan_to_num(gap, nan=-1) > rec_row
+        much_longer = np.nan_to_num(gap, nan=-1) > rec_row + horizon_days
+        n_longer = pd.Series(longer, index=d.index).groupby(d["customer_id"]).sum()
+        n_much = pd.Series(much_longer, index=d.index).groupby(d["customer_id"]).sum()
+        f["own_gap_survival"] = (n_much + 1.0) / (n_longer + 2.0)
+        if has_items:
+            f["season_affinity"] = _season_affinity(lines, cutoff, horizon_days).reindex(f.index)
+        else:
+            f["season_affinity"] = np.nan
+        f["cutoff"] = cutoff
+        frames.append(f.reset_index())
+    cols = ["customer_id", "cutoff"] + [c for c in EXTRA_FEATURES if not c.startswith("bg_")]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    out["cutoff"] = out["cutoff"].astype("datetime64[us]")
+    out["customer_id"] = out["customer_id"].astype(str)
+    return out[cols]
+
+
+def _season_affinity(lines: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.Series:
+    """Spend-weighted seasonality of the items a customer bought in the last year.
+
+    An item's seasonality is the share of its last-year sales that fell in the same weeks one year
+    earlier (``[c - 365d, c - 365d + horizon)``), divided by the same share for the whole shop:
+    above 1 the customer buys products that sell in the coming season.
+    """
+    start = cutoff - pd.Timedelta(days=365)
+    mask = (lines["timestamp"] < cutoff) & (lines["timestamp"] >= start)
+    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(), ["customer_id", "item_id", "timestamp", "amount"]]
+    if ln.empty:
+        return pd.Series(dtype=float)
+    same = (ln["timestamp"] < start + pd.Timedelta(days=horizon_days)).to_numpy()
+    item_total = ln.groupby("item_id", sort=False)["amount"].sum()
+    item_same = ln.loc[same].groupby("item_id", sort=False)["amount"].sum().reindex(item_total.index).fillna(0.0)
+    shop_share = item_same.sum() / item_total.sum()
+    if not shop_share > 0:
+        return pd.Series(np.nan, index=pd.Index(ln["customer_id"].unique()))
+    # items sold only a little get shrunk towards the shop's share
+    prior = 5.0 * float(item_total.median())
+    season = (item_same + prior * shop_share) / (item_total + prior) / shop_share
+    w = ln["amount"].to_numpy()
+    s = ln["item_id"].map(season).to_numpy(float)
+    num = pd.Series(w * s).groupby(ln["customer_id"].to_numpy()).sum()
+    den = pd.Series(w).groupby(ln["customer_id"].to_numpy()).sum()
+    return num / den
+
+
+def model_features(events: pd.DataFrame, cutoffs, horizon_days: int = DEFAULT_HORIZON,
+                   bgnbd: bool = True) -> pd.DataFrame:
+    """Extra features and BG/NBD outputs per (customer, cutoff), each cutoff from its own past only."""
+    from training.clv import bgnbd_frame, purchase_days
+
+    days = purchase_days(events)
+    out = extra_features(events, cutoffs, horizon_days, days=days)
+    if bgnbd:
+        bg = bgnbd_frame(events, cutoffs, horizon_days, days=days)
+        bg = bg[["customer_id", "cutoff", "bg_p_alive", "bg_expected_purchases", "bg_p_no_purchase"]]
+        out = out.merge(bg, on=["customer_id", "cutoff"], how="outer")
+    return out
+
+
+def _tables(source) -> tuple[Any, pd.DataFrame]:
+    """(source for build_snapshots, events frame) from a Workspace, a path or a dict of tables."""
+    from features.workspace import Workspace
+
+    if isinstance(source, dict):
+        return source, source["events"]
+    ws = source if isinstance(source, Workspace) else Workspace(source)
+    return ws, ws.read_table("events")
+
+
+def prepare_frame(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = 365,
+                  include_ineligible: bool = False, engine: str = "duckdb", bgnbd: bool = True,
+                  events: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Snapshots (catalog features + labels) joined with :func:`model_features`, for the given cutoffs."""
+    from features.snapshots import build_snapshots
+
+    src, ev = _tables(source)
+    if events is not None:
+        ev = events
+    snap = build_snapshots(src, list(cutoffs), horizon_days=horizon_days, eligibility_days=eligibility_days,
+                           engine=engine, include_ineligible=include_ineligible)
+    snap["customer_id"] = snap["customer_id"].astype(str)
+    snap["cutoff"] = snap["cutoff"].astype("datetime64[us]")
+    extra = model_features(ev, sorted(snap["cutoff"].unique()), horizon_days, bgnbd=bgnbd)
+    return snap.merge(extra, on=["customer_id", "cutoff"], how="left")
+
+
+# ============================================================================================
+# the model
+# ============================================================================================
+def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
+    """Deterministic fold 0..k-1 of each id (only used when there is a single cutoff to learn from)."""
+    return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) % k for i in ids])
+
+
+class ChurnModel(ClassifierMixin, BaseEstimator):
+    """Calibrated LightGBM churn model on stacked snapshots (see the module docstring).
+
+    Parameters
+    ----------
+    horizon_days: label horizon; training rows whose label window overlaps the validation cutoff's
+        are left out of the booster's training set.
+    tier_thresholds: ``{"high": p, "medium": p}`` on the calibrated probability.
+    tune / n_trials / tune_timeout: the Optuna TPE search (time-based validation AUC); off -> ``params``.
+    params: LightGBM parameters overriding :data:`DEFAULT_PARAMS` (and the tuned ones).
+    calibration: ``"isotonic"`` (centered isotonic regression) or ``"sigmoid"`` (Platt).
+    monotone: constrain features whose catalog direction is known (more/less risk) to act monotonically.
+    features: the feature columns to use (default: catalog + :data:`EXTRA_FEATURES` present in ``X``).
+    refit: after choosing the number of trees, retrain the booster on all cutoffs including the
+        validation one (the calibrator stays the one fitted on the held-out predictions).
+
+    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``categories_``, ``best_iteration_``,
+    ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``validation_metrics_``, ``study_summary_``.
+    """
+
+    def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
+                 n_trials: int = 25, tune_timeout: float | None = 600.0, params: dict | None = None,
+                 calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
+                 refit: bool = False, max_rounds: int = 3000, early_stopping_rounds: int = 100,
+                 random_state: int = 0, n_jobs: int = 2, verbose: bool = False):
+        self.horizon_days = horizon_days
+        self.tier_thresholds = tier_thresholds
+        self.tune = tune
+        self.n_trials = n_trials
+        self.tune_timeout = tune_timeout
+        self.params = params
+        self.calibration = calibration
+        self.monotone = monotone
+        self.features = features
+        self.refit = refit
+        self.max_rounds = max_rounds
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # -- features -----------------------------------------------------------------------------
+    def _select_features(self, X: pd.DataFrame) -> list[str]:
+        if self.features is not None:
+            missing = [f for f in self.features if f not in X.columns]
+            if missing:
+                raise KeyError(f"feature column(s) missing from X: {missing}")
+            return list(self.features)
+        known = list(catalog.feature_names()) + [f for f in EXTRA_FEATURES if f not in catalog.FEATURES]
+        names = [c for c in known if c in X.columns]
+        # anything else numeric that is not a key or label (e.g. a caller's own features)
+        names += [c for c in X.columns if c not in names and c not in KEY_COLUMNS and c not in LABEL_COLUMNS
+                  and pd.api.types.is_numeric_dtype(X[c]) and not pd.api.types.is_bool_dtype(X[c])]
+        return [c for c in names if X[c].notna().any()]
+
+    def _is_categorical(self, name: str, X: pd.DataFrame) -> bool:
+        spec = catalog.FEATURES.get(name)
+        if spec is not None:
+            return spec.dtype == "category"
+        return not pd.api.types.is_numeric_dtype(X[name])
+
+    def _matrix(self, X: pd.DataFrame) -> pd.DataFrame:
+        missing = [f for f in self.feature_names_ if f not in X.columns]
+        if missing:
+            raise KeyError(f"X lacks the model's feature column(s) {missing}; build it with training.churn.prepare_frame")
+        out = {}
+        for name in self.feature_names_:
+            col = X[name]
+            if name in self.categories_:
+                cats = self.categories_[name]
+                vals = col.astype("string").where(col.astype("string").isin(cats))
+                out[name] = pd.Categorical(vals.astype(object).where(vals.notna(), None), categories=cats)
+            else:
+                out[name] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+        return pd.DataFrame(out, index=X.index)
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _split(self, cutoffs: pd.Series | None, ids: pd.Series) -> tuple[np.ndarray, np.ndarray, dict]:
+        n = len(ids)
+        if cutoffs is None or cutoffs.nunique() < 2:
+            fold = _hash_fold(ids)
+            val = fold == 0
+            warnings.warn("ChurnModel.fit: a single cutoff, validation falls back to a fixed 20% of customers "
+                          "(by id hash); stack several cutoffs for a time-based validation", stacklevel=3)
+            return ~val, val, {"validation": "customer-hash 20% (single cutoff)"}
+        c = pd.to_datetime(cutoffs).to_numpy("datetime64[us]")
+        c_val = c.max()
+        val = c == c_val
+        horizon = np.timedelta64(int(self.horizon_days), "D")
+        train = c + horizon <= c_val
+        info = {"validation_cutoff": str(pd.Timestamp(c_val).date())}
+        if not train.any():
+            train = c < c_val
+            info["note"] = "label windows of training and validation overlap (cutoffs closer than the horizon)"
+        info["train_cutoffs"] = sorted(str(pd.Timestamp(x).date()) for x in np.unique(c[train]))
+        info["gap_cutoffs_dropped"] = sorted(str(pd.Timestamp(x).date()) for x in np.unique(c[~train & ~val]))
+        assert n == len(c)
+        return train, val, info
+
+    def _lgb_params(self, params: dict) -> dict:
+        p = {**DEFAULT_PARAMS, **params}
+        out = {
+            "objective": "binary",
+            "metric": ["auc", "binary_logloss"],
+            "first_metric_only": True,
+            "verbosity": -1,
+            "num_threads": int(self.n_jobs),
+            "seed": int(self.random_state),
+            "deterministic": True,
+            "force_col_wise": True,
+            "bagging_freq": 1,
+            "learning_rate": p["learning_rate"],
+            "num_leaves": int(p["num_leaves"]),
+            "min_child_samples": int(p["min_child_samples"]),
+            "feature_fraction": p["feature_fraction"],
+            "bagging_fraction": p["bagging_fraction"],
+            "lambda_l2": p["lambda_l2"],
+            "min_split_gain": p.get("min_split_gain", 0.0),
+            "max_cat_to_onehot": 8,
+            "cat_smooth": 20,
+            "min_data_per_group": 50,
+        }
+        for k, v in p.items():  # any other LightGBM parameter passed explicitly
+            if k not in DEFAULT_PARAMS and k not in out:
+                out[k] = v
+        if self.monotone:
+            out["monotone_constraints"] = [
+                0 if n in self.categories_ else int(retention.feature_direction(n)) for n in self.feature_names_
+            ]
+            out["monotone_constraints_method"] = "advanced"
+        return out
+
+    def _train(self, params: dict, dtrain, dval, rounds: int | None = None):
+        import lightgbm as lgb
+
+        callbacks = []
+        valid = []
+        if rounds is None:
+            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+            valid = [dval]
+        booster = lgb.train(self._lgb_params(params), dtrain, num_boost_round=rounds or self.max_rounds,
+                            valid_sets=valid, valid_names=["validation"][: len(valid)], callbacks=callbacks)
+        return booster
+
+    def fit(self, X: pd.DataFrame, y=None, cutoff=None, sample_weight=None) -> "ChurnModel":
+        """Fit on a stacked snapshot frame.
+
+        ``y``: churn labels (default: ``X["churned"]``); rows with a missing label are dropped.
+        ``cutoff``: the snapshot date of each row (default: ``X["cutoff"]``).
+        """
+        import lightgbm as lgb
+
+        t0 = time.perf_counter()
+        X = X.reset_index(drop=True)
+        if y is None:
+            if "churned" not in X.columns:
+                raise ValueError("pass y or a 'churned' column")
+            y = X["churned"]
+        y = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").reset_index(drop=True)
+        if cutoff is None and "cutoff" in X.columns:
+            cutoff = X["cutoff"]
+        keep = y.notna().to_numpy()
+        X, y = X.loc[keep].reset_index(drop=True), y[keep].astype(float).reset_index(drop=True)
+        cut = None if cutoff is None else pd.Series(np.asarray(cutoff)[keep])
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[keep]
+        if len(np.unique(y)) < 2:
+            raise ValueError("ChurnModel.fit needs both churners and stayers")
+
+        self.classes_ = np.array([0, 1])
+        self.feature_names_ = self._select_features(X)
+        self.categories_ = {}
+        for name in self.feature_names_:
+            if self._is_categorical(name, X):
+                counts = X[name].astype("string").value_counts()
+                self.categories_[name] = [str(v) for v in counts.index[:50]]
+        self.n_features_in_ = len(self.feature_names_)
+        M = self._matrix(X)
+        ids = X["customer_id"] if "customer_id" in X.columns else pd.Series(np.arange(len(X)))
+        train, val, split_info = self._split(cut, ids)
+        self.split_info_ = split_info
+        self.validation_cutoff_ = split_info.get("validation_cutoff")
+        self.train_cutoffs_ = split_info.get("train_cutoffs", [])
+        yv = y.to_numpy()
+        if len(np.unique(yv[train])) < 2 or len(np.unique(yv[val])) < 2:
+            raise ValueError("the time split leaves only one class in training or validation")
+
+        cat_cols = list(self.categories_)
+        dtrain = lgb.Dataset(M[train], yv[train], weight=None if w is None else w[train],
+                             categorical_feature=cat_cols or "auto", free_raw_data=False)
+        dval = lgb.Dataset(M[val], yv[val], reference=dtrain, categorical_feature=cat_cols or "auto",
+                           free_raw_data=False)
+
+        params = dict(self.params or {})
+        self.study_summary_ = None
+        if self.tune and self.n_trials > 0:
+            tuned, self.study_summary_ = self._search(dtrain, dval, M[val], yv[val])
+            params = {**tuned, **params}
+        self.best_params_ = {**DEFAULT_PARAMS, **params}
+
+        booster = self._train(params, dtrain, dval)
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        raw_val = booster.predict(M[val], raw_score=True, num_iteration=self.best_iteration_)
+        self.calibrator_ = Calibrator(self.calibration).fit(raw_val, yv[val])
+        p_val = self.calibrator_.predict(raw_val)
+        self.validation_metrics_ = {k: v for k, v in cm.evaluate(yv[val], p_val).items()}
+        self.validation_metrics_["auc_uncalibrated"] = cm.roc_auc(yv[val], raw_val)
+        if self.refit:
+            dall = lgb.Dataset(M, yv, weight=w, categorical_feature=cat_cols or "auto")
+            n_train = int(train.sum())
+            rounds = int(round(self.best_iteration_ * (n_train + int(val.sum())) / max(n_train, 1)))
+            booster = self._train(params, dall, None, rounds=rounds)
+            self.best_iteration_ = rounds
+        self.booster_ = booster
+        self.n_train_rows_ = int(train.sum())
+        self.n_validation_rows_ = int(val.sum())
+        self.fit_seconds_ = round(time.perf_counter() - t0, 2)
+        return self
+
+    def _search(self, dtrain, dval, Mval, yval) -> tuple[dict, dict]:
+        """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        def objective(trial):
+            params = {
+                "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.12, log=True),
+                "num_leaves": trial.suggest_int("num_leaves", 4, 48, log=True),
+                "min_child_samples": trial.suggest_int("min_child_samples", 30, 1500, log=True),
+                "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
+                "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+                "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 300.0, log=True),
+                "min_split_gain": trial.suggest_float("min_split_gain", 0.0, 1.0),
+            }
+            booster = self._train(params, dtrain, dval)
+            trial.set_user_attr("best_iteration", int(booster.best_iteration))
+            return float(booster.best_score["validation"]["auc"])
+
+        sampler = optuna.samplers.TPESampler(seed=self.random_state, n_startup_trials=min(8, self.n_trials))
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items()})
+        study.optimize(objective, n_trials=self.n_trials, timeout=self.tune_timeout, show_progress_bar=False)
+        best = study.best_trial
+        summary = {
+            "n_trials": len(study.trials),
+            "best_value_auc": float(best.value),
+            "default_value_auc": float(study.trials[0].value) if study.trials[0].value is not None else None,
+            "best_params": dict(best.params),
+            "best_iteration": best.user_attrs.get("best_iteration"),
+        }
+        if self.verbose:
+            log.info("optuna: %s", summary)
+        return dict(best.params), summary
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _check(self):
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("ChurnModel is not fitted")
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw LightGBM margin (log-odds before calibration)."""
+        self._check()
+        return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.best_iteration_)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated ``[P(stay), P(churn)]`` per row."""
+        p = self.calibrator_.predict(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= threshold).astype(int)
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+        """SHAP values (TreeSHAP, ``pred_contrib=True``) on the log-odds scale; last column = bias."""
+        self._check()
+        out = self.booster_.predict(self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_)
+        return np.asarray(out)
+
+    def explain(self, X: pd.DataFrame, top_k: int = 3) -> list[list[dict]]:
+        """Per customer, up to ``top_k`` reasons that push the risk up:
+        ``[{"feature", "value", "contribution", "sentence"}, ...]`` (strongest first)."""
+        contrib = self.contributions(X)
+        return retention.reasons_from_contributions(contrib, X.reset_index(drop=True), self.feature_names_, top_k)
+
+    def risk_tier(self, p) -> np.ndarray:
+        return retention.risk_tier(p, self.tier_thresholds)
+
+    def feature_importance(self) -> pd.DataFrame:
+        self._check()
+        gain = self.booster_.feature_importance("gain", iteration=self.best_iteration_)
+        split = self.booster_.feature_importance("split", iteration=self.best_iteration_)
+        return (pd.DataFrame({"feature": self.feature_names_, "gain": gain, "split": split})
+                .sort_values("gain", ascending=False).reset_index(drop=True))
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """``model.joblib`` + ``booster.txt`` + ``model.json`` (readable summary) under ``directory``."""
+        import joblib
+
+        from features.workspace import atomic_write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / "model.joblib", lambda tmp: joblib.dump(self, tmp))
+        atomic_write(directory / "booster.txt", lambda tmp: self.booster_.save_model(str(tmp)))
+        atomic_write(directory / "model.json",
+                     lambda tmp: tmp.write_text(json.dumps(self.summary(), indent=2, default=str)))
+        return directory / "model.joblib"
+
+    @staticmethod
+    def load(path: str | Path) -> "ChurnModel":
+        import joblib
+
+        path = Path(path)
+        return joblib.load(path / "model.joblib" if path.is_dir() else path)
+
+    def summary(self) -> dict:
+        self._check()
+        return {
+            "horizon_days": self.horizon_days,
+            "features": self.feature_names_,
+            "categorical": self.categories_,
+            "best_params": self.best_params_,
+            "best_iteration": self.best_iteration_,
+            "calibration": self.calibration,
+            "validation_cutoff": self.validation_cutoff_,
+            "train_cutoffs": self.train_cutoffs_,
+            "validation_metrics": self.validation_metrics_,
+            "study": self.study_summary_,
+            "tier_thresholds": {**retention.DEFAULT_TIERS, **(self.tier_thresholds or {})},
+            "n_train_rows": self.n_train_rows_,
+            "n_validation_rows": self.n_validation_rows_,
+            "fit_seconds": self.fit_seconds_,
+        }
+
+
+# ============================================================================================
+# scoring for the CRM
+# ============================================================================================
+def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None = None,
+                    top_k: int = 3) -> pd.DataFrame:
+    """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
+    suggested_action`` (+ ``action_text``, ``cutoff`` when present), sorted by value at stake.
+
+    ``snapshot_df``: a :func:`prepare_frame` frame (catalog features + the model's extra features).
+    ``clv_df``: :func:`training.clv.clv_frame` output (``customer_id``, ``clv_12m``); when the snapshot
+    lacks the ``bg_*`` features the model needs, they are taken from ``clv_df`` too (same BG/NBD fit).
+    """
+    snap = snapshot_df.reset_index(drop=True).copy()
+    snap["customer_id"] = snap["customer_id"].astype(str)
+    if clv_df is not None and len(clv_df):
+        clv = clv_df.copy()
+        clv["customer_id"] = clv["customer_id"].astype(str)
+        need = [c for c in model.feature_names_ if c not in snap.columns and c in clv.columns]
+        take = ["customer_id"] + need + (["clv_12m"] if "clv_12m" not in snap.columns else [])
+        snap = snap.merge(clv[take].drop_duplicates("customer_id"), on="customer_id", how="left")
+    if "clv_12m" not in snap.columns:
+        snap["clv_12m"] = np.nan
+    p = model.predict_proba(snap)[:, 1]
+    out = pd.DataFrame({"customer_id": snap["customer_id"].to_numpy()})
+    if "cutoff" in snap.columns:
+        out["cutoff"] = snap["cutoff"].to_numpy()
+    out["churn_probability"] = p
+    out["risk_tier"] = model.risk_tier(p)
+    out["reasons"] = model.explain(snap, top_k=top_k)
+    out["clv_12m"] = pd.to_numeric(snap["clv_12m"], errors="coerce").to_numpy()
+    out = retention.attach_actions(out)
+    cols = ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
+            "suggested_action", "action_text"] + (["cutoff"] if "cutoff" in out.columns else [])
+    return out[cols].sort_values("value_at_stake", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# ============================================================================================
+# evaluation protocol
+# ============================================================================================
+def training_cutoffs(first_event, evaluation_cutoff, horizon_days: int = DEFAULT_HORIZON, step_days: int = 30,
+                     min_history_days: int = 60, max_cutoffs: int | None = None) -> list[pd.Timestamp]:
+    """Cutoffs every ``step_days`` back from ``evaluation_cutoff - horizon`` (the most recent cutoff whose
+    label window ends on or before the evaluation cutoff) to ``first_event + min_history_days``."""
+    last = pd.Timestamp(evaluation_cutoff).normalize() - pd.Timedelta(days=horizon_days)
+    first = pd.Timestamp(first_event).normalize() + pd.Timedelta(days=min_history_days)
+    out = []
+    c = last
+    while c >= first and (max_cutoffs is None or len(out) < max_cutoffs):
+        out.append(c)
+        c = c - pd.Timedelta(days=step_days)
+    return sorted(out)
+
+
+@dataclass
+class Evaluation:
+    """Everything one run of the protocol produced."""
+
+    cutoff: pd.Timestamp
+    horizon_days: int
+    metrics: dict  # name -> metrics dict (model first, then the baselines)
+    y: np.ndarray
+    scores: dict  # name -> {"score", "proba"}
+    scored: pd.DataFrame  # score_customers output for the evaluated customers (+ churned)
+    model: ChurnModel
+    baselines: Baselines
+    train_cutoffs: list
+    contributions: np.ndarray
+    X_eval: pd.DataFrame
+    timings: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The JSON of ``crmml evaluate churn``: keys model, recency, rfm, bgnbd (each with auc, pr_auc,
+        brier, top_decile_lift, ...), plus n_customers, churn_rate and the protocol's details."""
+        out: dict = {}
+        for name, m in self.metrics.items():
+            out[name] = {k: _clean(v) for k, v in m.items()}
+        out["n_customers"] = int(len(self.y))
+        out["churn_rate"] = float(np.mean(self.y))
+        out["cutoff"] = str(self.cutoff.date())
+        out["horizon_days"] = int(self.horizon_days)
+        out["protocol"] = {
+            "train_cutoffs": [str(pd.Timestamp(c).date()) for c in self.train_cutoffs],
+            "validation_cutoff": self.model.validation_cutoff_,
+            "booster_train_cutoffs": self.model.train_cutoffs_,
+            "labels_end_on_or_before": str(self.cutoff.date()),
+            "eligible": "a purchase in the 365 days before the cutoff",
+            "baselines": BASELINE_DOCS,
+            "baseline_probabilities": "score -> probability by centered isotonic regression fitted on the "
+                                      "training snapshots (all training cutoffs)",
+            "model_calibration": f"{self.model.calibration} on the held-out validation cutoff",
+            "tuned": bool(self.model.tune),
+        }
+        out["model_info"] = {
+            "best_params": {k: _clean(v) for k, v in self.model.best_params_.items()},
+            "best_iteration": self.model.best_iteration_,
+            "n_features": len(self.model.feature_names_),
+            "validation_auc": _clean(self.model.validation_metrics_.get("auc")),
+            "study": self.model.study_summary_,
+        }
+        out["calibration_curve"] = self.calibration
+        out["tiers"] = _tier_table(self.scored)
+        out["timings_s"] = self.timings
+        out["notes"] = self.notes
+        return out
+
+
+def _clean(v):
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    return v
+
+
+def _tier_table(scored: pd.DataFrame) -> list[dict]:
+    rows = []
+    for tier in retention.TIERS:
+        g = scored[scored["risk_tier"] == tier]
+        rows.append({
+            "tier": tier,
+            "customers": int(len(g)),
+            "mean_probability": _clean(g["churn_probability"].mean()) if len(g) else None,
+            "observed_churn_rate": _clean(g["churned"].mean()) if len(g) and "churned" in g else None,
+            "value_at_stake": _clean(g["value_at_stake"].sum()),
+        })
+    return rows
+
+
+def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+                      step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
+                      engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
+    """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
+    the model with the baselines on the same customers (see the module docstring)."""
+    from training.clv import CLVModel, purchase_days
+
+    say = progress or (lambda msg: log.info(msg))
+    timings: dict = {}
+    t0 = time.perf_counter()
+    cutoff = pd.Timestamp(cutoff).normalize()
+    src, events = _tables(source)
+    first, last = events["timestamp"].min(), events["timestamp"].max()
+    if cutoff + pd.Timedelta(days=horizon_days) > last + pd.Timedelta(seconds=1):
+        raise ValueError(
+            f"cutoff {cutoff.date()} + {horizon_days} days ends after the last event ({last}): no labels to evaluate; "
+            f"use a cutoff on or before {(last.normalize() - pd.Timedelta(days=horizon_days)).date()}"
+        )
+    cuts = training_cutoffs(first, cutoff, horizon_days, step_days, min_history_days)
+    if len(cuts) < 2:
+        raise ValueError(f"only {len(cuts)} training cutoff(s) fit between the first event ({first.date()}) and "
+                         f"{cutoff.date()} - {horizon_days} days; use a later cutoff or a smaller --step-days")
+    say(f"building snapshots for {len(cuts)} training cutoffs + the evaluation cutoff")
+    frame = prepare_frame(src, cuts + [cutoff], horizon_days=horizon_days, engine=engine, events=events)
+    timings["features"] = round(time.perf_counter() - t0, 1)
+    frame = frame[frame["eligible"]]
+    train = frame[(frame["cutoff"] < cutoff) & frame["label_available"] & frame["churned"].notna()]
+    # guard: every training label window ends on or before the evaluation cutoff
+    assert (train["cutoff"] + pd.Timedelta(days=horizon_days) <= cutoff).all()
+    test = frame[(frame["cutoff"] == cutoff) & frame["churned"].notna()].reset_index(drop=True)
+    if test.empty or test["churned"].nunique() < 2:
+        raise ValueError(f"no customers with both outcomes at {cutoff.date()}")
+
+    t1 = time.perf_counter()
+    say(f"training on {len(train):,} snapshots ({train['cutoff'].nunique()} cutoffs)"
+        + (f", tuning with {n_trials} Optuna trials" if tune else ""))
+    model = ChurnModel(horizon_days=horizon_days, tune=tune, n_trials=n_trials, **(model_kwargs or {}))
+    model.fit(train)
+    timings["model_fit"] = round(time.perf_counter() - t1, 1)
+    baselines = Baselines().fit(train, train["churned"].to_numpy())
+
+    t2 = time.perf_counter()
+    y = test["churned"].to_numpy(dtype=float)
+    p_model = model.predict_proba(test)[:, 1]
+    scores = {"model": {"score": p_model, "proba": p_model}}
+    for name, s in baselines.predict(test).items():
+        scores[name] = s
+    metrics = {name: cm.evaluate(y, s["proba"], score=s["score"]) for name, s in scores.items()}
+    metrics["model"]["auc_uncalibrated"] = cm.roc_auc(y, model.decision_function(test))
+
+    say("scoring customers: reasons, CLV, value at stake")
+    clv_model = CLVModel().fit(events, cutoff, days=purchase_days(events))
+    clv = clv_model.predict()
+    scored = score_customers(model, test, clv)
+    scored = scored.merge(test[["customer_id", "churned"]], on="customer_id", how="left")
+    contrib = model.contributions(test)
+    timings["scoring"] = round(time.perf_counter() - t2, 1)
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    notes = []
+    if model.split_info_.get("note"):
+        notes.append(model.split_info_["note"])
+    return Evaluation(
+        cutoff=cutoff, horizon_days=horizon_days, metrics=metrics, y=y, scores=scores, scored=scored,
+        model=model, baselines=baselines, train_cutoffs=cuts, contributions=contrib, X_eval=test,
+        timings=timings, calibration={"model": cm.calibration_table(y, p_model, 10, "quantile")}, notes=notes,
+    )
+
+
+# ============================================================================================
+# report
+# ============================================================================================
+def write_report(ev: Evaluation, out_dir: str | Path, name: str = "churn_evaluation") -> dict:
+    """Write ``<name>.html`` + ``<name>.json`` + PNG plots under ``out_dir``; returns ``{kind: path}``."""
+    from features.workspace import atomic_write
+    from training import churn_plots as plots
+
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / f"{name}_plots"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "roc": plots.roc_figure(ev.y, ev.scores),
+        "precision_recall": plots.pr_figure(ev.y, ev.scores),
+        "calibration": plots.calibration_figure(ev.y, ev.scores),
+        "gains_lift": plots.gains_figure(ev.y, ev.scores),
+        "shap_summary": plots.shap_summary_figure(ev.contributions, ev.X_eval, ev.model.feature_names_),
+        "tiers": plots.tiers_figure(ev.scored),
+    }
+    paths: dict = {}
+    for key, fig in figures.items():
+        path = fig_dir / f"{key}.png"
+        atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, dpi=110, format="png"))
+        plots.close(fig)
+        paths[key] = path
+    data = ev.to_json()
+    json_path = out_dir / f"{name}.json"
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+    html = _report_html(ev, {k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
+    html_path = out_dir / f"{name}.html"
+    atomic_write(html_path, lambda tmp: tmp.write_text(html))
+    return {"html": html_path, "json": json_path, "figures": paths}
+
+
+def _fmt(v, f) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
+
+
+def _report_html(ev: Evaluation, figs: dict) -> str:
+    from html import escape
+
+    rows = []
+    for name, m in ev.metrics.items():
+        label = {"model": "LightGBM (calibrated)", "recency": "recency rule", "rfm": "RFM score",
+                 "bgnbd": "BG/NBD"}.get(name, name)
+        cells = "".join(f"<td>{_fmt(m.get(k), f)}</td>" for k, _, f, _ in cm.DISPLAY)
+        rows.append(f"<tr{' class=model' if name == 'model' else ''}><th>{escape(label)}</th>{cells}</tr>")
+    head = "".join(f"<th>{escape(h)}</th>" for _, h, _, _ in cm.DISPLAY)
+    tiers = "".join(
+        f"<tr><th>{t['tier']}</th><td>{t['customers']}</td><td>{_fmt(t['mean_probability'], '{:.2f}')}</td>"
+        f"<td>{_fmt(t['observed_churn_rate'], '{:.2f}')}</td><td>{_fmt(t['value_at_stake'], '{:,.0f}')}</td></tr>"
+        for t in _tier_table(ev.scored)
+    )
+    top = retention.retention_list(ev.scored, top=15)
+    top_rows = "".join(
+        f"<tr><td>{r['rank']}</td><td>{escape(str(r['customer_id']))}</td><td>{r['churn_probability']:.2f}</td>"
+        f"<td>{r['risk_tier']}</td><td>{r['clv_12m']:,.0f}</td><td>{r['value_at_stake']:,.0f}</td>"
+        f"<td>{escape(r['suggested_action'])}</td><td>{escape(r['why'])}</td>"
+        f"<td>{'churned' if r.get('churned') == 1 else 'stayed'}</td></tr>"
+        for r in top.to_dict(orient="records")
+    )
+    imp = ev.model.feature_importance().head(15)
+    imp_rows = "".join(
+        f"<tr><td>{escape(r.feature)}</td><td>{r.gain / max(imp['gain'].sum(), 1e-9):.1%}</td>"
+        f"<td>{escape(retention.feature_meaning(r.feature))}</td></tr>" for r in imp.itertuples()
+    )
+    m = ev.model
+    study = m.study_summary_ or {}
+    img = "".join(f'<figure><img src="{escape(p)}" alt="{escape(k)}"><figcaption>{escape(k)}</figcaption></figure>'
+                  for k, p in figs.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Churn evaluation {ev.cutoff.date()}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}tr.model{{background:#eef3fb;font-weight:600}}
+figure{{display:inline-block;margin:.5em}}img{{max-width:560px}}.small{{color:#555;font-size:.9em}}</style></head><body>
+<h1>Churn model evaluation — cutoff {ev.cutoff.date()}, horizon {ev.horizon_days} days</h1>
+<p>{len(ev.y):,} customers eligible at the cutoff (a purchase in the 365 days before it); churn rate
+{np.mean(ev.y):.1%} (no purchase in [{ev.cutoff.date()}, +{ev.horizon_days} days)). Trained on
+{len(ev.train_cutoffs)} cutoffs from {ev.train_cutoffs[0].date()} to {ev.train_cutoffs[-1].date()}: every
+training label ends on or before the evaluation cutoff. Validation (early stopping, calibration{', tuning' if m.tune else ''}):
+cutoff {m.validation_cutoff_}; booster trained on {len(m.train_cutoffs_)} cutoffs up to {m.train_cutoffs_[-1] if m.train_cutoffs_ else '–'}.</p>
+<h2>Model vs baselines (same customers)</h2>
+<table><tr><th></th>{head}</tr>{''.join(rows)}</table>
+<p class=small>Ranking metrics use each scorer's own score; Brier, log loss and ECE (10 equal-width bins) use
+probabilities. Baseline probabilities: centered isotonic regression of the baseline score fitted on the training
+snapshots. Model: {m.calibration} calibration on the held-out validation cutoff.
+{'Optuna: %d trials, validation AUC %.4f (defaults %.4f).' % (study.get('n_trials', 0), study.get('best_value_auc') or 0, study.get('default_value_auc') or 0) if study else 'No hyperparameter search (defaults).'}
+Best iteration {m.best_iteration_}; parameters {escape(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.best_params_.items()}))}.</p>
+<h2>Risk tiers</h2><table><tr><th>tier</th><th>customers</th><th>mean P(churn)</th><th>observed churn</th><th>value at stake</th></tr>{tiers}</table>
+<h2>Plots</h2>{img}
+<h2>Most important features (gain)</h2><table><tr><th>feature</th><th>gain</th><th>meaning</th></tr>{imp_rows}</table>
+<h2>Retention list (top 15 by value at stake)</h2>
+<table><tr><th>#</th><th>customer</th><th>P(churn)</th><th>tier</th><th>CLV 12m</th><th>value at stake</th><th>action</th><th>why</th><th>outcome</th></tr>{top_rows}</table>
+<p class=small>Timings (s): {escape(json.dumps(ev.timings))}. {escape(' '.join(ev.notes))}</p>
+</body></html>"""
+
+
+# ============================================================================================
+# final training and the registry gate
+# ============================================================================================
+def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+                step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
+                engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
+    """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
+    say = progress or (lambda msg: log.info(msg))
+    src, events = _tables(source)
+    first, last = events["timestamp"].min(), events["timestamp"].max()
+    # the newest cutoff whose label window lies inside the data, as if evaluating at last + 1 day
+    end = last.normalize() + pd.Timedelta(days=1)
+    cuts = training_cutoffs(first, end, horizon_days, step_days, min_history_days)
+    if len(cuts) < 2:
+        raise ValueError("not enough history for two labelled cutoffs")
+    say(f"building snapshots for {len(cuts)} cutoffs ({cuts[0].date()} .. {cuts[-1].date()})")
+    frame = prepare_frame(src, cuts, horizon_days=horizon_days, engine=engine, events=events)
+    frame = frame[frame["eligible"] & frame["label_available"] & frame["churned"].notna()]
+    say(f"training on {len(frame):,} snapshots" + (f", tuning with {n_trials} Optuna trials" if tune else ""))
+    model = ChurnModel(horizon_days=horizon_days, tune=tune, n_trials=n_trials, **(model_kwargs or {}))
+    model.fit(frame)
+    info = {
+        "cutoffs": [str(c.date()) for c in cuts],
+        "n_rows": int(len(frame)),
+        "churn_rate": float(frame["churned"].mean()),
+        "example": frame.head(5),
+    }
+    return model, info
+
+
+def gate_evaluator(workspace) -> Callable[[str], dict]:
+    """For ``crmml models promote``: score a model URI on the newest fully-labelled cutoff.
+
+    The window is the last cutoff whose horizon ends inside the data; both the champion and the
+    challenger are scored on the same customers. Returns the model metrics (auc, brier, ...).
+    """
+    from training.churn_pyfunc import load_churn
+
+    cache: dict = {}
+
+    def evaluate(model_uri: str) -> dict:
+        model = load_churn(model_uri)
+        horizon = int(model.horizon_days)
+        key = horizon
+        if key not in cache:
+            src, events = _tables(workspace)
+            last = events["timestamp"].max()
+            c = last.normalize() - pd.Timedelta(days=horizon)
+            frame = prepare_frame(src, [c], horizon_days=horizon, events=events)
+            frame = frame[frame["eligible"] & frame["churned"].notna()].reset_index(drop=True)
+            cache[key] = (c, frame)
+        c, frame = cache[key]
+        y = frame["churned"].to_numpy(float)
+        p = model.predict_proba(frame)[:, 1]
+        out = cm.evaluate(y, p)
+        out["window"] = str(c.date())
+        return out
+
+    return evaluate
+
+
+__all__ = [
+    "ChurnModel", "DEFAULT_PARAMS", "EXTRA_FEATURES", "Evaluation", "evaluate_protocol", "extra_features",
+    "gate_evaluator", "model_features", "prepare_frame", "score_customers", "train_final", "training_cutoffs",
+    "write_report", "BASELINES",
+]

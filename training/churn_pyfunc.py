@@ -1,0 +1,109 @@
+"""The churn model as an MLflow pyfunc, and ``log_churn`` to log it in the active run.
+
+The pyfunc takes a snapshot frame (the model's feature columns, plus optionally ``customer_id``) and
+returns one row per customer: ``customer_id`` (when given), ``churn_probability``, ``risk_tier`` and
+``reasons`` (JSON text: a list of ``{feature, value, contribution, sentence}``). The fitted
+:class:`training.churn.ChurnModel` travels as a joblib artifact; the ``training`` and ``features``
+packages travel as code paths, so the model loads without this repository on ``sys.path``.
+The unwrapped ``ChurnModel`` is ``mlflow.pyfunc.load_model(uri).unwrap_python_model().model``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+try:  # keep the module importable (and the class definable) without mlflow
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "lifetimes", "joblib")
+
+
+class ChurnPyfunc(PythonModel):
+    """MLflow pyfunc around a fitted ``ChurnModel`` (artifact ``churn_model``)."""
+
+    def __init__(self, model=None, top_k: int = 3):
+        self.model = model
+        self.top_k = top_k
+
+    def load_context(self, context):
+        import joblib
+
+        self.model = joblib.load(context.artifacts["churn_model"])
+
+    def predict(self, context, model_input, params=None):
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        top_k = int((params or {}).get("top_k", self.top_k))
+        proba = self.model.predict_proba(df)[:, 1]
+        out = pd.DataFrame(index=range(len(df)))
+        if "customer_id" in df.columns:
+            out["customer_id"] = df["customer_id"].astype(str).to_numpy()
+        out["churn_probability"] = proba
+        out["risk_tier"] = self.model.risk_tier(proba)
+        out["reasons"] = [json.dumps(r) for r in self.model.explain(df, top_k=top_k)]
+        return out
+
+
+def _requirements() -> list[str]:
+    try:
+        from training import registry
+
+        return registry.pip_requirements(*PIP_PACKAGES)
+    except Exception:  # registry not available: pin from installed metadata directly
+        from importlib import metadata
+
+        out = []
+        for pkg in PIP_PACKAGES:
+            try:
+                out.append(f"{pkg}=={metadata.version(pkg)}")
+            except metadata.PackageNotFoundError:
+                out.append(pkg)
+        return out
+
+
+def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: int = 3):
+    """Log ``model`` (a fitted ChurnModel) as a pyfunc in the active MLflow run; returns the ModelInfo.
+
+    ``input_example``: a few snapshot rows (feature columns, ``customer_id`` allowed); the signature
+    is inferred from it and from the pyfunc's output on it. Requirements are explicit (pinned to
+    the installed versions), so MLflow does not infer them.
+    """
+    import joblib
+    import mlflow
+    from mlflow.models import infer_signature
+
+    cols = ["customer_id"] if "customer_id" in input_example.columns else []
+    cols += [c for c in model.feature_names_ if c in input_example.columns]
+    example = input_example[cols].head(5).reset_index(drop=True)
+    # object columns with pandas NA -> plain strings/None so the schema is clean
+    for c in example.columns:
+        if example[c].dtype == "string" or example[c].dtype == object:
+            example[c] = example[c].astype(object).where(example[c].notna(), None)
+    wrapper = ChurnPyfunc(model, top_k=top_k)
+    output = wrapper.predict(None, example)
+    signature = infer_signature(example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "churn_model.joblib"
+        joblib.dump(model, path)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ChurnPyfunc(top_k=top_k),
+            artifacts={"churn_model": str(path)},
+            code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+
+
+def load_churn(model_uri: str):
+    """The fitted ChurnModel behind a logged/registered pyfunc URI."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model

@@ -1,0 +1,344 @@
+"""From churn scores to a CRM worklist: reasons as sentences, risk tiers, actions, value at stake.
+
+* **Reasons**: the top drivers of a customer's score from LightGBM's SHAP contributions
+  (``pred_contrib=True``), keeping only those that push the risk **up**, each turned into a sentence
+  from the feature catalog (``features/catalog.py``), e.g. ``"no purchase for 120 days, 3.0x the
+  usual gap between purchases"`` or ``"2 unresolved complaints"``. The feature name, its value and
+  its contribution (log-odds) are kept next to the sentence for machines.
+* **Risk tiers**: ``high`` / ``medium`` / ``low`` from the calibrated probability
+  (default: high >= 0.6, medium >= 0.3).
+* **Value at stake**: ``P(churn) x CLV over the next 12 months`` (BG/NBD + Gamma-Gamma,
+  ``training/clv.py``).
+* **Suggested action** from the reasons and the value (:func:`suggest_action`), and the
+  **retention list** sorted by value at stake (:func:`retention_list`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from features import catalog
+
+DEFAULT_TIERS = {"high": 0.6, "medium": 0.3}
+TIERS = ("high", "medium", "low")
+
+# Features the churn model adds to the catalog ones (see training/churn.py, training/clv.py):
+# name -> (template, direction, meaning)
+EXTRA_FEATURES: dict[str, tuple[str, int, str]] = {
+    "bg_p_alive": (
+        "only {value:.0%} likely to still be an active customer (purchase-rhythm model)",
+        catalog.LESS_RISK,
+        "BG/NBD probability that the customer has not dropped out, fitted on the history before the cutoff.",
+    ),
+    "bg_expected_purchases": (
+        "{value:.1f} purchases expected in the coming period (purchase-rhythm model)",
+        catalog.LESS_RISK,
+        "BG/NBD expected purchase days in the horizon, fitted on the history before the cutoff.",
+    ),
+    "bg_p_no_purchase": (
+        "{value:.0%} chance of no purchase in the coming period (purchase-rhythm model)",
+        catalog.MORE_RISK,
+        "BG/NBD probability of no purchase in the horizon, fitted on the history before the cutoff.",
+    ),
+    "ewm_orders_30": ("little recent activity (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+                      "Purchase days weighted by exp(-age ln2 / 30 days): recent activity."),
+    "ewm_orders_90": ("declining activity (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+                      "Purchase days weighted by exp(-age ln2 / 90 days)."),
+    "ewm_orders_365": ("low activity over the year (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+                       "Purchase days weighted by exp(-age ln2 / 365 days)."),
+    "active_months_365d": ("bought in only {value:.0f} of the last 12 months", catalog.LESS_RISK,
+                           "Distinct 30-day periods with a purchase in the last 365 days."),
+    "purchase_days_ly_next90": ("{value:.0f} purchase days in the same season last year", catalog.LESS_RISK,
+                                "Purchase days in [c - 365d, c - 275d): the coming 90 days, one year earlier."),
+    "purchase_days_ly_next180": ("{value:.0f} purchase days in the coming half-year's season last year",
+                                 catalog.LESS_RISK, "Purchase days in [c - 365d, c - 185d)."),
+    "max_gap_days": ("longest break so far was {value:.0f} days", catalog.NEUTRAL,
+                     "Longest gap between consecutive purchase days."),
+    "last_gap_days": ("last break between purchases was {value:.0f} days", catalog.MORE_RISK,
+                      "Gap between the last two purchase days."),
+    "recency_max_gap_ratio": ("away {value:.1f}x the longest break so far", catalog.MORE_RISK,
+                              "recency_days divided by the longest gap between purchase days."),
+    "own_gap_survival": ("in the past, {value:.0%} of similar breaks lasted another season", catalog.MORE_RISK,
+                         "Smoothed share of the customer's past gaps longer than the current recency that "
+                         "also exceeded recency + horizon."),
+    "first_purchase_days": ("first purchase {value:.0f} days ago", catalog.LESS_RISK,
+                            "Days from the first purchase day to the cutoff."),
+    "season_affinity": ("buys products that sell little in the coming season (index {value:.2f})",
+                        catalog.LESS_RISK,
+                        "Spend-weighted share of the customer's items' sales that fell in the same season last "
+                        "year, relative to the shop's (1 = average)."),
+    "history_days": ("shop history of {value:.0f} days", catalog.NEUTRAL,
+                     "Days of data before the cutoff (tells the model how complete year-ago features are)."),
+}
+
+# Sentences for missing values that carry a meaning.
+MISSING_SENTENCES = {
+    "gap_mean_days": "bought on a single day only: no purchase rhythm yet",
+    "recency_gap_ratio": "bought on a single day only: no purchase rhythm yet",
+    "gap_std_days": "too few purchases to know the rhythm",
+    "max_gap_days": "bought on a single day only: no purchase rhythm yet",
+    "last_gap_days": "bought on a single day only: no purchase rhythm yet",
+    "recency_max_gap_ratio": "bought on a single day only: no purchase rhythm yet",
+    "orders_trend_90d": "no orders in the 90 days before the last 90",
+    "spend_trend_90d": "no spend in the 90 days before the last 90",
+    "days_since_complaint": "never complained",
+    "satisfaction_mean": "no rated service contact",
+    "bg_p_alive": "too little history for the purchase-rhythm model",
+    "bg_p_no_purchase": "too little history for the purchase-rhythm model",
+    "bg_expected_purchases": "too little history for the purchase-rhythm model",
+}
+
+COMPLAINT_FEATURES = frozenset(
+    {"complaints_90d", "complaints_365d", "complaints_unresolved", "days_since_complaint", "tickets_365d",
+     "satisfaction_mean"}
+)
+LAPSE_FEATURES = frozenset(
+    {"recency_days", "recency_gap_ratio", "recency_max_gap_ratio", "own_gap_survival", "bg_p_alive",
+     "bg_p_no_purchase", "bg_expected_purchases", "orders_7d", "orders_30d", "orders_90d", "spend_7d", "spend_30d",
+     "spend_90d", "ewm_orders_30", "ewm_orders_90", "days_since_view", "views_30d", "views_90d", "carts_90d",
+     "last_gap_days", "purchase_days_ly_next90", "purchase_days_ly_next180"}
+)
+DECLINE_FEATURES = frozenset(
+    {"orders_trend_90d", "spend_trend_90d", "orders_180d", "orders_365d", "spend_180d", "spend_365d",
+     "ewm_orders_365", "active_months_365d", "campaign_response_rate", "view_conversion_90d",
+     "cart_conversion_90d"}
+)
+RETURN_FEATURES = frozenset({"return_rate", "return_amount_rate", "cancellation_rate", "returns_90d"})
+
+ACTIONS = {
+    "complaint_follow_up": "Call about the recent complaint(s): check it is solved and apologise.",
+    "win_back_offer": "Send a personal win-back offer: the customer is overdue for a purchase.",
+    "account_manager_call": "Account manager call: a valuable customer is buying less.",
+    "loyalty_reward": "Loyalty reward or thank-you voucher to reverse the decline.",
+    "quality_follow_up": "Follow up on returned products: ask what went wrong.",
+    "reengagement_campaign": "Include in the re-engagement campaign.",
+    "none": "No action: low risk.",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# sentences
+# --------------------------------------------------------------------------------------------
+def _missing(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def feature_meaning(name: str) -> str:
+    if name in catalog.FEATURES:
+        return catalog.FEATURES[name].meaning
+    if name in EXTRA_FEATURES:
+        return EXTRA_FEATURES[name][2]
+    return name.replace("_", " ")
+
+
+def feature_direction(name: str) -> int:
+    if name in catalog.FEATURES:
+        return catalog.FEATURES[name].direction
+    if name in EXTRA_FEATURES:
+        return EXTRA_FEATURES[name][1]
+    return catalog.NEUTRAL
+
+
+def feature_docs(names: Iterable[str]) -> list[dict]:
+    """``[{"name", "meaning", "window", "higher_means"}]`` for the model's features (for MLflow and reports)."""
+    out = []
+    for name in names:
+        if name in catalog.FEATURES:
+            f = catalog.FEATURES[name]
+            out.append({"name": name, "meaning": f.meaning, "window": f.window, "higher_means": f.higher_means,
+                        "source": "catalog"})
+        else:
+            direction = feature_direction(name)
+            out.append({"name": name, "meaning": feature_meaning(name), "window": "before the cutoff",
+                        "higher_means": {1: "more risk", -1: "less risk"}.get(direction, "no clear direction"),
+                        "source": "training.churn"})
+    return out
+
+
+def sentence(name: str, value, row: dict | None = None) -> str:
+    """A CRM-readable sentence for one driver; ``row`` gives the customer's other values for context."""
+    row = row or {}
+    if _missing(value):
+        if name in MISSING_SENTENCES:
+            return MISSING_SENTENCES[name]
+        return f"{name.replace('_', ' ')}: unknown"
+    if name in ("recency_days", "recency_gap_ratio"):
+        rec = row.get("recency_days", value if name == "recency_days" else None)
+        ratio = row.get("recency_gap_ratio", value if name == "recency_gap_ratio" else None)
+        gap = row.get("gap_mean_days")
+        parts = []
+        if not _missing(rec):
+            parts.append(f"no purchase for {float(rec):.0f} days")
+        if not _missing(ratio) and not _missing(gap) and float(ratio) >= 1.0:
+            parts.append(f"{float(ratio):.1f}x the usual gap of {float(gap):.0f} days")
+        elif not _missing(ratio) and float(ratio) >= 1.0:
+            parts.append(f"{float(ratio):.1f}x the usual gap between purchases")
+        if parts:
+            return ", ".join(parts)
+    if name in catalog.FEATURES:
+        return _singular(catalog.reason(name, value))
+    if name in EXTRA_FEATURES:
+        try:
+            return _singular(EXTRA_FEATURES[name][0].format(value=value))
+        except (ValueError, TypeError):
+            pass
+    return f"{name.replace('_', ' ')} = {value}"
+
+
+def _singular(text: str) -> str:
+    """'1 unresolved complaints' -> '1 unresolved complaint' (catalog templates are written for plurals)."""
+    if not text.startswith("1 "):
+        return text
+    words = text.split(" ")
+    for i in range(1, min(len(words), 4)):
+        w = words[i]
+        if w in ("complaints", "orders", "tickets", "purchases", "products", "views", "add-to-carts",
+                 "campaigns", "days"):
+            words[i] = "category" if w == "categories" else w[:-1]
+            return " ".join(words)
+    return text
+
+
+def reasons_from_contributions(
+    contrib: np.ndarray,
+    X: pd.DataFrame,
+    feature_names: list[str],
+    top_k: int = 3,
+    min_contribution: float = 1e-6,
+) -> list[list[dict]]:
+    """Per row: the ``top_k`` features with the largest positive contribution (risk-increasing).
+
+    ``contrib`` is ``booster.predict(X, pred_contrib=True)`` (last column = bias, dropped).
+    Each reason is ``{"feature", "value", "contribution", "sentence"}``; ``value`` is a JSON-safe
+    float/str/None.
+    """
+    contrib = np.asarray(contrib)[:, : len(feature_names)]
+    out: list[list[dict]] = []
+    cols = list(X.columns)
+    values = X.to_dict(orient="records") if len(X) else []
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, :top_k]
+    for i in range(contrib.shape[0]):
+        row = values[i]
+        reasons = []
+        for j in order[i]:
+            c = float(contrib[i, j])
+            if c <= min_contribution:
+                break
+            name = feature_names[j]
+            value = row.get(name) if name in cols else None
+            reasons.append(
+                {
+                    "feature": name,
+                    "value": _json_value(value),
+                    "contribution": round(c, 6),
+                    "sentence": sentence(name, value, row),
+                }
+            )
+        out.append(reasons)
+    return out
+
+
+def _json_value(value):
+    if _missing(value):
+        return None
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# tiers, actions, value
+# --------------------------------------------------------------------------------------------
+def risk_tier(p, thresholds: dict | None = None) -> np.ndarray:
+    """``high`` when p >= thresholds["high"], ``medium`` when p >= thresholds["medium"], else ``low``."""
+    t = {**DEFAULT_TIERS, **(thresholds or {})}
+    if not 0 <= t["medium"] <= t["high"] <= 1:
+        raise ValueError(f"tier thresholds must satisfy 0 <= medium <= high <= 1, got {t}")
+    p = np.asarray(p, dtype=float)
+    return np.where(p >= t["high"], "high", np.where(p >= t["medium"], "medium", "low"))
+
+
+def suggest_action(tier: str, reasons: list[dict], clv: float | None = None, high_value: float | None = None) -> str:
+    """One action key of ``ACTIONS`` from the tier, the reasons (strongest first) and the value.
+
+    Rules, first match wins: low risk -> ``none``; a complaint/service driver -> ``complaint_follow_up``;
+    a return driver -> ``quality_follow_up``; the strongest driver a decline (fewer orders, lower
+    spend, falling trend) -> ``account_manager_call`` for high-value customers (CLV >= ``high_value``)
+    else ``loyalty_reward``; a lapse driver (long absence vs the usual rhythm) -> ``win_back_offer``;
+    another decline driver -> as above; otherwise ``reengagement_campaign``.
+    """
+    if tier == "low":
+        return "none"
+    feats = [r["feature"] for r in reasons]
+    valuable = clv is not None and high_value is not None and not _missing(clv) and clv >= high_value
+    if any(f in COMPLAINT_FEATURES for f in feats):
+        return "complaint_follow_up"
+    if any(f in RETURN_FEATURES for f in feats):
+        return "quality_follow_up"
+    first = feats[0] if feats else None
+    decline = "account_manager_call" if valuable else "loyalty_reward"
+    if first in DECLINE_FEATURES:
+        return decline
+    if any(f in LAPSE_FEATURES for f in feats):
+        return "win_back_offer"
+    if any(f in DECLINE_FEATURES for f in feats):
+        return decline
+    return "reengagement_campaign"
+
+
+def value_at_stake(p, clv) -> np.ndarray:
+    """Expected value lost: ``P(churn) x CLV`` (a missing CLV counts as 0)."""
+    p = np.asarray(p, dtype=float)
+    v = np.nan_to_num(np.asarray(clv, dtype=float), nan=0.0)
+    return p * np.maximum(v, 0.0)
+
+
+def attach_actions(scored: pd.DataFrame, high_value_quantile: float = 0.8) -> pd.DataFrame:
+    """Add ``value_at_stake`` and ``suggested_action`` (+ ``action_text``) to a scored frame.
+
+    ``scored`` needs ``churn_probability``, ``risk_tier``, ``reasons`` and ``clv_12m``. High value =
+    CLV at or above the ``high_value_quantile`` of the scored customers.
+    """
+    out = scored.copy()
+    clv = pd.to_numeric(out["clv_12m"], errors="coerce")
+    out["value_at_stake"] = value_at_stake(out["churn_probability"], clv)
+    high_value = float(clv.quantile(high_value_quantile)) if clv.notna().any() else None
+    out["suggested_action"] = [
+        suggest_action(t, r, c, high_value) for t, r, c in zip(out["risk_tier"], out["reasons"], clv)
+    ]
+    out["action_text"] = out["suggested_action"].map(ACTIONS)
+    return out
+
+
+def retention_list(scored: pd.DataFrame, top: int | None = None, include_low: bool = False) -> pd.DataFrame:
+    """The prioritised call list: customers sorted by value at stake (highest first), ranked from 1.
+
+    Low-risk customers are left out unless ``include_low``. Adds ``value_at_stake`` and
+    ``suggested_action`` when missing, and a readable ``why`` column (the reason sentences joined).
+    """
+    df = scored
+    if "value_at_stake" not in df.columns or "suggested_action" not in df.columns:
+        df = attach_actions(df)
+    if not include_low:
+        df = df[df["risk_tier"] != "low"]
+    df = df.sort_values(["value_at_stake", "churn_probability"], ascending=[False, False], kind="stable")
+    if top is not None:
+        df = df.head(top)
+    df = df.reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    df["why"] = [
+        "; ".join(r["sentence"] for r in reasons) if isinstance(reasons, list) else "" for reasons in df["reasons"]
+    ]
+    return df
