@@ -854,30 +854,32 @@ def _json_any(ws: Workspace, candidates: Iterable[str]) -> tuple[dict | None, Pa
     return None, None
 
 
-def load_customer360(ctx: ReportContext) -> tuple[pd.DataFrame | None, str]:
-    """The customer 360 (RFM segment, value tier, ...) at the report's date: the rows of the
-    workspace's ``features/customer360`` with that ``as_of``, else ``features.insight.build_customer360``
-    computed now (about 10 s on the UCI data)."""
-    if "c360" in ctx.cache:
-        return ctx.cache["c360"]
+def load_customer360(ctx: ReportContext, as_of=None) -> tuple[pd.DataFrame | None, str]:
+    """The customer 360 (RFM segment, value tier, ...) at ``as_of`` (default: the report's date): the
+    rows of the workspace's ``features/customer360`` with that ``as_of``, else
+    ``features.insight.build_customer360`` computed now (about 10 s on the UCI data)."""
+    when = ctx.as_of if as_of is None else pd.Timestamp(as_of).normalize()
+    key = ("c360", str(when.date()))
+    if key in ctx.cache:
+        return ctx.cache[key]
     df, src = None, ""
     saved, saved_src = _read_any(ctx.workspace, [("customer360", "features")])
     if saved is not None and "as_of" in saved.columns:
-        rows = saved[pd.to_datetime(saved["as_of"], errors="coerce").dt.normalize() == ctx.as_of.normalize()]
+        rows = saved[pd.to_datetime(saved["as_of"], errors="coerce").dt.normalize() == when]
         if len(rows):
             df, src = rows, saved_src
     if df is None:
         try:
             from features import insight
 
-            df = insight.build_customer360(ctx.workspace, as_of=ctx.as_of)
+            df = insight.build_customer360(ctx.workspace, as_of=when)
             src = "features.insight.build_customer360 (computed for this report)"
         except Exception as exc:  # noqa: BLE001 - the report shows what it can
             df, src = None, f"features.insight.build_customer360 failed: {type(exc).__name__}: {exc}"
     if df is not None:
         df = df.copy()
         df["customer_id"] = df["customer_id"].astype(str)
-    ctx.cache["c360"] = (df, src)
+    ctx.cache[key] = (df, src)
     return df, src
 
 
@@ -1177,7 +1179,9 @@ def section_churn_risk(ctx: ReportContext) -> Section:
         return s
     d = scores[["customer_id", prob] + [c for c in ("rfm_segment", "value_tier", "value_at_stake", "value")
                                         if c in scores.columns]].copy()
-    c360, _ = load_customer360(ctx)
+    scored_at = _score_date(scores)
+    # segments and tiers of the customers when they were scored
+    c360, _ = load_customer360(ctx, scored_at if scored_at is not None and scored_at < ctx.as_of else None)
     if c360 is not None:
         for col in ("rfm_segment", "value_tier"):
             if col not in d.columns and col in c360.columns:
@@ -1219,12 +1223,20 @@ def section_churn_risk(ctx: ReportContext) -> Section:
         rows = [[_label(n), _num(r["customers"]), _pct(r["mean_risk"], 1)] + ([_num(r["value_at_risk"])] if stake else [])
                 for n, r in tab.iterrows()]
         s.tables.append(Table(cols, rows, numeric=[False] + [True] * (len(cols) - 1)))
-    when = next((scores[c].dropna().iloc[0] for c in ("as_of", "cutoff", "scored_at") if c in scores.columns
-                 and scores[c].notna().any()), None)
-    s.notes.append(f"{len(d):,} customers scored ({src}" + (f", as of {_date(when)}" if when is not None else "")
-                   + "); value at stake = churn probability x the customer's value.")
+    s.notes.append(f"{len(d):,} customers scored ({src}" + (f", as of {_date(scored_at)}" if scored_at is not None else "")
+                   + "); segments and tiers at that date; value at stake = churn probability x the customer's "
+                   "12-month value.")
     s.source = src
     return s
+
+
+def _score_date(scores: pd.DataFrame) -> pd.Timestamp | None:
+    for col in ("as_of", "cutoff", "scored_at"):
+        if col in scores.columns and scores[col].notna().any():
+            when = pd.to_datetime(scores[col], errors="coerce").dropna()
+            if len(when):
+                return pd.Timestamp(when.max()).normalize()
+    return None
 
 
 def _scores_from_retention_list(ctx: ReportContext) -> tuple[pd.DataFrame | None, str]:
