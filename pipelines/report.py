@@ -726,35 +726,40 @@ def plot_risk_by_segment(by_segment: pd.DataFrame | None, by_tier: pd.DataFrame 
 @_styled
 def plot_metric_bars(tables: dict[str, pd.DataFrame], title: str, name: str, caption: str,
                      model_row: str | None = None, lower_better: Iterable[str] = ()) -> Plot:
-    """Bars: one panel per metric (columns), one bar per model/baseline (rows); one row of panels
-    per view (``tables``: view name -> table). The model's bar is blue, the best baseline's label bold."""
+    """Horizontal bars: one panel per metric (columns), one bar per model/baseline (rows, the model on
+    top, in blue); one row of panels per view (``tables``: view name -> table)."""
     lower = set(lower_better)
-    views = [(v, t) for v, t in tables.items() if len(t.columns)]
+    views = [(v, t) for v, t in tables.items() if len(t.columns) and len(t)]
     n_metrics = max(len(t.columns) for _, t in views)
-    n_bars = max(len(t) for _, t in views)
-    fig, axes = _figure(11, (2.9 + 0.12 * n_bars) * len(views) + 0.4, ncols=n_metrics, squeeze=False,
-                        nrows=len(views))
+    heights = [0.3 * len(t) + 0.9 for _, t in views]
+    fig, axes = _figure(11, sum(heights) + 0.5, ncols=n_metrics, nrows=len(views), squeeze=False,
+                        gridspec_kw={"height_ratios": heights})
     for r, (view, table) in enumerate(views):
+        names = list(table.index)
+        pos = np.arange(len(names))[::-1]  # first row on top
         for c in range(n_metrics):
             ax = axes[r][c]
             if c >= len(table.columns):
                 ax.set_axis_off()
                 continue
             metric = table.columns[c]
-            vals = table[metric].astype(float)
-            pos = np.arange(len(vals))
-            colours = [BLUE if n == model_row else GREY for n in vals.index]
-            ax.bar(pos, vals.fillna(0), color=colours, width=0.7)
+            vals = table[metric].astype(float).to_numpy()
             finite = vals[np.isfinite(vals)]
+            best = None
+            others = [i for i, n in enumerate(names) if n != model_row and np.isfinite(vals[i])]
+            if others:
+                best = (min if metric in lower else max)(others, key=lambda i: vals[i])
+            colours = [BLUE if n == model_row else (ORANGE if i == best else GREY) for i, n in enumerate(names)]
+            ax.barh(pos, np.nan_to_num(vals), color=colours, height=0.7)
+            top = float(finite.max()) if len(finite) and finite.max() > 0 else 1.0
             for p_, v in zip(pos, vals):
                 if math.isfinite(v):
-                    ax.text(p_, v, f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(pos, [_label(n) for n in vals.index], rotation=40, ha="right", fontsize=8)
-            ax.tick_params(axis="y", labelsize=8)
-            ax.grid(axis="x", visible=False)
-            if len(finite):
-                ax.set_ylim(0, float(finite.max()) * 1.2 if finite.max() > 0 else 1)
-            arrow = "↓" if metric in lower else "↑"
+                    ax.text(v + top * 0.02, p_, f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}", va="center", fontsize=7.5)
+            ax.set_xlim(0, top * 1.3)
+            ax.set_yticks(pos, [_label(n) for n in names] if c == 0 else [""] * len(names), fontsize=8.5)
+            ax.tick_params(axis="x", labelsize=7.5)
+            ax.grid(axis="y", visible=False)
+            arrow = "↓ lower is better" if metric in lower else "↑"
             ax.set_title(f"{metric} {arrow}" + (f"  ({view})" if view else ""), fontsize=9.5)
     fig.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
     return _png(fig, name, caption)
@@ -1447,7 +1452,7 @@ def section_churn_eval(ctx: ReportContext) -> Section:
                for v, t in tables.items()}
     s.plots.append(plot_metric_bars(plotted, "Churn model vs baselines", "churn_metrics",
                                     "The churn model (blue) and each baseline on the evaluation window; "
-                                    "↑ higher is better, ↓ lower is better.", model_row=model, lower_better=lower))
+                                    "the best baseline of each metric in orange.", model_row=model, lower_better=lower))
     s.plots.extend(p for p in extra if p is not None)
     formats = {d[0]: d[2] for d in display}
     for view, table in tables.items():
@@ -1560,7 +1565,8 @@ def section_rec_eval(ctx: ReportContext) -> Section:
     plotted = {v: t[[c for c in REC_PLOTTED if c in t.columns] or list(t.columns)[:4]] for v, t in tables.items()}
     model = _model_row(next(iter(tables.values())))
     s.plots.append(plot_metric_bars(plotted, "Recommender vs baselines", "recommender_metrics",
-                                    "Ranking metrics of the recommender (blue) and its baselines on held-out purchases.",
+                                    "Ranking metrics of the recommender (blue) and its baselines on held-out purchases; "
+                                    "the best baseline of each metric in orange.",
                                     model_row=model))
     s.plots.extend(extra)
     for view, table in tables.items():
