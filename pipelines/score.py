@@ -1,0 +1,108 @@
+"""Nightly batch scoring: every eligible customer's churn warning, insight and recommendations.
+
+Writes ``outputs/scores.parquet`` and ``outputs/scores.csv`` atomically (a reader sees the old complete
+file or the new complete file, never half of one), and optionally a database table through a
+SQLAlchemy URL, replaced inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from features.workspace import Workspace, atomic_write
+
+OUTPUT_COLUMNS = [
+    "customer_id", "as_of", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
+    "suggested_action", "action_text", "rfm_segment", "value_tier", "lifecycle_stage", "recommendations",
+    "churn_model_version", "recommender_model_version",
+]
+
+
+def as_of_date(ws: Workspace) -> pd.Timestamp:
+    """The day after the last event: scores describe the customer base as of then."""
+    ts = ws.read_table("events", columns=["timestamp"])["timestamp"]
+    return pd.Timestamp(ts.max()).normalize() + pd.Timedelta(days=1)
+
+
+def champion_version(ws: Workspace, name: str) -> str:
+    from training import registry
+
+    mv = registry.client(ws).get_model_version_by_alias(name, registry.CHAMPION)
+    return str(mv.version)
+
+
+def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
+    """Score every customer eligible at ``as_of`` with the champion models; one row per customer."""
+    from features import insight
+    from training import registry
+    from training.churn import prepare_frame, score_customers
+    from training.churn_pyfunc import load_churn
+    from training.clv import clv_frame
+    from training.recommender_pyfunc import load_recommender
+
+    registry.configure(ws)
+    as_of = pd.Timestamp(as_of).normalize() if as_of is not None else as_of_date(ws)
+    churn_model = load_churn(registry.model_uri(registry.CHURN))
+    frame = prepare_frame(ws, [as_of], horizon_days=churn_model.horizon_days)
+    events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
+    scored = score_customers(churn_model, frame, clv_frame(events, as_of))
+
+    c360 = insight.build_customer360(ws, as_of=as_of)
+    c360["customer_id"] = c360["customer_id"].astype(str)
+    scored = scored.merge(
+        c360[["customer_id", "rfm_segment", "value_tier", "lifecycle_stage"]], on="customer_id", how="left"
+    )
+    recommender = load_recommender(registry.model_uri(registry.RECOMMENDER))
+    recs = recommender.recommend(scored["customer_id"].tolist(), k=k, exclude_seen=False)
+    top = recs.sort_values(["user_id", "rank"]).groupby("user_id")["item_id"].agg(list)
+    scored["recommendations"] = scored["customer_id"].map(top).map(lambda ids: json.dumps(ids or []))
+    scored["reasons"] = scored["reasons"].map(lambda r: json.dumps(r, default=str))
+    scored["as_of"] = as_of.date().isoformat()
+    scored["churn_model_version"] = champion_version(ws, registry.CHURN)
+    scored["recommender_model_version"] = champion_version(ws, registry.RECOMMENDER)
+    return scored[OUTPUT_COLUMNS]
+
+
+def write_outputs(scores: pd.DataFrame, out_dir: Path, db_url: str | None = None, table: str = "crmml_scores") -> dict:
+    """Write Parquet and CSV atomically, and the database table in one transaction."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parquet, csv = out_dir / "scores.parquet", out_dir / "scores.csv"
+    atomic_write(parquet, lambda tmp: scores.to_parquet(tmp, index=False))
+    atomic_write(csv, lambda tmp: scores.to_csv(tmp, index=False))
+    written = {"rows": int(len(scores)), "parquet": str(parquet), "csv": str(csv)}
+    if db_url:
+        write_table(scores, db_url, table)
+        written["table"] = f"{table} @ {_redacted(db_url)}"
+    return written
+
+
+def write_table(scores: pd.DataFrame, db_url: str, table: str) -> None:
+    """Replace ``table`` atomically: load a staging table, then drop-and-rename inside one transaction."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    staging = f"{table}__staging"
+    with engine.begin() as conn:
+        scores.to_sql(staging, conn, if_exists="replace", index=False)
+    with engine.begin() as conn:  # readers see the old table until this commits
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+        conn.execute(sa.text(f'ALTER TABLE "{staging}" RENAME TO "{table}"'))
+    engine.dispose()
+
+
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def score(workspace: Workspace, k: int = 10, db_url: str | None = None, table: str = "crmml_scores",
+          as_of=None) -> dict:
+    scores = score_frame(workspace, k=k, as_of=as_of)
+    summary = write_outputs(scores, workspace.outputs_dir, db_url=db_url, table=table)
+    summary["risk_tiers"] = scores["risk_tier"].value_counts().to_dict()
+    summary["as_of"] = scores["as_of"].iloc[0] if len(scores) else None
+    return summary
