@@ -155,6 +155,8 @@ def extra_features(events: pd.DataFrame, cutoffs, horizon_days: int = DEFAULT_HO
     out = pd.concat(frames, ignore_index=True)
     out["cutoff"] = out["cutoff"].astype("datetime64[us]")
     out["customer_id"] = out["customer_id"].astype(str)
+    for c in cols[2:]:
+        out[c] = out[c].astype("float64")
     return out[cols]
 
 

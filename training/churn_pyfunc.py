@@ -85,6 +85,8 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
     for c in example.columns:
         if example[c].dtype == "string" or example[c].dtype == object:
             example[c] = example[c].astype(object).where(example[c].notna(), None)
+        elif c != "customer_id" and pd.api.types.is_numeric_dtype(example[c]):
+            example[c] = example[c].astype("float64")  # features may be missing: never integer columns
     wrapper = ChurnPyfunc(model, top_k=top_k)
     output = wrapper.predict(None, example)
     signature = infer_signature(example, output)

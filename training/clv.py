@@ -249,9 +249,13 @@ class GammaGamma:
         from lifetimes import GammaGammaFitter
 
         rep = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
-        self.fallback_mean = float(rep["monetary_value"].mean()) if len(rep) else float(
-            summary["first_value"].mean() if len(summary) else 0.0
-        )
+        first = summary["first_value"] if len(summary) else pd.Series(dtype=float)
+        if len(rep):
+            self.fallback_mean = float(rep["monetary_value"].mean())
+        elif (first > 0).any():
+            self.fallback_mean = float(first[first > 0].mean())
+        else:  # a log without amounts: value one unit per purchase day (CLV counts purchases)
+            self.fallback_mean = 1.0
         if len(rep) < 20:
             return self
         # work in units of the median value for numerical stability
@@ -351,8 +355,10 @@ class CLVModel:
         self._summary = summary
         return self
 
-    def predict(self, summary: pd.DataFrame | None = None) -> pd.DataFrame:
-        """``customer_id, clv_12m, expected_purchases_12m, expected_value, p_alive`` (index-free)."""
+    def predict(self, summary: pd.DataFrame | None = None, horizon_days: int | None = 90) -> pd.DataFrame:
+        """``customer_id, clv_12m, expected_purchases_12m, expected_value, p_alive`` and, for
+        ``horizon_days``, the churn model's BG/NBD features ``bg_p_alive, bg_expected_purchases,
+        bg_p_no_purchase`` (the same fit; used when a snapshot lacks them)."""
         s = self._summary if summary is None else summary
         value = self.gamma_gamma.expected_value(s)
         cum_prev = np.zeros(len(s))
@@ -361,18 +367,26 @@ class CLVModel:
             cum = self.bgnbd.expected_purchases(month * DAYS_PER_MONTH, s)
             clv += (cum - cum_prev) * value / (1 + self.monthly_discount) ** month
             cum_prev = cum
-        return pd.DataFrame(
+        p_alive = self.bgnbd.p_alive(s)
+        out = pd.DataFrame(
             {
                 "customer_id": s.index.astype(str).to_numpy(),
                 f"clv_{self.months}m": clv,
                 f"expected_purchases_{self.months}m": cum_prev,
                 "expected_value": value,
-                "p_alive": self.bgnbd.p_alive(s),
+                "p_alive": p_alive,
             }
         )
+        if horizon_days:
+            out["bg_p_alive"] = p_alive
+            out["bg_expected_purchases"] = self.bgnbd.expected_purchases(horizon_days, s)
+            out["bg_p_no_purchase"] = self.bgnbd.p_no_purchase(horizon_days, s)
+        return out
 
 
-def clv_frame(events: pd.DataFrame, cutoff, months: int = 12, monthly_discount: float = 0.01) -> pd.DataFrame:
-    """12-month CLV of every customer with a purchase before ``cutoff`` (see :class:`CLVModel`)."""
+def clv_frame(events: pd.DataFrame, cutoff, months: int = 12, monthly_discount: float = 0.01,
+              horizon_days: int | None = 90) -> pd.DataFrame:
+    """12-month CLV of every customer with a purchase before ``cutoff`` (see :class:`CLVModel`),
+    with the BG/NBD churn features for ``horizon_days``."""
     model = CLVModel(months=months, monthly_discount=monthly_discount).fit(events, cutoff)
-    return model.predict()
+    return model.predict(horizon_days=horizon_days)

@@ -1,0 +1,320 @@
+"""The churn model: API, calibration, reasons, tiers, planted drivers, baselines, CLV, protocol, CLI."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import churn_metrics as cm
+from training import retention
+
+EVAL_CUTOFF = "2024-09-01"
+JSON_KEYS = ("auc", "pr_auc", "brier", "top_decile_lift")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A synthetic shop (2,500 customers, 2023-2024) with its ground truth."""
+    from features import synthetic
+    from features.workspace import Workspace
+
+    ws = Workspace(tmp_path_factory.mktemp("churn") / "workspace")
+    tables = synthetic.generate(2500, seed=7)
+    synthetic.write(ws, tables, 7, 2500)
+    gt = tables["ground_truth"].copy()
+    gt["customer_id"] = gt["customer_id"].astype(str)
+    return ws, gt
+
+
+@pytest.fixture(scope="module")
+def evaluation(shop):
+    """The evaluation protocol at 2024-09-01 (no tuning): model + baselines on the same customers."""
+    from training import churn
+
+    ws, _ = shop
+    return churn.evaluate_protocol(ws, EVAL_CUTOFF, horizon_days=90, tune=False)
+
+
+def _toy_frame(n_customers=600, cutoffs=("2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01",
+                                         "2024-05-01", "2024-06-01"), seed=0) -> pd.DataFrame:
+    """A small handmade stacked frame with two planted drivers (long absence, complaints)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in cutoffs:
+        recency = rng.gamma(2.0, 30.0, n_customers)
+        gap = rng.gamma(3.0, 12.0, n_customers)
+        complaints = rng.poisson(0.3, n_customers).astype(float)
+        frequency = rng.poisson(6, n_customers).astype(float) + 1
+        logit = -1.0 + 0.025 * (recency - 60) + 1.3 * complaints - 0.08 * (frequency - 6)
+        y = (rng.random(n_customers) < 1 / (1 + np.exp(-logit))).astype(float)
+        rows.append(pd.DataFrame({
+            "customer_id": [f"c{i}" for i in range(n_customers)],
+            "cutoff": pd.Timestamp(c),
+            "recency_days": recency,
+            "gap_mean_days": gap,
+            "recency_gap_ratio": recency / gap,
+            "frequency": frequency,
+            "complaints_90d": complaints,
+            "country": rng.choice(["UK", "DE", "FR"], n_customers),
+            "churned": y,
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------ model API
+def test_churn_model_api_on_a_handmade_frame(tmp_path):
+    from sklearn.base import clone
+
+    from training import ChurnModel
+
+    df = _toy_frame()
+    model = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50})
+    assert clone(model).get_params()["horizon_days"] == 30
+    model.fit(df)
+    # time-based split: the newest cutoff validates, label windows do not overlap it
+    assert model.validation_cutoff_ == "2024-06-01"
+    assert model.train_cutoffs_ and max(model.train_cutoffs_) <= "2024-05-02"
+    assert set(model.feature_names_) >= {"recency_days", "complaints_90d", "country"}
+    assert model.categories_["country"]
+    test = _toy_frame(seed=1, cutoffs=("2024-09-01",))
+    proba = model.predict_proba(test)
+    assert proba.shape == (len(test), 2)
+    assert np.all((proba >= 0) & (proba <= 1)) and np.allclose(proba.sum(axis=1), 1)
+    p = proba[:, 1]
+    assert cm.roc_auc(test["churned"], p) > 0.75
+    assert abs(p.mean() - test["churned"].mean()) < 0.08  # calibrated to the base rate
+    # reasons: only risk-increasing drivers, strongest first, readable sentences
+    reasons = model.explain(test.head(50), top_k=3)
+    assert len(reasons) == 50
+    for rs, prob in zip(reasons, p[:50]):
+        # a customer may have no risk-increasing driver at all; one above the base rate always has one
+        assert len(rs) <= 3 and (len(rs) >= 1 or prob < test["churned"].mean())
+        contribs = [r["contribution"] for r in rs]
+        assert all(c > 0 for c in contribs) and contribs == sorted(contribs, reverse=True)
+        assert all(isinstance(r["sentence"], str) and r["sentence"] for r in rs)
+    # the planted complaint driver shows up for customers with several complaints
+    many = test[test["complaints_90d"] >= 2].head(40)
+    top = model.explain(many, top_k=3)
+    assert np.mean([any(r["feature"] == "complaints_90d" for r in rs) for rs in top]) > 0.8
+    # persistence round trip
+    model.save(tmp_path / "m")
+    again = type(model).load(tmp_path / "m")
+    assert np.allclose(again.predict_proba(test)[:, 1], p)
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["validation_cutoff"] == "2024-06-01"
+
+
+def test_single_cutoff_falls_back_to_an_id_split_with_a_warning():
+    from training import ChurnModel
+
+    df = _toy_frame(cutoffs=("2024-03-01",), n_customers=1500)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = ChurnModel(tune=False, n_jobs=1).fit(df)
+    assert any("single cutoff" in str(w.message) for w in caught)
+    assert model.validation_cutoff_ is None
+
+
+def test_tuning_runs_a_small_time_based_search():
+    from training import ChurnModel
+
+    model = ChurnModel(horizon_days=30, tune=True, n_trials=3, n_jobs=1).fit(_toy_frame(n_customers=300))
+    assert model.study_summary_["n_trials"] == 3
+    assert model.study_summary_["best_value_auc"] >= model.study_summary_["default_value_auc"]
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def test_centered_isotonic_calibrator_keeps_the_ranking():
+    from training.churn_baselines import Calibrator
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-2 * s))).astype(float)
+    iso = Calibrator("isotonic").fit(s, y)
+    p = iso.predict(s)
+    assert np.all(np.diff(iso.knots_x_) > 0) and np.all(np.diff(iso.knots_y_) >= 0)
+    assert cm.roc_auc(y, p) == pytest.approx(cm.roc_auc(y, s), abs=2e-3)
+    assert cm.ece(y, p) < 0.03
+    platt = Calibrator("sigmoid").fit(s, y)
+    assert cm.ece(y, platt.predict(s)) < 0.03
+    assert np.all((p > 0) & (p < 1))
+
+
+# ------------------------------------------------------------------------------------------ BG/NBD, CLV
+def test_bgnbd_matches_lifetimes_and_its_limits(shop):
+    from lifetimes import BetaGeoFitter
+
+    from training import clv
+
+    ws, _ = shop
+    events = ws.read_table("events")
+    summary = clv.transaction_summary(events, EVAL_CUTOFF)
+    assert (summary["recency"] <= summary["T"]).all() and (summary["frequency"] >= 0).all()
+    model = clv.BGNBD().fit(summary)
+    ref = BetaGeoFitter()
+    ref.params_ = pd.Series(model.params)
+    f, r, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))
+    assert np.allclose(model.p_alive(summary), ref.conditional_probability_alive(f, r, T), atol=1e-8)
+    assert np.allclose(model.expected_purchases(90, summary),
+                       ref.conditional_expected_number_of_purchases_up_to_time(90, f, r, T), rtol=1e-6, atol=1e-8)
+    p0 = model.p_no_purchase(90, summary)
+    assert np.all((p0 >= 0) & (p0 <= 1))
+    assert np.allclose(model.p_no_purchase(1e-9, summary), 1.0, atol=1e-6)
+    assert np.all(model.p_no_purchase(180, summary) <= p0 + 1e-12)  # longer window, fewer silent customers
+    values = clv.clv_frame(events, EVAL_CUTOFF)
+    assert {"customer_id", "clv_12m", "expected_purchases_12m", "p_alive"} <= set(values.columns)
+    assert (values["clv_12m"] >= 0).all() and values["clv_12m"].median() > 0
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def test_protocol_uses_only_labels_that_end_before_the_cutoff(evaluation):
+    cutoff = pd.Timestamp(EVAL_CUTOFF)
+    assert all(c + pd.Timedelta(days=90) <= cutoff for c in evaluation.train_cutoffs)
+    assert max(evaluation.train_cutoffs) == cutoff - pd.Timedelta(days=90)  # most recent fully-labelled
+    assert evaluation.model.validation_cutoff_ == str((cutoff - pd.Timedelta(days=90)).date())
+    assert (evaluation.scored["cutoff"] == cutoff).all()
+
+
+def test_model_beats_the_baselines_and_is_calibrated(evaluation):
+    m = evaluation.metrics
+    assert set(m) == {"model", "recency", "rfm", "bgnbd"}
+    for name in ("recency", "rfm", "bgnbd"):
+        assert m["model"]["auc"] > m[name]["auc"], name
+    assert m["model"]["auc"] > 0.8
+    assert m["model"]["ece"] < 0.08
+    assert abs(m["model"]["mean_predicted"] - m["model"]["churn_rate"]) < 0.08
+    for name, s in evaluation.scores.items():
+        assert np.all((s["proba"] >= 0) & (s["proba"] <= 1)), name
+    assert m["model"]["top_decile_lift"] > 1.5
+
+
+def test_json_has_the_promised_keys(evaluation):
+    data = json.loads(json.dumps(evaluation.to_json()))
+    for name in ("model", "recency", "rfm", "bgnbd"):
+        for key in JSON_KEYS:
+            assert isinstance(data[name][key], float), (name, key)
+    assert data["n_customers"] == len(evaluation.y) and 0 < data["churn_rate"] < 1
+    assert data["cutoff"] == EVAL_CUTOFF and data["horizon_days"] == 90
+
+
+def test_reasons_tiers_actions_for_every_customer(evaluation):
+    scored = evaluation.scored
+    assert len(scored) == len(evaluation.y) and scored["customer_id"].is_unique
+    assert set(scored["risk_tier"]) <= {"high", "medium", "low"}
+    expected = retention.risk_tier(scored["churn_probability"])
+    assert (scored["risk_tier"].to_numpy() == expected).all()
+    assert scored["reasons"].map(len).between(1, 3).all()
+    for rs in scored["reasons"].head(200):
+        for r in rs:
+            assert set(r) == {"feature", "value", "contribution", "sentence"} and r["contribution"] > 0
+    assert np.allclose(scored["value_at_stake"], scored["churn_probability"] * scored["clv_12m"].fillna(0))
+    assert set(scored["suggested_action"]) <= set(retention.ACTIONS)
+    assert (scored.loc[scored["risk_tier"] == "low", "suggested_action"] == "none").all()
+    assert (scored.loc[scored["risk_tier"] != "low", "suggested_action"] != "none").all()
+    work = retention.retention_list(scored)
+    assert (work["risk_tier"] != "low").all()
+    assert work["value_at_stake"].is_monotonic_decreasing and work["rank"].tolist() == list(range(1, len(work) + 1))
+    # observed churn rises with the tier
+    rate = scored.groupby("risk_tier")["churned"].mean()
+    assert rate["high"] > rate["medium"] > rate["low"]
+
+
+def test_planted_complaint_driver_is_recovered(evaluation, shop):
+    """Customers whose ground truth lapse driver is complaints get complaint reasons; others do not."""
+    _, gt = shop
+    s = evaluation.scored.merge(gt[["customer_id", "lapse_driver", "lapse_at"]], on="customer_id", how="left")
+    end = pd.Timestamp(EVAL_CUTOFF) + pd.Timedelta(days=90)
+    lapsed = s[s["lapse_at"] < end]
+    has_complaint_reason = lapsed["reasons"].map(
+        lambda rs: any(r["feature"] in retention.COMPLAINT_FEATURES for r in rs))
+    by_driver = has_complaint_reason.groupby(lapsed["lapse_driver"]).mean()
+    n = lapsed["lapse_driver"].value_counts()
+    assert n["complaints"] >= 100
+    assert by_driver["complaints"] > 0.6, by_driver.to_dict()
+    for other in ("baseline", "early"):
+        if other in by_driver:
+            assert by_driver[other] < 0.15, by_driver.to_dict()
+
+
+def test_score_customers_and_report(evaluation, shop, tmp_path):
+    from training import churn
+    from training.clv import clv_frame
+
+    ws, _ = shop
+    test = evaluation.X_eval.drop(columns=[c for c in evaluation.X_eval.columns if c.startswith("bg_")])
+    clv = clv_frame(ws.read_table("events"), EVAL_CUTOFF, horizon_days=90)
+    scored = churn.score_customers(evaluation.model, test, clv)  # bg_* features come from the CLV frame
+    assert list(scored.columns[:7]) == ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake",
+                                        "clv_12m", "suggested_action"]
+    assert np.allclose(np.sort(scored["churn_probability"]), np.sort(evaluation.scores["model"]["proba"]))
+    written = churn.write_report(evaluation, tmp_path)
+    html = written["html"].read_text()
+    assert "BG/NBD" in html and "recency rule" in html and "<img" in html
+    assert {"roc", "precision_recall", "calibration", "gains_lift", "shap_summary"} <= set(written["figures"])
+    assert all(p.stat().st_size > 10_000 for p in written["figures"].values())
+
+
+# ------------------------------------------------------------------------------------------ other sources
+def test_transactions_source_without_items_or_orders(tmp_path, shop):
+    """A bare purchase log (customer, date, amount) ingested with --source transactions is enough."""
+    from features import ingest
+    from features.workspace import Workspace
+    from training import churn
+
+    src, _ = shop
+    ev = src.read_table("events")
+    ev = ev[ev["event_type"] == "purchase"].sample(frac=0.6, random_state=0)
+    path = tmp_path / "log.csv"
+    pd.DataFrame({"cust": ev["customer_id"], "when": ev["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+                  "value": ev["amount"].round(2)}).to_csv(path, index=False)
+    ws = Workspace(tmp_path / "ws")
+    ingest.save(ws, ingest.read_transactions(path, "cust", "when", amount_col="value"))
+    result = churn.evaluate_protocol(ws, "2024-06-01", horizon_days=60, tune=False, step_days=45)
+    data = result.to_json()
+    for name in ("model", "recency", "rfm", "bgnbd"):
+        assert set(JSON_KEYS) <= set(data[name])
+    assert data["model"]["auc"] > 0.7
+    assert result.scored["reasons"].map(len).ge(1).all()
+
+
+@pytest.mark.slow
+def test_cli_evaluate_writes_the_json(shop, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    ws, _ = shop
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(app, ["evaluate", "churn", "--workspace", str(ws.root), "--cutoff", EVAL_CUTOFF,
+                                               "--horizon", "90", "--json", str(out), "--no-tune", "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    assert "BG/NBD" in result.output and "ROC-AUC" in result.output
+    data = json.loads(out.read_text())
+    assert all(set(JSON_KEYS) <= set(data[k]) for k in ("model", "recency", "rfm", "bgnbd"))
+    assert (ws.reports_dir / "churn_evaluation.html").exists()
+    bad = CliRunner().invoke(app, ["evaluate", "churn", "--workspace", str(ws.root), "--cutoff", "2024-12-01",
+                                            "--no-tune", "--no-mlflow"])
+    assert bad.exit_code == 1 and "no labels" in bad.output
+
+
+# ------------------------------------------------------------------------------------------ real data
+@pytest.mark.realdata
+def test_real_data_protocol_at_2011_09_09(real_workspace):
+    """UCI Online Retail, cutoff 2011-09-09, horizon 90, no tuning (the CLI's default tunes)."""
+    from training import churn
+
+    ev = churn.evaluate_protocol(real_workspace, "2011-09-09", horizon_days=90, tune=False)
+    m = ev.metrics
+    data = ev.to_json()
+    for name in ("model", "recency", "rfm", "bgnbd"):
+        assert set(JSON_KEYS) <= set(data[name])
+    assert 4000 < data["n_customers"] < 4700
+    for name in ("recency", "rfm", "bgnbd"):
+        assert m["model"]["auc"] > m[name]["auc"] + 0.01, name
+    assert m["recency"]["auc"] == pytest.approx(0.707, abs=0.01)  # the reference figure of the issue
+    # honest figure: about 0.79 without tuning on this protocol (see the report); the issue's target is 0.80
+    assert m["model"]["auc"] >= 0.78
