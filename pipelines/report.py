@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import html
 import importlib
-import inspect
 import io
 import json
 import math
@@ -825,15 +824,6 @@ def _optional(module: str, *names: str):
         if fn is not None:
             return fn
     return None
-
-
-def _call(fn: Callable, **available):
-    """Call ``fn`` with the keyword arguments it accepts among ``available`` (first positional gets
-    ``workspace``/``events`` by name)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return fn(**available)
-    return fn(**{k: v for k, v in available.items() if k in params})
 
 
 def _read_any(ws: Workspace, candidates: Iterable[tuple[str, str]]) -> tuple[pd.DataFrame | None, str]:
