@@ -882,7 +882,8 @@ def load_churn_scores(ctx: ReportContext) -> tuple[pd.DataFrame | None, str]:
     """Per-customer churn probabilities (the latest batch scores)."""
     if "scores" in ctx.cache:
         return ctx.cache["scores"]
-    df, src = _read_any(ctx.workspace, [("churn_scores", "outputs"), ("scores", "outputs"), ("churn_scores", "features")])
+    # outputs/scores.parquet: pipelines.score (crmml score / crmml run), one row per eligible customer
+    df, src = _read_any(ctx.workspace, [("scores", "outputs"), ("churn_scores", "outputs")])
     if df is not None:
         df = _lists(df.copy())
         df["customer_id"] = df["customer_id"].astype(str)
@@ -1170,7 +1171,7 @@ def section_churn_risk(ctx: ReportContext) -> Section:
         scores, src = _scores_from_retention_list(ctx)
     prob = _prob_column(scores) if scores is not None else None
     if scores is None or prob is None:
-        s.missing = "No churn scores: run `crmml score` (outputs/churn_scores.parquet) to see risk by segment."
+        s.missing = "No churn scores: run `crmml score` (outputs/scores.parquet) to see the churn risk by segment."
         return s
     d = scores[["customer_id", prob] + [c for c in ("rfm_segment", "value_tier", "value_at_stake", "value")
                                         if c in scores.columns]].copy()
@@ -1672,7 +1673,7 @@ def section_retention(ctx: ReportContext) -> Section:
         if scores is not None and make is not None and (needed <= set(scores.columns)):
             df, src = make(scores), f"training.retention.retention_list on {score_src}"
     if df is None:
-        s.missing = ("No retention list: score the customers with the churn model (`crmml score`) to rank them "
+        s.missing = ("No retention list: run `crmml score` (outputs/scores.parquet) to rank the customers at risk "
                      "by value at stake.")
         return s
     stake = next((c for c in ("value_at_stake", "expected_loss", "value_at_risk") if c in df.columns), None)

@@ -218,7 +218,7 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
     })
     ws.outputs_dir.mkdir(parents=True)
     # scores only: the retention list is made with training.retention.retention_list
-    scores.to_parquet(ws.outputs_dir / "churn_scores.parquet", index=False)
+    scores.to_parquet(ws.outputs_dir / "scores.parquet", index=False)
     ws.reports_dir.mkdir(parents=True)
     (ws.reports_dir / "churn_evaluation.json").write_text(json.dumps({
         "model": {"auc": 0.81, "pr_auc": 0.62, "brier": 0.15},
@@ -291,7 +291,7 @@ def test_report_reads_the_churn_evaluation_and_scores(synthetic_workspace, tmp_p
     scores = ev.scored.drop(columns=["churned"])
     # reasons hold values of mixed types (numbers, categories): stored as JSON text, as the pyfunc returns them
     scores["reasons"] = scores["reasons"].map(lambda r: json.dumps(r, default=str))
-    scores.to_parquet(ws.outputs_dir / "churn_scores.parquet", index=False)
+    scores.to_parquet(ws.outputs_dir / "scores.parquet", index=False)
     path = rp.build_report(ws)
     check_images(path, min_images=len(ALWAYS) + 3)
     plots = sections_with_plots(path)
