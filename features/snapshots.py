@@ -18,6 +18,7 @@ An order whose lines span midnight counts once per day (an edge case that keeps 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 import ibis
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features import catalog
-from features.engines import connect, load_tables
+from features.engines import connect, engine_of, load_tables
 
 KEYS = ["customer_id", "c"]
 EPOCH = pd.Timestamp("1970-01-01")
@@ -60,6 +61,30 @@ def _null():
 
 def _ratio(num, den):
     return num.cast("float64") / den.cast("float64").nullif(0.0)
+
+
+NEG_INF_DAY = -1.0e9  # "before any data" for the first cutoff's bucket
+
+
+def _windowed(x, tcol: str, cuts, days: float):
+    """Rows joined to each cutoff they precede by at most ``days`` (``c - days <= t < c``)."""
+    return x.join(cuts, (x[tcol] < cuts.c) & (x[tcol] >= cuts.c - days))
+
+
+def _cumulative(x, cuts, keys: list[str], bucket_aggs, cum_aggs):
+    """All-history aggregates at every cutoff, without joining every row to every later cutoff.
+
+    Each row of ``x`` (time in column ``t``) goes to one bucket, the first cutoff after it
+    (``cprev <= t < c``); rows are aggregated per bucket with ``bucket_aggs``, and the bucket
+    aggregates are combined over all buckets at or before each cutoff with ``cum_aggs`` (sum of
+    sums and counts, min of mins, max of maxes). Returns ``keys`` + ``c`` + the aggregates.
+    """
+    j = x.join(cuts, (x.t >= cuts.cprev) & (x.t < cuts.c))
+    per_bucket = j.group_by([*keys, "c"]).aggregate(**bucket_aggs(j))
+    at = cuts.view().select(c_at="c")
+    jj = per_bucket.join(at, per_bucket.c <= at.c_at)
+    out = jj.group_by([*keys, "c_at"]).aggregate(**cum_aggs(jj))
+    return out.rename(c="c_at")
 
 
 def to_day(value) -> int:
@@ -118,41 +143,46 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
                   include_ineligible: bool, extras: bool = False, stage=None, stage_parts=None):
     """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features).
 
-    ``stage(table)`` may materialise an intermediate table (Spark: cache it), identity by default.
+    ``stage(table)`` / ``stage_parts(table)`` may materialise an intermediate table (``Table.cache()``);
+    identity by default.
     """
     stage = stage or (lambda x: x)
     stage_parts = stage_parts or (lambda x: x)
     h, el = float(horizon_days), float(eligibility_days)
     ev = t["events"]
     ev = ev.filter(ev.customer_id.notnull() & ev.timestamp.notnull())
-    ev = ev.mutate(t=_days(ev.timestamp))
-    ev = ev.mutate(
-        day=ev.t.floor().cast("float64"),
-        okey=ibis.coalesce(ev.order_id, ev.customer_id.concat("@", ev.timestamp.epoch_seconds().cast("string"))),
-    )
-    ev = stage(ev)
+    ev = ev.select("customer_id", "item_id", "event_type", "quantity", "amount", "order_id",
+                   es=ev.timestamp.epoch_seconds())
+    ev = ev.mutate(t=ev.es.cast("float64") / 86400.0)
+    ev = ev.mutate(day=ev.t.floor().cast("float64"))
+
+    def with_order_key(lines):
+        return lines.mutate(okey=ibis.coalesce(lines.order_id, lines.customer_id.concat("@", lines.es.cast("string"))))
+
     purchases = ev.filter(ev.event_type == "purchase")
 
     # orders (per day, see module doc) and return documents
-    orders = purchases.group_by(["customer_id", "okey", "day"]).aggregate(
-        t=purchases.t.min(), amount=purchases.amount.sum(), units=purchases.quantity.sum(), lines=purchases.count()
+    po = with_order_key(purchases)
+    orders = po.group_by(["customer_id", "okey", "day"]).aggregate(
+        t=po.t.min(), amount=po.amount.sum(), units=po.quantity.sum(), lines=po.count()
     )
     orders = stage(orders)
-    rets = ev.filter(ev.event_type == "return")
+    rets = with_order_key(ev.filter(ev.event_type == "return"))
     returns = rets.group_by(["customer_id", "okey", "day"]).aggregate(
         t=rets.t.min(), amount=rets.amount.sum(), lines=rets.count()
     )
 
-    # -- orders x cutoffs: RFM, windows, trends, baskets, season, eligibility
-    j = orders.join(cuts, orders.t < cuts.c)
+    # -- orders: all-history aggregates (bucketed, see _cumulative) and windowed ones
+    a_orders = _cumulative(
+        orders, cuts, ["customer_id"],
+        lambda x: dict(last_t=x.t.max(), first_t=x.t.min(), n_orders=x.count(), amount_sum=x.amount.sum(),
+                       units_sum=x.units.sum(), lines_sum=x.lines.sum()),
+        lambda x: dict(last_t=x.last_t.max(), first_t=x.first_t.min(), n_orders=x.n_orders.sum(),
+                       amount_sum=x.amount_sum.sum(), units_sum=x.units_sum.sum(), lines_sum=x.lines_sum.sum()),
+    )
+    j = _windowed(orders, "t", cuts, max(365.0, el))
     since = j.c - j.t
     agg = {
-        "last_t": j.t.max(),
-        "first_t": j.t.min(),
-        "n_orders": j.count(),
-        "amount_sum": j.amount.sum(),
-        "units_sum": j.units.sum(),
-        "lines_sum": j.lines.sum(),
         "n_prev90": _cnt((since > 90) & (since <= 180)),
         "spend_prev90": _sum((since > 90) & (since <= 180), j.amount),
         "n_last_year": _cnt((since > 275) & (since <= 365)),
@@ -163,13 +193,13 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     for w in catalog.WINDOWS:
         agg[f"n_{w}"] = _cnt(since <= w)
         agg[f"s_{w}"] = _sum(since <= w, j.amount)
-    a_orders = j.group_by(["customer_id", "c"]).aggregate(**agg)
+    a_win = j.group_by(["customer_id", "c"]).aggregate(**agg)
 
     # -- labels: orders in [c, c + h) only
     jl = orders.join(cuts, (orders.t >= cuts.c) & (orders.t < cuts.c + h))
     a_label = jl.group_by(["customer_id", "c"]).aggregate(future_orders=jl.count())
 
-    # -- returns x cutoffs
+    # -- return documents (a small table: one join)
     jr = returns.join(cuts, returns.t < cuts.c)
     a_ret = jr.group_by(["customer_id", "c"]).aggregate(
         ret_lines=jr.lines.sum(),
@@ -183,53 +213,54 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     # -- purchase days and the gap to the previous one (independent of the cutoff)
     pdays = orders.select("customer_id", "day").distinct()
     pdays = pdays.mutate(gap=pdays.day - pdays.day.lag().over(group_by="customer_id", order_by="day"))
-    jd = pdays.join(cuts, pdays.day < cuts.c)
-    a_days = jd.group_by(["customer_id", "c"]).aggregate(
-        n_days=jd.count(),
-        gap_n=jd.gap.count(),
-        gap_sum=jd.gap.sum(),
-        gap_sq=(jd.gap * jd.gap).sum(),
-        max_recent_gap=ibis.ifelse(jd.c - jd.day <= 90, jd.gap, _null()).max(),
+    a_days = _cumulative(
+        pdays.mutate(t=pdays.day), cuts, ["customer_id"],
+        lambda x: dict(n_days=x.count(), gap_n=x.gap.count(), gap_sum=x.gap.sum(), gap_sq=(x.gap * x.gap).sum()),
+        lambda x: dict(n_days=x.n_days.sum(), gap_n=x.gap_n.sum(), gap_sum=x.gap_sum.sum(), gap_sq=x.gap_sq.sum()),
     )
+    a_recent = None
+    if extras:  # the largest gap ending in the last 90 days (won back customers)
+        jd = _windowed(pdays, "day", cuts, 90.0)
+        a_recent = jd.group_by(["customer_id", "c"]).aggregate(max_recent_gap=jd.gap.max())
 
     # -- distinct items: first purchase of each (customer, item)
     pi = purchases.filter(purchases.item_id.notnull())
     first_item = pi.group_by(["customer_id", "item_id"]).aggregate(t=pi.t.min())
-    ji = first_item.join(cuts, first_item.t < cuts.c)
-    a_items = ji.group_by(["customer_id", "c"]).aggregate(distinct_items=ji.count())
+    a_items = _cumulative(first_item, cuts, ["customer_id"], lambda x: dict(distinct_items=x.count()),
+                          lambda x: dict(distinct_items=x.distinct_items.sum()))
 
-    parts = [a_orders, a_label, a_ret, a_days, a_items]
-
-    # -- categories: spend per (customer, category, day)
+    # -- categories: spend per (customer, category) up to each cutoff
     a_cat = None
     if "items" in t:
         items = t["items"].select("item_id", "category")
         items = items.filter(items.category.notnull())
         pc = pi.join(items, pi.item_id == items.item_id)
         cat_day = pc.group_by(["customer_id", "category", "day"]).aggregate(spend=pc.amount.sum())
-        jc = cat_day.join(cuts, cat_day.day < cuts.c)
-        cat = jc.group_by(["customer_id", "c", "category"]).aggregate(spend=jc.spend.sum())
+        cat = _cumulative(cat_day.mutate(t=cat_day.day), cuts, ["customer_id", "category"],
+                          lambda x: dict(spend=x.spend.sum()), lambda x: dict(spend=x.spend.sum()))
         a_cat = cat.group_by(["customer_id", "c"]).aggregate(
             n_cats=cat.count(), top_spend=cat.spend.max(), cat_spend=cat.spend.sum()
         )
-        parts.append(a_cat)
 
-    # -- views and carts per day
-    a_views = None
+    # -- views and carts per day: 90-day windows, and the first/last view over all history
+    a_views = a_vhist = None
     if facts["has_views"] or facts["has_carts"]:
         vc = ev.filter(ev.event_type.isin(["view", "cart"]))
         vday = vc.group_by(["customer_id", "event_type", "day"]).aggregate(n=vc.count(), last=vc.t.max(),
                                                                             first=vc.t.min())
-        jv = vday.join(cuts, vday.day < cuts.c)
+        vday = stage(vday)
+        jv = _windowed(vday, "day", cuts, 90.0)
         is_view, is_cart, vsince = jv.event_type == "view", jv.event_type == "cart", jv.c - jv.day
         a_views = jv.group_by(["customer_id", "c"]).aggregate(
             v_30=_sum(is_view & (vsince <= 30), jv.n),
             v_90=_sum(is_view & (vsince <= 90), jv.n),
             k_90=_sum(is_cart & (vsince <= 90), jv.n),
-            v_last=ibis.ifelse(is_view, jv.last, _null()).max(),
-            v_first=jv.first.min(),
         )
-        parts.append(a_views)
+        a_vhist = _cumulative(
+            vday.mutate(t=vday.day), cuts, ["customer_id"],
+            lambda x: dict(v_last=ibis.ifelse(x.event_type == "view", x.last, _null()).max(), v_first=x.first.min()),
+            lambda x: dict(v_last=x.v_last.max(), v_first=x.v_first.min()),
+        )
 
     # -- tickets
     a_tix = None
@@ -249,27 +280,29 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             sat_sum=_sum(rated, jt.satisfaction),
             sat_n=_cnt(rated),
         )
-        parts.append(a_tix)
 
-    # -- campaigns
+    # -- campaigns (every campaign feature looks at most 365 days back)
     a_camp = None
     if "campaigns" in t:
         cm = t["campaigns"]
         cm = cm.filter(cm.customer_id.notnull() & cm.sent_at.notnull())
         cm = cm.mutate(ts=_days(cm.sent_at), tr=_days(cm.responded_at))
-        jm = cm.join(cuts, cm.ts < cuts.c)
+        jm = _windowed(cm, "ts", cuts, 365.0)
         msince = jm.c - jm.ts
         a_camp = jm.group_by(["customer_id", "c"]).aggregate(
             m_90=_cnt(msince <= 90),
             m_365=_cnt(msince <= 365),
             m_resp=_cnt((msince <= 365) & (jm.tr < jm.c)),
         )
-        parts.append(a_camp)
 
-    # materialise the per-(customer, cutoff) parts where the engine gains from it (Spark)
-    a_orders, a_label, a_ret, a_days, a_items = map(stage_parts, (a_orders, a_label, a_ret, a_days, a_items))
-    a_cat, a_views, a_tix, a_camp = (None if x is None else stage_parts(x) for x in (a_cat, a_views, a_tix, a_camp))
-    parts = [x for x in (a_orders, a_label, a_ret, a_days, a_items, a_cat, a_views, a_tix, a_camp) if x is not None]
+    # materialise the per-(customer, cutoff) parts (each is then computed once)
+    a_orders, a_win, a_label, a_ret, a_days, a_items = map(stage_parts, (a_orders, a_win, a_label, a_ret, a_days,
+                                                                         a_items))
+    a_recent, a_cat, a_views, a_vhist, a_tix, a_camp = (
+        None if x is None else stage_parts(x) for x in (a_recent, a_cat, a_views, a_vhist, a_tix, a_camp)
+    )
+    parts = [x for x in (a_orders, a_win, a_label, a_ret, a_days, a_recent, a_items, a_cat, a_views, a_vhist, a_tix,
+                         a_camp) if x is not None]
 
     # -- customers (current attributes; signup only when before the cutoff)
     cust = None
@@ -283,15 +316,15 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     # -- the population: eligible customers, or everyone seen before the cutoff
     if include_ineligible:
         key_sets = [a_orders.select(*KEYS), a_ret.select(*KEYS)]
-        if a_views is not None:
-            key_sets.append(a_views.select(*KEYS))
+        if a_vhist is not None:
+            key_sets.append(a_vhist.select(*KEYS))
         if cust is not None:
             cs = cust.filter(cust.fs.notnull()).join(cuts, cust.fs < cuts.c)
             key_sets.append(cs.select("customer_id", "c"))
         base = ibis.union(*key_sets, distinct=True)
         base = base.join(cuts, "c").select(base.customer_id, base.c, cuts.cyear, cuts.avail)
     else:
-        elig = a_orders.filter(a_orders.n_elig > 0)
+        elig = a_win.filter(a_win.n_elig > 0)
         base = elig.join(cuts, "c").select(elig.customer_id, elig.c, cuts.cyear, cuts.avail)
 
     joined = base
@@ -300,7 +333,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if cust is not None:
         joined = joined.left_join(cust, "customer_id")
     cols = {"customer_id": base.customer_id, "c": base.c}
-    o, ret, d, it, lb = a_orders, a_ret, a_days, a_items, a_label
+    o, ow, ret, d, it, lb = a_orders, a_win, a_ret, a_days, a_items, a_label
     c = base.c
     z = _zero()
 
@@ -310,7 +343,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     freq = f(o.n_orders.fill_null(0))
     first_any = [o.first_t, ret.ret_first_t]
     if a_views is not None:
-        first_any.append(a_views.v_first)
+        first_any.append(a_vhist.v_first)
     if cust is not None:
         first_any.append(ibis.ifelse(cust.fs < c, cust.fs, _null()))
     first_seen = ibis.coalesce(*first_any) if len(first_any) == 1 else ibis.least(*first_any)
@@ -326,12 +359,12 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         "purchase_days": f(d.n_days.fill_null(0)),
     }
     for w in catalog.WINDOWS:
-        feats[f"orders_{w}d"] = f(getattr(o, f"n_{w}").fill_null(0))
+        feats[f"orders_{w}d"] = f(getattr(ow, f"n_{w}").fill_null(0))
     for w in catalog.WINDOWS:
-        feats[f"spend_{w}d"] = f(getattr(o, f"s_{w}").fill_null(0.0))
+        feats[f"spend_{w}d"] = f(getattr(ow, f"s_{w}").fill_null(0.0))
     feats |= {
-        "orders_trend_90d": _ratio(o.n_90, o.n_prev90),
-        "spend_trend_90d": _ratio(o.s_90, o.spend_prev90),
+        "orders_trend_90d": _ratio(ow.n_90, ow.n_prev90),
+        "spend_trend_90d": _ratio(ow.s_90, ow.spend_prev90),
         "gap_mean_days": gap_mean,
         "gap_std_days": ibis.ifelse(f(d.gap_n) >= 2, ibis.greatest(gap_var, z).sqrt(), _null()),
         "recency_gap_ratio": recency / gap_mean.nullif(0.0),
@@ -365,7 +398,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         }
     else:
         feats |= {k: _null() for k in ("campaigns_90d", "campaigns_365d", "campaign_response_rate")}
-    lines_90 = f(o.lines_90.fill_null(0.0))
+    lines_90 = f(ow.lines_90.fill_null(0.0))
     if a_views is not None:
         v_30 = f(a_views.v_30.fill_null(0)) if facts["has_views"] else _null()
         v_90 = f(a_views.v_90.fill_null(0)) if facts["has_views"] else _null()
@@ -376,12 +409,12 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             "carts_90d": k_90,
             "view_conversion_90d": lines_90 / v_90.nullif(0.0),
             "cart_conversion_90d": lines_90 / k_90.nullif(0.0),
-            "days_since_view": c - a_views.v_last,
+            "days_since_view": c - a_vhist.v_last,
         }
     else:
         feats |= {k: _null() for k in ("views_30d", "views_90d", "carts_90d", "view_conversion_90d",
                                        "cart_conversion_90d", "days_since_view")}
-    feats["orders_same_weeks_last_year"] = f(o.n_last_year.fill_null(0))
+    feats["orders_same_weeks_last_year"] = f(ow.n_last_year.fill_null(0))
     if cust is not None:
         feats |= {
             "membership_tier": cust.membership_tier,
@@ -400,13 +433,13 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     for name in catalog.feature_names():
         spec = catalog.FEATURES[name]
         cols[name] = feats[name].cast("string" if spec.dtype == "category" else "float64")
-    cols["eligible"] = o.n_elig.fill_null(0) > 0
+    cols["eligible"] = ow.n_elig.fill_null(0) > 0
     cols["label_available"] = base.avail == 1
     cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(lb.future_orders.fill_null(0) > 0, _zero(), _zero() + 1.0), _null())
     if extras:
-        cols["max_recent_gap"] = f(d.max_recent_gap)
+        cols["max_recent_gap"] = f(a_recent.max_recent_gap)
         cols["first_purchase_days"] = c - o.first_t
-        cols["spend_365d_net"] = f(o.spend_365_gross.fill_null(0.0)) - f(ret.ret_365_amount.fill_null(0.0))
+        cols["spend_365d_net"] = f(ow.spend_365_gross.fill_null(0.0)) - f(ret.ret_365_amount.fill_null(0.0))
     return joined.select(**cols)
 
 
@@ -418,6 +451,7 @@ def _cutoff_table(cutoffs: Iterable, facts: dict, horizon_days: int) -> pd.DataF
     return pd.DataFrame(
         {
             "c": np.array(days, dtype="float64"),
+            "cprev": np.array([NEG_INF_DAY] + days[:-1], dtype="float64"),
             "cyear": [pd.Timestamp(EPOCH + pd.Timedelta(days=d)).year for d in days],
             "avail": [int(d + horizon_days <= max_day) for d in days],
         }
@@ -426,7 +460,8 @@ def _cutoff_table(cutoffs: Iterable, facts: dict, horizon_days: int) -> pd.DataF
 
 def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
                     eligibility_days: int = DEFAULT_ELIGIBILITY, engine: str = "duckdb",
-                    include_ineligible: bool = False, *, con=None, extras: bool = False) -> pd.DataFrame:
+                    include_ineligible: bool = False, *, con=None, extras: bool = False,
+                    materialize: bool = True) -> pd.DataFrame:
     """Customer features at each cutoff date, with churn labels.
 
     ``source``: a ``Workspace``, a workspace path, or a dict of canonical DataFrames (``events``
@@ -435,14 +470,40 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
     before it), or for every customer seen before it with ``include_ineligible=True``. Columns:
     ``customer_id``, ``cutoff`` (datetime), the catalog features, ``eligible``, ``label_available``,
     ``churned`` (1.0 / 0.0, NaN where the horizon is not inside the data).
+
+    ``materialize`` keeps the prepared events, the orders and each per-(customer, cutoff) part as
+    temporary tables (DuckDB) or cached frames (Spark) while the query runs: the engines would
+    otherwise recompute shared sub-queries once per use (3x faster on 10M events).
     """
     con = con if con is not None else connect(engine)
     t = load_tables(con, source)
     facts = _data_facts(t)
     cut_df = _cutoff_table(cutoffs, facts, horizon_days)
-    cuts = ibis.memtable(cut_df)
-    expr = snapshot_expr(t, cuts, facts, horizon_days, eligibility_days, include_ineligible, extras=extras)
-    df = expr.to_pandas()
+    if engine_of(con) == "spark":  # a temp view: Spark's cache path does not register memtables
+        name = f"crmml_cutoffs_{uuid.uuid4().hex}"
+        con._session.createDataFrame(cut_df).createOrReplaceTempView(name)
+        cuts = con.table(name)
+    else:
+        cuts = ibis.memtable(cut_df)
+    cached = []
+
+    def stage(table):
+        if not materialize:
+            return table
+        table = table.cache()
+        cached.append(table)
+        return table
+
+    try:
+        expr = snapshot_expr(t, cuts, facts, horizon_days, eligibility_days, include_ineligible, extras=extras,
+                             stage=stage, stage_parts=stage)
+        df = expr.to_pandas()
+    finally:
+        for table in cached:
+            try:
+                table.release()
+            except Exception:  # noqa: BLE001 - a failed release must not hide the result or the real error
+                pass
     return _finish(df, extras)
 
 
