@@ -432,8 +432,16 @@ class Runtime:
         refs, warnings = resolve_champions(self.ws, self.registry)
         self.registry_reachable = not any(r.source == "last_imported" for r in refs.values())
         self.state = self._build(self.ws, refs, warnings, None)
+        self._live(self.state, None)
         self.last_reload = _now()
         return self.state
+
+    @staticmethod
+    def _live(new, old) -> None:
+        if old is not None and hasattr(old, "retired"):
+            old.retired.set()
+        if hasattr(new, "go_live"):
+            new.go_live()
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:
@@ -486,6 +494,7 @@ class Runtime:
                 log.exception("reload failed")
                 return False, self.last_error
             self.state = new_state  # the swap: one attribute assignment
+            self._live(new_state, current)
             self.reloads += 1
             self.last_reload = _now()
             self.last_error = None
@@ -621,6 +630,13 @@ class RecommenderAdapter:
         item_ids = getattr(rec, "item_ids_", None)
         size = _cache_size() if cache_size is None else cache_size
         self.cache = _Lists(item_ids if item_ids is not None else [], size if item_ids is not None else 0)
+        self.warm_done = False
+        self.warm_total = 0
+        self.warm_seconds: float | None = None
+
+    def cache_info(self) -> dict:
+        return {**self.cache.info(), "warm_done": self.warm_done, "warmed": self.warm_total,
+                "warm_seconds": self.warm_seconds}
 
     @property
     def n_items(self) -> int:
@@ -664,6 +680,28 @@ class RecommenderAdapter:
         if item_id not in self._items:
             return None
         return self._cached(("b", item_id), k, lambda kk: self.rec.bought_together(item_id, k=kk))
+
+    def warm(self, customer_ids, stop: threading.Event) -> None:
+        """Fill the cache for these customers (most likely visitors first) until full or ``stop``.
+
+        Runs in a background thread after a state goes live, so that page views of known customers
+        are lookups from the start; requests keep being answered meanwhile (a miss computes itself).
+        """
+        started = time.perf_counter()
+        self.warm_total = 0
+        for cid in customer_ids:
+            if stop.is_set() or len(self.cache._data) >= self.cache.max_entries:
+                break
+            if cid not in self._users:
+                continue
+            try:
+                self.for_customer(cid, self.MAX_K, True, None)
+            except Exception as exc:  # one customer failing must not stop the rest
+                log.warning("warm-up: a recommendation failed: %s", type(exc).__name__)
+            self.warm_total += 1
+            time.sleep(0)  # let request threads and the event loop in
+        self.warm_seconds = round(time.perf_counter() - started, 1)
+        self.warm_done = True
 
     def smoke(self) -> None:
         """Call every route's code path once (known and unknown customer, an item, a basket).
@@ -715,6 +753,24 @@ class ServingState:
     loaded_at: str
     load_seconds: float
     warnings: list[str]
+    warm_order: list = field(default_factory=list)  # known customers, most recent buyers first
+    retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
+
+    def go_live(self) -> None:
+        """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off)."""
+        if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
+            self.rec.warm_done = True
+            return
+        threading.Thread(target=self.rec.warm, args=(self.warm_order, self.retired), name="crmml-warm",
+                         daemon=True).start()
+
+
+def _warm_order(c360) -> list:
+    if c360 is None or "customer_id" not in c360.columns:
+        return []
+    if "recency_days" in c360.columns:
+        c360 = c360.sort_values("recency_days", kind="stable", na_position="last")
+    return c360["customer_id"].astype(str).tolist()
 
 
 def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:
@@ -741,9 +797,11 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
     else:
         scores = score_all(models[CHURN], data)
         store = st.build_customer_store(scores, data.c360, refs[CHURN].version, data.as_of_str)
-    rec = RecommenderAdapter(models[RECOMMENDER].impl)
+    same_rec = previous is not None and previous.models[RECOMMENDER].ref.bentoml_tag == refs[RECOMMENDER].bentoml_tag
+    rec = previous.rec if same_rec else RecommenderAdapter(models[RECOMMENDER].impl)  # keeps its cache
     try:
-        rec.smoke()
+        if not same_rec:
+            rec.smoke()
     except Exception as exc:
         raise RuntimeError(
             f"{refs[RECOMMENDER].name} v{refs[RECOMMENDER].version} cannot answer requests "
@@ -759,6 +817,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         loaded_at=_now(),
         load_seconds=round(time.perf_counter() - started, 3),
         warnings=list(warnings),
+        warm_order=_warm_order(data.c360),
     )
 
 
@@ -818,7 +877,7 @@ class ServingRuntime(Runtime):
                 "sources": state.data.sources,
                 "data_fingerprint": state.data.fingerprint,
                 "risk_tiers": risk_tier_counts(state.store),
-                "store": {**state.store.info(), "recommendation_cache": state.rec.cache.info()},
+                "store": {**state.store.info(), "recommendation_cache": state.rec.cache_info()},
             },
             "reload": {
                 "poll_seconds": self.poll_seconds,
