@@ -723,15 +723,13 @@ class RecommenderAdapter:
 def score_all(churn: LoadedModel, data) -> Any:
     """Churn scores with reasons for every customer of ``data`` in one vectorised batch.
 
-    ``outputs/churn_scores`` is used as is when the batch scoring wrote it for this as-of date with
-    this very model version; otherwise ``training.churn.score_customers`` scores the features of
-    every customer at the as-of date (``prepare_frame``) with the champion's ``ChurnModel``.
+    ``training.churn.score_customers`` scores the features of every customer seen before the as-of
+    date (``prepare_frame(..., include_ineligible=True)``) with the champion's ``ChurnModel``. The
+    nightly batch output (``outputs/scores``) is not reused: it covers eligible customers only and
+    may come from another champion; the service answers for every customer it knows.
     """
     from training.churn import score_customers
 
-    batch = data.batch_scores(churn.ref.version)
-    if batch is not None:
-        return batch
     model = churn.impl
     frame = data.scoring_frame(int(getattr(model, "horizon_days", 90) or 90))
     return score_customers(model, frame, data.clv)

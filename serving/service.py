@@ -7,7 +7,7 @@ Run it with ``crmml serve [--port 3000] [--workspace DIR]`` (binds 127.0.0.1), o
 
 BentoML hosts the process (workers, ``/metrics``, ``/livez``, lifecycle); every crmml route is a
 FastAPI app mounted into the service with ``@bentoml.asgi_app``, which gives full control of status
-codes, error bodies and the OpenAPI document (``/openapi.json``, browsable at ``/api-docs``):
+codes, error bodies and the OpenAPI document (``/openapi.json``, browsable at ``/docs``):
 
     POST /churn/score                 {"customer_ids": [...]}  (1-10,000 ids)
     GET  /customers/{id}/profile      the customer 360 record with churn risk
@@ -28,7 +28,10 @@ or the documented cold-start answer. The access log is off and nothing here logs
 
 Models and data: see ``serving/models.py`` (champions from MLflow, BentoML store, hot reload) and
 ``serving/store.py`` (online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
-``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``BENTOML_HOME``.
+``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``CRMML_REC_CACHE``
+(cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
+customers in the background after each load), ``CRMML_TRACING`` (on: OpenTelemetry spans),
+``BENTOML_HOME``.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ _TEMPLATES = (
     (re.compile(r"^/items/[^/]+/bought-together/?$"), "/items/{id}/bought-together"),
 )
 _KNOWN = frozenset(
-    {"/churn/score", "/recommend", "/recommend/basket", "/metadata", "/admin/reload", "/openapi.json", "/api-docs",
+    {"/churn/score", "/recommend", "/recommend/basket", "/metadata", "/admin/reload", "/openapi.json", "/docs",
      "/healthz", "/readyz", "/livez", "/metrics", "/"}
 )
 
@@ -314,7 +317,7 @@ api = FastAPI(
         "Churn warnings, recommendations and customer insight. Send the API key as "
         "`Authorization: Bearer KEY` or `X-API-Key: KEY` (every route except /healthz, /readyz, /metrics)."
     ),
-    docs_url="/api-docs",
+    docs_url="/docs",
     redoc_url=None,
     openapi_url="/openapi.json",
 )
@@ -374,7 +377,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 @api.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("internal error on %s: %s", route_template(request.url.path), type(exc).__name__, exc_info=exc)
+    # the exception's type and where it happened, not its message (it could quote an id)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    log.error("internal error on %s: %s at %s", route_template(request.url.path), type(exc).__name__, where)
     return _error(500, "internal error (logged on the server)")
 
 

@@ -316,7 +316,7 @@ def join_records(records: Iterable[bytes]) -> bytes:
 # --------------------------------------------------------------------------------------------
 #: workspace files whose change triggers a reload of the online data
 WATCHED = (("data", "events"), ("data", "customers"), ("data", "items"), ("data", "tickets"), ("data", "campaigns"),
-           ("data", "interactions"), ("features", "customer360"), ("outputs", "churn_scores"))
+           ("data", "interactions"), ("features", "customer360"))
 
 
 def data_stamp(ws) -> tuple:
@@ -370,30 +370,6 @@ class CustomerData:
             self._frames = {horizon_days: frame}  # keep one: the champion's
             self.sources["churn_features"] = "computed at load (training.churn.prepare_frame)"
         return self._frames[horizon_days]
-
-    def batch_scores(self, model_version: str) -> pd.DataFrame | None:
-        """``outputs/churn_scores`` when it was written for this as-of date by this model version."""
-        ws = self.ws
-        if not ws.has_table("churn_scores", "outputs"):
-            return None
-        try:
-            df = ws.read_table("churn_scores", "outputs")
-        except Exception:
-            return None
-        if "model_version" not in df.columns or "customer_id" not in df.columns:
-            return None
-        if set(df["model_version"].astype(str).unique()) != {str(model_version)}:
-            return None
-        for col in ("as_of", "cutoff"):
-            if col in df.columns:
-                dates = pd.to_datetime(df[col], errors="coerce").dt.normalize().unique()
-                if len(dates) != 1 or pd.Timestamp(dates[0]) != self.as_of:
-                    return None
-                break
-        else:
-            return None
-        self.sources["churn_scores"] = str(ws.table_path("churn_scores", "outputs"))
-        return df
 
 
 def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame | None:

@@ -453,6 +453,8 @@ def test_metadata_metrics_and_openapi(shop, server, client):
                  "/items/{item_id}/similar", "/items/{item_id}/bought-together", "/metadata", "/admin/reload"):
         assert path in spec["paths"], path
     assert "bearer" in spec["components"]["securitySchemes"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
     client.get(f"/customers/{shop['customer']}/profile")
     metrics = client.get("/metrics").text
     assert 'endpoint="/customers/{id}/profile"' in metrics

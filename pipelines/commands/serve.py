@@ -100,7 +100,7 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     for line in lines:
         console.print(f"[dim]{line}[/]", soft_wrap=True)
     url = f"http://{HOST}:{port}"
-    console.print(f"[bold]crmml API[/] on {url}  (OpenAPI: {url}/api-docs, metrics: {url}/metrics)")
+    console.print(f"[bold]crmml API[/] on {url}  (OpenAPI: {url}/docs, metrics: {url}/metrics)")
     if no_auth:
         console.print("[yellow]authentication is OFF (--no-auth): local demo only[/]")
     elif os.environ.get("CRMML_API_KEY"):
