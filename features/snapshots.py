@@ -4,11 +4,19 @@
 ``features.catalog`` computed from data strictly before the cutoff, plus the churn label computed
 from data in ``[cutoff, cutoff + horizon)`` only.
 
-How many cutoffs cost one pass: events are first reduced to small per-customer tables (orders,
+Many cutoffs, one pass: the events are first reduced to small per-customer tables (orders,
 return documents, purchase days with their gap to the previous one, first purchase per item,
-category spend per day, views/carts per day); each is joined once to a small table of cutoffs
-(``time < cutoff``) and aggregated by (customer, cutoff) with conditional sums for the windows.
-No Python loop runs over cutoffs or customers; the engine runs one query.
+category spend per day, views/carts per day). Then, with a small table of cutoffs:
+
+* all-history aggregates (recency, frequency, monetary, gaps, distinct items, category spend,
+  last view) put each row in one bucket, the first cutoff after it, aggregate per bucket, and
+  combine the buckets at or before each cutoff (``_cumulative``): rows are never copied per cutoff;
+* window aggregates (7 to 365 days, trends, eligibility) join each row only to the cutoffs whose
+  window holds it (``_windowed``) and use conditional sums;
+* labels join each order to the cutoffs whose horizon holds it.
+
+No Python loop runs over cutoffs or customers. The intermediate tables are materialised (temporary
+tables on DuckDB, cached frames on Spark) so that each is computed once.
 
 Time is handled as float days since 1970-01-01 (``epoch_seconds / 86400``): window tests are plain
 arithmetic, identical on both engines, and free of time-zone handling. Cutoffs are dates (00:00);
@@ -79,8 +87,18 @@ def _cumulative(x, cuts, keys: list[str], bucket_aggs, cum_aggs):
     aggregates are combined over all buckets at or before each cutoff with ``cum_aggs`` (sum of
     sums and counts, min of mins, max of maxes). Returns ``keys`` + ``c`` + the aggregates.
     """
-    j = x.join(cuts, (x.t >= cuts.cprev) & (x.t < cuts.c))
+    j = _bucketed(x, cuts)
     per_bucket = j.group_by([*keys, "c"]).aggregate(**bucket_aggs(j))
+    return _accumulate(per_bucket, cuts, keys, cum_aggs)
+
+
+def _bucketed(x, cuts):
+    """Each row of ``x`` (time ``t``) with its bucket ``c``: the first cutoff after it (rows after the last are dropped)."""
+    return x.join(cuts, (x.t >= cuts.cprev) & (x.t < cuts.c))
+
+
+def _accumulate(per_bucket, cuts, keys: list[str], cum_aggs):
+    """Combine per-bucket aggregates (``keys`` + ``c``) over the buckets at or before each cutoff."""
     at = cuts.view().select(c_at="c")
     jj = per_bucket.join(at, per_bucket.c <= at.c_at)
     out = jj.group_by([*keys, "c_at"]).aggregate(**cum_aggs(jj))
@@ -236,11 +254,18 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         items = items.filter(items.category.notnull())
         pc = pi.join(items, pi.item_id == items.item_id)
         cat_day = pc.group_by(["customer_id", "category", "day"]).aggregate(spend=pc.amount.sum())
-        cat = _cumulative(cat_day.mutate(t=cat_day.day), cuts, ["customer_id", "category"],
-                          lambda x: dict(spend=x.spend.sum()), lambda x: dict(spend=x.spend.sum()))
-        a_cat = cat.group_by(["customer_id", "c"]).aggregate(
-            n_cats=cat.count(), top_spend=cat.spend.max(), cat_spend=cat.spend.sum()
+        # spend per (customer, category, bucket), accumulated over the buckets of the category;
+        # spend never decreases, so the top category's spend at a cutoff is the largest running
+        # spend of any category in any bucket up to it: everything accumulates per (customer, bucket)
+        jb = _bucketed(cat_day.mutate(t=cat_day.day), cuts)
+        cb = jb.group_by(["customer_id", "category", "c"]).aggregate(spend=jb.spend.sum())
+        w = ibis.cumulative_window(group_by=["customer_id", "category"], order_by="c")
+        cb = cb.mutate(run=cb.spend.sum().over(w), first=(ibis.row_number().over(w) == 0).cast("int64"))
+        per_bucket = cb.group_by(["customer_id", "c"]).aggregate(
+            top_b=cb.run.max(), spend_b=cb.spend.sum(), new_b=cb.first.sum()
         )
+        a_cat = _accumulate(per_bucket, cuts, ["customer_id"],
+                            lambda x: dict(n_cats=x.new_b.sum(), top_spend=x.top_b.max(), cat_spend=x.spend_b.sum()))
 
     # -- views and carts per day: 90-day windows, and the first/last view over all history
     a_views = a_vhist = None
