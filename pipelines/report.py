@@ -713,7 +713,8 @@ def plot_risk_by_segment(by_segment: pd.DataFrame | None, by_tier: pd.DataFrame 
         ax.set_ylim(-0.9 if len(d) > 1 else -0.8, len(d) - 0.5)
         prefix = "tier " if title == "value tier" else ""
         ax.set_yticks(pos, [prefix + _label(n) for n in d.index])
-        ax.set_xlim(0, min(1.0, float(d["mean_risk"].max()) * 1.6 + 0.05))
+        ax.set_xlim(0, max(1.0, float(d["mean_risk"].max()) + 0.45))  # room for the labels
+        ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.xaxis.set_major_formatter(_percent_formatter())
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("mean churn probability")
@@ -1658,7 +1659,7 @@ RETENTION_COLUMNS = [  # (column, header, kind) shown when present, in this orde
     ("value_at_stake", "value at stake", "money"),
     ("rfm_segment", "RFM segment", "label"),
     ("value_tier", "tier", "text"),
-    ("action_text", "suggested action", "text"),
+    ("suggested_action", "suggested action", "label"),
     ("why", "why", "text"),
 ]
 
@@ -1686,8 +1687,6 @@ def section_retention(ctx: ReportContext) -> Section:
     reasons = next((c for c in ("reasons", "top_reasons") if c in df.columns), None)
     if reasons and ("why" not in df.columns or not df["why"].astype(str).str.len().any()):
         df["why"] = df[reasons].map(reason_text)
-    if "action_text" not in df.columns and "suggested_action" in df.columns:
-        df["action_text"] = df["suggested_action"].map(_label)
     c360, _ = load_customer360(ctx)
     top = df.head(TOP_RETENTION)
     if c360 is not None:
