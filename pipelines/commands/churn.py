@@ -158,78 +158,94 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         workspace: WorkspaceOption = None,
     ):
         """Train the churn model on every labelled snapshot, log it to MLflow and register it as challenger."""
-        import pandas as pd
-
         from features.workspace import Workspace
-        from training import churn, registry, retention
-        from training.churn_pyfunc import log_churn
 
-        ws = Workspace(workspace)
-        started = time.perf_counter()
         try:
-            events = ws.read_table("events", columns=["timestamp"])
-        except FileNotFoundError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(1)
-        last = pd.Timestamp(events["timestamp"].max())
-        ev = None
-        written = None
-        if backtest:
-            cutoff = last.normalize() - pd.Timedelta(days=horizon)
-            _say(f"backtest at the newest labelled cutoff {cutoff.date()}")
-            try:
-                ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                             step_days=step_days, progress=_say)
-            except ValueError as exc:
-                console.print(f"[yellow]backtest skipped:[/] {exc}")
-            if ev is not None:
-                _wide().print(metrics_table(ev.metrics, f"Backtest at {ev.cutoff.date()} (+{horizon} days)"))
-                written = churn.write_report(ev, ws.reports_dir)
-        _say("final model on every labelled snapshot")
-        params = dict(ev.model.best_params_) if (ev is not None and tune) else None
-        try:
-            # reuse the backtest's tuned parameters instead of searching twice
-            model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
-                                            step_days=step_days, model_kwargs={"params": params} if params else None,
-                                            progress=_say)
+            result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
+                                       step_days=step_days, backtest=backtest, register_model=register_model)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
-        model_dir = ws.root / "models" / "churn"
-        model.save(model_dir)
-        metrics = dict(ev.metrics["model"]) if ev is not None else dict(model.validation_metrics_)
-        lineage = {
-            "horizon_days": horizon,
-            "cutoffs": info["cutoffs"],
-            "n_rows": info["n_rows"],
-            "validation_cutoff": model.validation_cutoff_,
-            "metrics_source": f"backtest at {ev.cutoff.date()}" if ev is not None else "validation cutoff",
-        }
-        run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
-                      "step_days": step_days, "best_iteration": model.best_iteration_,
-                      "calibration": model.calibration,
-                      **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
-        with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
-                                   feature_docs=retention.feature_docs(model.feature_names_)) as run:
-            run.log_metrics(metrics)
-            run.log_metrics(model.validation_metrics_, prefix="validation")
-            if ev is not None:
-                _log_evaluation(run, ev, written, prefix_model="backtest.model")
-            run.log_dict(model.summary(), "model/summary.json")
-            model_info = log_churn(model, info["example"])
-            if register_model:
-                run.register(model_info, metrics)
         table = Table(title="crmml-churn")
         table.add_column("")
         table.add_column("value", justify="right")
-        table.add_row("training snapshots", f"{info['n_rows']:,} ({len(info['cutoffs'])} cutoffs)")
-        table.add_row("validation cutoff", str(model.validation_cutoff_))
-        table.add_row("validation AUC", f"{model.validation_metrics_['auc']:.3f}")
-        if ev is not None:
-            table.add_row(f"backtest AUC ({ev.cutoff.date()})", f"{ev.metrics['model']['auc']:.3f}")
-        table.add_row("saved", str(model_dir))
-        table.add_row("MLflow run", run.run_id)
+        table.add_row("training snapshots", f"{result['n_rows']:,} ({len(result['cutoffs'])} cutoffs)")
+        table.add_row("validation cutoff", str(result["validation_cutoff"]))
+        table.add_row("validation AUC", f"{result['validation_auc']:.3f}")
+        if result["backtest_cutoff"]:
+            table.add_row(f"backtest AUC ({result['backtest_cutoff']})", f"{result['metrics']['model']['auc']:.3f}")
+        table.add_row("saved", result["model_dir"])
+        table.add_row("MLflow run", result["run_id"])
         if register_model:
-            table.add_row("registered version", str(run.model_version))
-        table.add_row("time", f"{time.perf_counter() - started:.0f} s")
+            table.add_row("registered version", str(result["version"]))
+        table.add_row("time", f"{result['seconds']:.0f} s")
         console.print(table)
+
+
+def train_churn_model(ws, horizon: int = 90, tune: bool = True, n_trials: int = 25, step_days: int = 30,
+                      backtest: bool = True, register_model: bool = True) -> dict:
+    """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
+    snapshot, log both to MLflow and register the model as challenger. Returns a JSON-able summary."""
+    import pandas as pd
+
+    from training import churn, registry, retention
+    from training.churn_pyfunc import log_churn
+
+    started = time.perf_counter()
+    last = pd.Timestamp(ws.read_table("events", columns=["timestamp"])["timestamp"].max())
+    ev = None
+    written = None
+    if backtest:
+        cutoff = last.normalize() - pd.Timedelta(days=horizon)
+        _say(f"backtest at the newest labelled cutoff {cutoff.date()}")
+        try:
+            ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
+                                         step_days=step_days, progress=_say)
+        except ValueError as exc:
+            console.print(f"[yellow]backtest skipped:[/] {exc}")
+        if ev is not None:
+            _wide().print(metrics_table(ev.metrics, f"Backtest at {ev.cutoff.date()} (+{horizon} days)"))
+            written = churn.write_report(ev, ws.reports_dir)
+    _say("final model on every labelled snapshot")
+    params = dict(ev.model.best_params_) if (ev is not None and tune) else None
+    # reuse the backtest's tuned parameters instead of searching twice
+    model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
+                                    step_days=step_days, model_kwargs={"params": params} if params else None,
+                                    progress=_say)
+    model_dir = ws.root / "models" / "churn"
+    model.save(model_dir)
+    metrics = dict(ev.metrics["model"]) if ev is not None else dict(model.validation_metrics_)
+    lineage = {
+        "horizon_days": horizon,
+        "cutoffs": info["cutoffs"],
+        "n_rows": info["n_rows"],
+        "validation_cutoff": model.validation_cutoff_,
+        "metrics_source": f"backtest at {ev.cutoff.date()}" if ev is not None else "validation cutoff",
+    }
+    run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
+                  "step_days": step_days, "best_iteration": model.best_iteration_,
+                  "calibration": model.calibration,
+                  **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
+    with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
+                               feature_docs=retention.feature_docs(model.feature_names_)) as run:
+        run.log_metrics(metrics)
+        run.log_metrics(model.validation_metrics_, prefix="validation")
+        if ev is not None:
+            _log_evaluation(run, ev, written, prefix_model="backtest.model")
+        run.log_dict(model.summary(), "model/summary.json")
+        model_info = log_churn(model, info["example"])
+        if register_model:
+            run.register(model_info, metrics)
+    return {
+        "primary_metric": "auc",
+        "metrics": json.loads(json.dumps(ev.metrics if ev is not None else {"model": metrics}, default=float)),
+        "backtest_cutoff": str(ev.cutoff.date()) if ev is not None else None,
+        "n_rows": info["n_rows"],
+        "cutoffs": info["cutoffs"],
+        "validation_cutoff": str(model.validation_cutoff_),
+        "validation_auc": float(model.validation_metrics_["auc"]),
+        "model_dir": str(model_dir),
+        "run_id": run.run_id,
+        "version": str(run.model_version) if register_model else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
