@@ -341,11 +341,10 @@ def test_cli_report(synthetic_workspace, tmp_path):
     assert empty.exit_code == 2
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (/usr/bin/chromium)")
-def test_chromium_renders_every_plot(synthetic_report, tmp_path):
-    """Open the report in headless Chromium, as a user would, offline: every image decodes and has a size."""
+def chromium_check(report: Path, tmp_path: Path) -> None:
+    """Open the report in headless Chromium, offline, as a user would: every image decodes and is laid out."""
     probe = tmp_path / "probe.html"
-    text = synthetic_report.read_text(encoding="utf-8")
+    text = report.read_text(encoding="utf-8")
     script = ("<script>window.addEventListener('load', function () {"
               "var r = Array.prototype.map.call(document.images, function (i) {"
               "return [i.complete, i.naturalWidth, i.naturalHeight, Math.round(i.getBoundingClientRect().width)]; });"
@@ -354,16 +353,21 @@ def test_chromium_renders_every_plot(synthetic_report, tmp_path):
     args = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1400,4000", "--virtual-time-budget=10000"]
-    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=180).stdout
     found = re.search(r"data-probe=\"([^\"]*)\"", dom)
     assert found, "the page did not finish loading"
     images = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(images) == len(rp.embedded_pngs(synthetic_report))
+    assert len(images) == len(rp.embedded_pngs(report))
     for complete, width, height, shown in images:
         assert complete and width > 200 and height > 150 and shown > 200
     shot = tmp_path / "shot.png"
-    subprocess.run(args + [f"--screenshot={shot}", synthetic_report.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(args + [f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=180)
     assert shot.read_bytes().startswith(PNG_SIGNATURE) and shot.stat().st_size > 50_000
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (/usr/bin/chromium)")
+def test_chromium_renders_every_plot(synthetic_report, tmp_path):
+    chromium_check(synthetic_report, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,6 +388,8 @@ def test_report_on_real_data(real_workspace, tmp_path):
     # the UCI shop is concentrated: the top fifth brings about three quarters of the revenue
     top20 = int(re.search(r"20% of customers bring (\d+)% of the last 365 days", text).group(1))
     assert 65 <= top20 <= 85
+    if CHROMIUM.exists():
+        chromium_check(path, tmp_path)
 
 
 def test_reason_text_formats():
