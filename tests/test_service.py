@@ -12,7 +12,6 @@ Every process started here is stopped by killing its process group.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -26,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+# this process imports bentoml (serving.service) for the fast tests: never with the default ~/bentoml
+os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"crmml-test-bentoml-{os.getuid()}"))
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-7f3a9c"
@@ -225,42 +227,19 @@ class Server:
 
 
 # -- champions --------------------------------------------------------------------------------
-# The churn champion is trained with the real code (training.churn + training.churn_pyfunc). The
-# recommender is the real Recommender; its pyfunc wrapper is a stand-in defined here until
-# training/recommender_pyfunc.py lands.
-_HAVE_REC_PYFUNC = importlib.util.find_spec("training.recommender_pyfunc") is not None
-
-try:
-    import mlflow.pyfunc as _pyfunc
-
-    class _RecPyfunc(_pyfunc.PythonModel):
-        def __init__(self, model):
-            self.model = model
-
-        def predict(self, context, model_input, params=None):
-            return self.model.recommend(list(model_input["user_id"].astype(str)), k=10)
-except ImportError:  # pragma: no cover
-    pass
-
-
-def _standin_recommender(ws) -> str:
-    """The real Recommender, fitted small, wrapped in a stand-in pyfunc until recommender_pyfunc lands."""
-    import cloudpickle
-    import mlflow
-    from mlflow.models import infer_signature
-
+# Both champions are trained with the real code and registered through training.registry:
+# training.churn + training.churn_pyfunc, training.recommender + training.recommender_pyfunc.
+def _train_recommender(ws) -> str:
     from features.interactions import load_interactions
     from training import registry
     from training.recommender import Recommender
+    from training.recommender_pyfunc import log_recommender
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    rec = Recommender(show_progress=False, use_ranker=False, als_iterations=3, als_factors=8, num_threads=1).fit(
+    rec = Recommender(show_progress=False, als_iterations=3, als_factors=8, num_threads=1).fit(
         load_interactions(ws), items=ws.read_table("items"), users=ws.read_table("customers"))
+    metrics = {"ndcg@10": 0.1, "coverage": 0.5}
     with registry.training_run(ws, registry.RECOMMENDER) as run:
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=_RecPyfunc(rec), pip_requirements=["implicit"],
-            signature=infer_signature(pd.DataFrame({"user_id": ["x"]}), pd.DataFrame({"item_id": ["a"]})))
-        run.register(info, {"ndcg@10": 0.1, "coverage": 0.5})
+        run.register(log_recommender(rec, metrics), metrics)
     return run.model_version
 
 
@@ -274,10 +253,6 @@ def _train_churn(ws, num_leaves: int = 15) -> str:
     with registry.training_run(ws, registry.CHURN, params={"num_leaves": num_leaves}) as run:
         run.register(log_churn(model, info["example"]), model.validation_metrics_)
     return run.model_version
-
-
-def _train_recommender(ws) -> str:
-    return _standin_recommender(ws)
 
 
 @pytest.fixture(scope="module")
@@ -532,6 +507,12 @@ def test_polling_picks_up_a_champion_change(shop, server):
 def test_registry_unreachable_serves_the_last_imported_versions(shop):
     import httpx
 
+    # make sure this workspace's BentoML store holds imports of the champions (as any earlier start does)
+    subprocess.run(
+        [sys.executable, "-c", "from features.workspace import Workspace; from serving.models import resolve_champions; "
+         f"resolve_champions(Workspace({str(shop['ws'].root)!r}))"],
+        cwd=REPO, env=_base_env(shop["ws"].root), check=True, capture_output=True, timeout=300,
+    )
     with socket.socket() as s:  # a loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
