@@ -46,7 +46,7 @@ def spark_session(cores: int | str = 2, memory: str = "4g"):
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.warehouse.dir", str(_spark_tmpdir() / "warehouse"))
             .config("spark.driver.memory", memory)
-            .config("spark.sql.shuffle.partitions", "8")
+            .config("spark.sql.shuffle.partitions", str(cores))  # local mode: one partition per core
             .config("spark.sql.adaptive.enabled", "true")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         )
