@@ -1351,27 +1351,34 @@ def metric_key(name: str) -> str:
 
 
 def views_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
-    """An MLflow run's metrics as evaluation views: ``auc`` is the model's, ``baseline.recency.auc``
-    the ``recency`` baseline's; a dotted prefix before the metric (``new.ndcg_at_10``) names a view."""
+    """An MLflow run's metrics as evaluation views. Keys: ``auc`` (the model), ``baseline.<name>.<metric>``
+    (a baseline), ``<view>.<name>.<metric>`` (``new.popular.ndcg_at_10``) and ``<view>.<metric>`` (the
+    model in another view). The unnamed view is called ``all`` when other views exist."""
     views: dict[str, dict[str, dict[str, float]]] = {}
     for key, value in metrics.items():
         if _finite(value) is None:
             continue
         parts = str(key).split(".")
         if parts[0] == "baseline" and len(parts) >= 3:
-            name, rest = parts[1], parts[2:]
+            view, name = ".".join(parts[2:-1]), parts[1]
+        elif len(parts) == 3:
+            view, name = parts[0], parts[1]
+        elif len(parts) == 2:
+            view, name = parts[0], "model"
         else:
-            name, rest = "model", parts
-        view = ".".join(rest[:-1])
-        views.setdefault(view, {}).setdefault(name, {})[metric_key(rest[-1])] = float(value)
+            view, name = "", "model"
+        views.setdefault(view, {}).setdefault(name, {})[metric_key(parts[-1])] = float(value)
     # a view holding the model alone (e.g. training-time figures) is no comparison: keep views with baselines
-    compared = {v: rows for v, rows in views.items() if len(rows) > 1}
-    return compared or views
+    compared = {v: rows for v, rows in views.items() if len(rows) > 1} or views
+    if "" in compared and len(compared) > 1 and "all" not in compared:
+        compared = {("all" if v == "" else v): rows for v, rows in compared.items()}
+    return compared
 
 
 def mlflow_evaluation(ws: Workspace, model_name: str) -> tuple[dict, list[Plot], str] | None:
     """Evaluation views and ``plots/*.png`` of the champion's training run of ``model_name`` (else
-    the newest finished run tagged with it) in the workspace's MLflow store; None without a store."""
+    the newest finished run tagged with it) in the workspace's MLflow store; None without a store.
+    The views come from the run's ``evaluation/*.json`` artifact when it has one, else its metrics."""
     uri = ws.mlflow_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return None  # never create an MLflow store just to look into it
@@ -1395,20 +1402,46 @@ def mlflow_evaluation(ws: Workspace, model_name: str) -> tuple[dict, list[Plot],
                 label = f"MLflow: newest {model_name} run {run.info.run_name} ({run.info.run_id[:8]})"
     if run is None:
         return None
-    views = views_from_metrics(run.data.metrics)
+    run_id = run.info.run_id
+    views: dict = {}
     plots: list[Plot] = []
+    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        names = [a.path for a in mlc.list_artifacts(run.info.run_id, "plots") if a.path.endswith(".png")]
         with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                local = Path(mlc.download_artifacts(run.info.run_id, name, tmp))
-                plot = _existing_png(local)
-                if plot is not None:
-                    plot.name = f"{model_name.removeprefix('crmml-')}_{plot.name}"
-                    plots.append(plot)
-    except Exception:  # noqa: BLE001 - plots are a bonus
+            for art in mlc.list_artifacts(run_id, "evaluation"):
+                if art.path.endswith(".json") and not views:
+                    try:
+                        views = evaluation_views(json.loads(Path(mlc.download_artifacts(run_id, art.path, tmp)).read_text()))
+                    except Exception:  # noqa: BLE001
+                        views = {}
+            for art in mlc.list_artifacts(run_id, "plots"):
+                if art.path.endswith(".png"):
+                    plot = _existing_png(Path(mlc.download_artifacts(run_id, art.path, tmp)))
+                    if plot is not None:
+                        plots.append(plot)
+    except Exception:  # noqa: BLE001 - artifacts are a bonus; the metrics remain
         pass
+    finally:
+        if quiet is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
+    if not views:
+        views = views_from_metrics(run.data.metrics)
+    short = model_name.removeprefix("crmml-")
+    plots = _ordered_plots(plots, short, CHURN_PLOT_CAPTIONS if short == "churn" else {})
     return views, plots, label
+
+
+def _ordered_plots(plots: list[Plot], prefix: str, captions: dict[str, str]) -> list[Plot]:
+    """Known plots first (in ``captions`` order, with those captions), names prefixed for the folder."""
+    order = list(captions)
+    plots = sorted(plots, key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    for plot in plots:
+        plot.caption = captions.get(plot.name, plot.caption)
+        plot.name = f"{prefix}_{plot.name}"
+    return plots
 
 
 def section_churn_eval(ctx: ReportContext) -> Section:
@@ -1490,16 +1523,8 @@ def churn_evaluation_plots(json_path: Path) -> list[Plot]:
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files and json_path.parent.name != "reports":
         files = sorted(json_path.parent.glob("*.png"))
-    order = list(CHURN_PLOT_CAPTIONS)
-    files.sort(key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
-    plots = []
-    for f in files:
-        plot = _existing_png(f)
-        if plot is not None:
-            plot.name = f"churn_{f.stem}"
-            plot.caption = CHURN_PLOT_CAPTIONS.get(f.stem, _label(f.stem))
-            plots.append(plot)
-    return plots
+    plots = [p for p in (_existing_png(f) for f in files) if p is not None]
+    return _ordered_plots(plots, "churn", CHURN_PLOT_CAPTIONS)
 
 
 def _existing_png(path: Path) -> Plot | None:

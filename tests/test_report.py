@@ -399,3 +399,13 @@ def test_reason_text_formats():
     assert rp.reason_text(np.array([{"sentence": "a"}, {"sentence": "b"}], dtype=object)) == "a; b"
     assert rp.reason_text(["x", "y"]) == "x; y"
     assert rp.reason_text(None) == "" and rp.reason_text("plain words") == "plain words"
+
+
+def test_views_from_mlflow_metrics():
+    """The metric keys the trainers log: model, baseline.<name>.<m>, <view>.<name>.<m> (safe keys)."""
+    views = rp.views_from_metrics({"ndcg_at_10": 0.2, "baseline.popular.ndcg_at_10": 0.1,
+                                   "new.model.ndcg_at_10": 0.05, "new.popular.ndcg_at_10": 0.03})
+    assert views == {"all": {"model": {"ndcg@10": 0.2}, "popular": {"ndcg@10": 0.1}},
+                     "new": {"model": {"ndcg@10": 0.05}, "popular": {"ndcg@10": 0.03}}}
+    churn = rp.views_from_metrics({"auc": 0.8, "baseline.recency.auc": 0.7, "baseline.rfm.auc": 0.72})
+    assert churn == {"": {"model": {"auc": 0.8}, "recency": {"auc": 0.7}, "rfm": {"auc": 0.72}}}
