@@ -67,6 +67,7 @@ def connect(engine: str = "duckdb", threads: int | None = None):
     """An Ibis backend for ``engine`` ("duckdb" or "spark")."""
     if engine == "duckdb":
         con = ibis.duckdb.connect()
+        con.raw_sql("SET preserve_insertion_order = false")  # results are sorted explicitly; faster, less memory
         if threads:
             con.raw_sql(f"SET threads = {int(threads)}")
         return con

@@ -92,6 +92,19 @@ def _cumulative(x, cuts, keys: list[str], bucket_aggs, cum_aggs):
     return _accumulate(per_bucket, cuts, keys, cum_aggs)
 
 
+def _merge_buckets(tables: list):
+    """One row per (customer_id, c) from per-bucket tables with distinct value columns (union, then max)."""
+    if len(tables) == 1:
+        return tables[0]
+    cols = {name: dtype for table in tables for name, dtype in table.schema().items() if name not in KEYS}
+    padded = [
+        table.select("customer_id", "c", **{n: table[n] if n in table.columns else ibis.null(dt) for n, dt in cols.items()})
+        for table in tables
+    ]
+    union = ibis.union(*padded, distinct=False)
+    return union.group_by(KEYS).aggregate(**{n: union[n].max() for n in cols})
+
+
 def _bucketed(x, cuts):
     """Each row of ``x`` (time ``t``) with its bucket ``c``: the first cutoff after it (rows after the last are dropped)."""
     return x.join(cuts, (x.t >= cuts.cprev) & (x.t < cuts.c))
@@ -190,9 +203,16 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         t=rets.t.min(), amount=rets.amount.sum(), lines=rets.count()
     )
 
-    # -- orders: all-history aggregates (bucketed, see _cumulative) and windowed ones
-    a_orders = _cumulative(
-        orders, cuts, ["customer_id"],
+    # All-history aggregates: per (customer, bucket) first, then accumulated together (see _cumulative)
+    hist = []  # (per-bucket table keyed customer_id + c, function giving the accumulated aggregates)
+
+    def cumulative(x, bucket_aggs, cum_aggs):
+        j = _bucketed(x, cuts)
+        hist.append((j.group_by(["customer_id", "c"]).aggregate(**bucket_aggs(j)), cum_aggs))
+
+    # -- orders: all-history and windowed aggregates
+    cumulative(
+        orders,
         lambda x: dict(last_t=x.t.max(), first_t=x.t.min(), n_orders=x.count(), amount_sum=x.amount.sum(),
                        units_sum=x.units.sum(), lines_sum=x.lines.sum()),
         lambda x: dict(last_t=x.last_t.max(), first_t=x.first_t.min(), n_orders=x.n_orders.sum(),
@@ -231,8 +251,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     # -- purchase days and the gap to the previous one (independent of the cutoff)
     pdays = orders.select("customer_id", "day").distinct()
     pdays = pdays.mutate(gap=pdays.day - pdays.day.lag().over(group_by="customer_id", order_by="day"))
-    a_days = _cumulative(
-        pdays.mutate(t=pdays.day), cuts, ["customer_id"],
+    cumulative(
+        pdays.mutate(t=pdays.day),
         lambda x: dict(n_days=x.count(), gap_n=x.gap.count(), gap_sum=x.gap.sum(), gap_sq=(x.gap * x.gap).sum()),
         lambda x: dict(n_days=x.n_days.sum(), gap_n=x.gap_n.sum(), gap_sum=x.gap_sum.sum(), gap_sq=x.gap_sq.sum()),
     )
@@ -244,12 +264,11 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     # -- distinct items: first purchase of each (customer, item)
     pi = purchases.filter(purchases.item_id.notnull())
     first_item = pi.group_by(["customer_id", "item_id"]).aggregate(t=pi.t.min())
-    a_items = _cumulative(first_item, cuts, ["customer_id"], lambda x: dict(distinct_items=x.count()),
-                          lambda x: dict(distinct_items=x.distinct_items.sum()))
+    cumulative(first_item, lambda x: dict(distinct_items=x.count()), lambda x: dict(distinct_items=x.distinct_items.sum()))
 
     # -- categories: spend per (customer, category) up to each cutoff
-    a_cat = None
-    if "items" in t:
+    has_categories = "items" in t
+    if has_categories:
         items = t["items"].select("item_id", "category")
         items = items.filter(items.category.notnull())
         pc = pi.join(items, pi.item_id == items.item_id)
@@ -264,12 +283,13 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         per_bucket = cb.group_by(["customer_id", "c"]).aggregate(
             top_b=cb.run.max(), spend_b=cb.spend.sum(), new_b=cb.first.sum()
         )
-        a_cat = _accumulate(per_bucket, cuts, ["customer_id"],
-                            lambda x: dict(n_cats=x.new_b.sum(), top_spend=x.top_b.max(), cat_spend=x.spend_b.sum()))
+        hist.append((per_bucket,
+                     lambda x: dict(n_cats=x.new_b.sum(), top_spend=x.top_b.max(), cat_spend=x.spend_b.sum())))
 
     # -- views and carts per day: 90-day windows, and the first/last view over all history
-    a_views = a_vhist = None
-    if facts["has_views"] or facts["has_carts"]:
+    a_views = None
+    has_vc = facts["has_views"] or facts["has_carts"]
+    if has_vc:
         vc = ev.filter(ev.event_type.isin(["view", "cart"]))
         vday = vc.group_by(["customer_id", "event_type", "day"]).aggregate(n=vc.count(), last=vc.t.max(),
                                                                             first=vc.t.min())
@@ -281,8 +301,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             v_90=_sum(is_view & (vsince <= 90), jv.n),
             k_90=_sum(is_cart & (vsince <= 90), jv.n),
         )
-        a_vhist = _cumulative(
-            vday.mutate(t=vday.day), cuts, ["customer_id"],
+        cumulative(
+            vday.mutate(t=vday.day),
             lambda x: dict(v_last=ibis.ifelse(x.event_type == "view", x.last, _null()).max(), v_first=x.first.min()),
             lambda x: dict(v_last=x.v_last.max(), v_first=x.v_first.min()),
         )
@@ -320,14 +340,19 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             m_resp=_cnt((msince <= 365) & (jm.tr < jm.c)),
         )
 
+    # the all-history parts: one table per (customer, bucket), accumulated once
+    a_hist = _accumulate(_merge_buckets([table for table, _ in hist]), cuts, ["customer_id"],
+                         lambda x: {k: v for _, fn in hist for k, v in fn(x).items()})
+
     # materialise the per-(customer, cutoff) parts (each is then computed once)
-    a_orders, a_win, a_label, a_ret, a_days, a_items = map(stage_parts, (a_orders, a_win, a_label, a_ret, a_days,
-                                                                         a_items))
-    a_recent, a_cat, a_views, a_vhist, a_tix, a_camp = (
-        None if x is None else stage_parts(x) for x in (a_recent, a_cat, a_views, a_vhist, a_tix, a_camp)
+    a_hist, a_win, a_label, a_ret = map(stage_parts, (a_hist, a_win, a_label, a_ret))
+    a_recent, a_views, a_tix, a_camp = (
+        None if x is None else stage_parts(x) for x in (a_recent, a_views, a_tix, a_camp)
     )
-    parts = [x for x in (a_orders, a_win, a_label, a_ret, a_days, a_recent, a_items, a_cat, a_views, a_vhist, a_tix,
-                         a_camp) if x is not None]
+    a_orders = a_days = a_items = a_hist
+    a_cat = a_hist if has_categories else None
+    a_vhist = a_hist if has_vc else None
+    parts = [x for x in (a_hist, a_win, a_label, a_ret, a_recent, a_views, a_tix, a_camp) if x is not None]
 
     # -- customers (current attributes; signup only when before the cutoff)
     cust = None
