@@ -1,1 +1,2 @@
 from training.churn import ChurnModel
+from training.recommender import Recommender

@@ -1,0 +1,126 @@
+"""The recommender as an MLflow pyfunc, and ``log_recommender`` to log it in the active run.
+
+The pyfunc's input is a DataFrame with a ``user_id`` column (``customer_id`` is accepted) and
+optional per-row ``k`` (default 10) and ``exclude_seen`` (default True) columns; its output is one
+row per recommendation: ``user_id, item_id, score, rank, source``. The fitted
+:class:`training.recommender.Recommender` travels as a joblib artifact; the ``training`` and
+``features`` packages travel as code paths, so the model loads without this repository on
+``sys.path``. The unwrapped ``Recommender`` is
+``mlflow.pyfunc.load_model(uri).unwrap_python_model().model`` (see :func:`load_recommender`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+try:  # keep the module importable (and the class definable) without mlflow
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "implicit", "joblib", "rich")
+OUTPUT_COLUMNS = ["user_id", "item_id", "score", "rank", "source"]
+
+
+class RecommenderPyfunc(PythonModel):
+    """MLflow pyfunc around a fitted ``Recommender`` (artifact ``recommender``)."""
+
+    def __init__(self, model=None):
+        self.model = model
+
+    def load_context(self, context):
+        import joblib
+
+        self.model = joblib.load(context.artifacts["recommender"])
+
+    def predict(self, context, model_input, params=None):
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "user_id" not in df.columns and "customer_id" in df.columns:
+            df = df.rename(columns={"customer_id": "user_id"})
+        if "user_id" not in df.columns:
+            raise ValueError(f"the input needs a user_id column; got {list(df.columns)}")
+        params = params or {}
+        default_k = int(params.get("k", 10))
+        default_excl = bool(params.get("exclude_seen", True))
+        rows = []
+        for rec in df.to_dict("records"):
+            k = rec.get("k")
+            k = default_k if k is None or pd.isna(k) else int(k)
+            excl = rec.get("exclude_seen")
+            excl = default_excl if excl is None or (not isinstance(excl, bool) and pd.isna(excl)) else bool(excl)
+            user = str(rec["user_id"])
+            for item in self.model.recommend_one(user, k=k, exclude_seen=excl):
+                rows.append({"user_id": user, **item})
+        out = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        out["score"] = out["score"].astype("float64")
+        out["rank"] = out["rank"].astype("int64")
+        return out
+
+
+def _requirements() -> list[str]:
+    try:
+        from training import registry
+
+        return registry.pip_requirements(*PIP_PACKAGES)
+    except Exception:  # registry not available: pin from installed metadata directly
+        from importlib import metadata
+
+        out = []
+        for pkg in PIP_PACKAGES:
+            try:
+                out.append(f"{pkg}=={metadata.version(pkg)}")
+            except metadata.PackageNotFoundError:
+                out.append(pkg)
+        return out
+
+
+def log_recommender(model, metrics: dict | None = None, name: str = "model", example_users: list[str] | None = None):
+    """Log ``model`` (a fitted Recommender) as a pyfunc in the active MLflow run; returns the ModelInfo.
+
+    ``metrics`` (e.g. the evaluation's ``{"ndcg@10": .., "coverage": ..}``) are logged to the run
+    with MLflow-safe names (``ndcg@10`` -> ``ndcg_at_10``). The signature comes from a small input
+    example (a few known users) and the pyfunc's output on it. Requirements are explicit (pinned to
+    the installed versions), so MLflow does not infer them.
+    """
+    import joblib
+    import mlflow
+    from mlflow.models import infer_signature
+
+    if metrics:
+        import math
+        import re
+
+        safe = {
+            re.sub(r"[^/\w.\- :]", "_", str(k).replace("@", "_at_")): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
+        if safe:
+            mlflow.log_metrics(safe)
+    users = example_users or [str(u) for u in model.state_.matrix.user_ids[:3]] or ["__unknown__"]
+    example = pd.DataFrame({"user_id": users, "k": [3] * len(users), "exclude_seen": [True] * len(users)})
+    output = RecommenderPyfunc(model).predict(None, example)
+    signature = infer_signature(example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recommender.joblib"
+        joblib.dump(model, path)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=RecommenderPyfunc(),
+            artifacts={"recommender": str(path)},
+            code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+
+
+def load_recommender(model_uri: str):
+    """The fitted Recommender behind a logged/registered pyfunc URI."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
