@@ -252,6 +252,11 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     features: the feature columns to use (default: catalog + :data:`EXTRA_FEATURES` present in ``X``).
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
+    seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from
+        the scored one. When ``X`` has a ``cutoff`` column and the training frame holds cutoffs one year
+        before both the scored and the validation cutoff (within 20 days), the log-odds are shifted by
+        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn rate
+        between the two seasons (capped at +-1). Only labels of training cutoffs are used.
 
     Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``categories_``, ``best_iteration_``,
     ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``validation_metrics_``, ``study_summary_``.
@@ -260,8 +265,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
                  n_trials: int = 25, tune_timeout: float | None = 600.0, params: dict | None = None,
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
-                 refit: bool = False, max_rounds: int = 3000, early_stopping_rounds: int = 100,
-                 random_state: int = 0, n_jobs: int = 2, verbose: bool = False):
+                 refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
+                 early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False):
         self.horizon_days = horizon_days
         self.tier_thresholds = tier_thresholds
         self.tune = tune
@@ -272,6 +277,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.monotone = monotone
         self.features = features
         self.refit = refit
+        self.seasonal_shift = seasonal_shift
         self.max_rounds = max_rounds
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
@@ -424,10 +430,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise ValueError("the time split leaves only one class in training or validation")
 
         cat_cols = list(self.categories_)
+        # feature_pre_filter off: the search changes min_child_samples on the same Dataset
+        ds_params = {"feature_pre_filter": False, "verbosity": -1}
         dtrain = lgb.Dataset(M[train], yv[train], weight=None if w is None else w[train],
-                             categorical_feature=cat_cols or "auto", free_raw_data=False)
+                             categorical_feature=cat_cols or "auto", free_raw_data=False, params=ds_params)
         dval = lgb.Dataset(M[val], yv[val], reference=dtrain, categorical_feature=cat_cols or "auto",
-                           free_raw_data=False)
+                           free_raw_data=False, params=ds_params)
 
         params = dict(self.params or {})
         self.study_summary_ = None
@@ -450,6 +458,10 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             booster = self._train(params, dall, None, rounds=rounds)
             self.best_iteration_ = rounds
         self.booster_ = booster
+        self.cutoff_rates_ = {}
+        if cut is not None and cut.nunique() >= 2:
+            rates = pd.Series(yv).groupby(pd.to_datetime(cut).to_numpy()).mean()
+            self.cutoff_rates_ = {str(pd.Timestamp(k).date()): float(v) for k, v in rates.items()}
         self.n_train_rows_ = int(train.sum())
         self.n_validation_rows_ = int(val.sum())
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
@@ -502,9 +514,39 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.best_iteration_)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Calibrated ``[P(stay), P(churn)]`` per row."""
+        """Calibrated ``[P(stay), P(churn)]`` per row (with the seasonal shift when it applies)."""
         p = self.calibrator_.predict(self.decision_function(X))
+        if self.seasonal_shift and "cutoff" in X.columns:
+            delta = self.season_offset(X["cutoff"])
+            if np.any(delta != 0):
+                z = np.log(p / (1 - p)) + delta
+                p = np.clip(1.0 / (1.0 + np.exp(-z)), self.calibrator_.eps, 1 - self.calibrator_.eps)
         return np.column_stack([1.0 - p, p])
+
+    def _rate_near(self, date: pd.Timestamp, tolerance_days: int = 20) -> float | None:
+        best, dist = None, None
+        for key, rate in getattr(self, "cutoff_rates_", {}).items():
+            d = abs((pd.Timestamp(key) - date).days)
+            if d <= tolerance_days and (dist is None or d < dist) and 0 < rate < 1:
+                best, dist = rate, d
+        return best
+
+    def season_offset(self, cutoffs) -> np.ndarray:
+        """Log-odds shift per row for its cutoff (0 where last year's rates are not known)."""
+        c = pd.to_datetime(pd.Series(np.asarray(cutoffs)))
+        out = np.zeros(len(c))
+        if not self.validation_cutoff_:
+            return out
+        year = pd.Timedelta(days=365)
+        r0 = self._rate_near(pd.Timestamp(self.validation_cutoff_) - year)
+        if r0 is None:
+            return out
+        for value in c.dropna().unique():
+            r1 = self._rate_near(pd.Timestamp(value) - year)
+            if r1 is not None:
+                delta = np.log(r1 / (1 - r1)) - np.log(r0 / (1 - r0))
+                out[(c == value).to_numpy()] = float(np.clip(delta, -1.0, 1.0))
+        return out
 
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(int)
@@ -570,6 +612,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             "n_train_rows": self.n_train_rows_,
             "n_validation_rows": self.n_validation_rows_,
             "fit_seconds": self.fit_seconds_,
+            "seasonal_shift": self.seasonal_shift,
+            "cutoff_churn_rates": getattr(self, "cutoff_rates_", {}),
         }
 
 
@@ -664,7 +708,8 @@ class Evaluation:
             "baselines": BASELINE_DOCS,
             "baseline_probabilities": "score -> probability by centered isotonic regression fitted on the "
                                       "training snapshots (all training cutoffs)",
-            "model_calibration": f"{self.model.calibration} on the held-out validation cutoff",
+            "model_calibration": f"{self.model.calibration} on the held-out validation cutoff"
+            + (", shifted by last year's seasonal change of the churn rate" if self.model.seasonal_shift else ""),
             "tuned": bool(self.model.tune),
         }
         out["model_info"] = {
@@ -672,6 +717,8 @@ class Evaluation:
             "best_iteration": self.model.best_iteration_,
             "n_features": len(self.model.feature_names_),
             "validation_auc": _clean(self.model.validation_metrics_.get("auc")),
+            "seasonal_shift_logodds": _clean(float(self.model.season_offset([self.cutoff])[0]))
+            if self.model.seasonal_shift else 0.0,
             "study": self.model.study_summary_,
         }
         out["calibration_curve"] = self.calibration
@@ -856,7 +903,8 @@ cutoff {m.validation_cutoff_}; booster trained on {len(m.train_cutoffs_)} cutoff
 <table><tr><th></th>{head}</tr>{''.join(rows)}</table>
 <p class=small>Ranking metrics use each scorer's own score; Brier, log loss and ECE (10 equal-width bins) use
 probabilities. Baseline probabilities: centered isotonic regression of the baseline score fitted on the training
-snapshots. Model: {m.calibration} calibration on the held-out validation cutoff.
+snapshots. Model: {m.calibration} calibration on the held-out validation cutoff{
+'' if not m.seasonal_shift else ', shifted by %+.2f log-odds (last year: churn rate one year before this cutoff vs one year before the validation cutoff)' % m.season_offset([ev.cutoff])[0]}.
 {'Optuna: %d trials, validation AUC %.4f (defaults %.4f).' % (study.get('n_trials', 0), study.get('best_value_auc') or 0, study.get('default_value_auc') or 0) if study else 'No hyperparameter search (defaults).'}
 Best iteration {m.best_iteration_}; parameters {escape(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.best_params_.items()}))}.</p>
 <h2>Risk tiers</h2><table><tr><th>tier</th><th>customers</th><th>mean P(churn)</th><th>observed churn</th><th>value at stake</th></tr>{tiers}</table>

@@ -76,7 +76,7 @@ def calibration_figure(y, scores: dict, n_bins: int = 10, title: str = "Calibrat
     ax.grid(alpha=0.3)
     if "model" in scores:
         axh.hist(scores["model"]["proba"], bins=40, range=(0, 1), color=COLORS["model"], alpha=0.8)
-    axh.set(xlabel="predicted churn probability (quantile bins)", ylabel="customers")
+    axh.set(xlabel="predicted churn probability (curve: deciles of customers)", ylabel="customers")
     axh.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -116,12 +116,13 @@ class BGNBD:
     n_customers: int = 0
     method_: str = ""
 
-    def fit(self, summary: pd.DataFrame) -> "BGNBD":
+    def fit(self, summary: pd.DataFrame, init: "BGNBD | None" = None) -> "BGNBD":
         """Fit on a :func:`transaction_summary`.
 
         lifetimes' ``BetaGeoFitter`` (time scaled to weeks) first, with growing penalizers; when it
         does not converge (short histories), a direct maximum-likelihood fit of the same model with
-        scipy (L-BFGS-B on the log parameters, started from several points).
+        scipy (L-BFGS-B on the log parameters, started from several points). ``init``: a fitted model
+        to start from (consecutive cutoffs have similar parameters: faster and steadier).
         """
         from lifetimes import BetaGeoFitter
 
@@ -136,7 +137,10 @@ class BGNBD:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")  # lifetimes prints the optimiser state on failure
                     fitter = BetaGeoFitter(penalizer_coef=pen)
-                    fitter.fit(f, r, T)
+                    start = None
+                    if init is not None and np.isfinite(init.r):
+                        start = np.array([init.r, init.alpha / 7.0, init.a, init.b])
+                    fitter.fit(f, r, T, initial_params=start)
                 vals = [float(fitter.params_[k]) for k in ("r", "alpha", "a", "b")]
                 if all(np.isfinite(vals)) and all(v > 0 for v in vals):
                     self.r, alpha_w, self.a, self.b = vals
@@ -308,11 +312,13 @@ def bgnbd_frame(
     if days is None:
         days = purchase_days(events)
     frames = []
+    previous = None
     for cutoff in sorted({pd.Timestamp(c).normalize() for c in cutoffs}):
         summary = transaction_summary(events, cutoff, days=days)
         if len(summary) < 2:
             continue
-        model = BGNBD().fit(summary)
+        model = BGNBD().fit(summary, init=previous)
+        previous = model
         frames.append(
             pd.DataFrame(
                 {

@@ -30,25 +30,26 @@ TIERS = ("high", "medium", "low")
 # name -> (template, direction, meaning)
 EXTRA_FEATURES: dict[str, tuple[str, int, str]] = {
     "bg_p_alive": (
-        "only {value:.0%} likely to still be an active customer (purchase-rhythm model)",
+        "only {value:.0%} likely to still be an active customer by the purchase rhythm",
         catalog.LESS_RISK,
         "BG/NBD probability that the customer has not dropped out, fitted on the history before the cutoff.",
     ),
     "bg_expected_purchases": (
-        "{value:.1f} purchases expected in the coming period (purchase-rhythm model)",
+        "only {value:.1f} purchases expected in the coming period by the purchase rhythm",
         catalog.LESS_RISK,
         "BG/NBD expected purchase days in the horizon, fitted on the history before the cutoff.",
     ),
     "bg_p_no_purchase": (
-        "{value:.0%} chance of no purchase in the coming period (purchase-rhythm model)",
+        "{value:.0%} chance of no purchase in the coming period by the purchase rhythm",
         catalog.MORE_RISK,
         "BG/NBD probability of no purchase in the horizon, fitted on the history before the cutoff.",
     ),
-    "ewm_orders_30": ("little recent activity (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+    "ewm_orders_30": ("little recent buying ({value:.1f} purchase days, weighted to the last month)", catalog.LESS_RISK,
                       "Purchase days weighted by exp(-age ln2 / 30 days): recent activity."),
-    "ewm_orders_90": ("declining activity (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+    "ewm_orders_90": ("buying less lately ({value:.1f} purchase days, weighted to the last 3 months)", catalog.LESS_RISK,
                       "Purchase days weighted by exp(-age ln2 / 90 days)."),
-    "ewm_orders_365": ("low activity over the year (time-weighted purchase days {value:.1f})", catalog.LESS_RISK,
+    "ewm_orders_365": ("little buying over the year ({value:.1f} purchase days, weighted to the last year)",
+                       catalog.LESS_RISK,
                        "Purchase days weighted by exp(-age ln2 / 365 days)."),
     "active_months_365d": ("bought in only {value:.0f} of the last 12 months", catalog.LESS_RISK,
                            "Distinct 30-day periods with a purchase in the last 365 days."),
@@ -67,7 +68,7 @@ EXTRA_FEATURES: dict[str, tuple[str, int, str]] = {
                          "also exceeded recency + horizon."),
     "first_purchase_days": ("first purchase {value:.0f} days ago", catalog.LESS_RISK,
                             "Days from the first purchase day to the cutoff."),
-    "season_affinity": ("buys products that sell little in the coming season (index {value:.2f})",
+    "season_affinity": ("buys products that sold {value:.0%} of the usual share in these weeks last year",
                         catalog.LESS_RISK,
                         "Spend-weighted share of the customer's items' sales that fell in the same season last "
                         "year, relative to the shop's (1 = average)."),
@@ -171,6 +172,11 @@ def sentence(name: str, value, row: dict | None = None) -> str:
         if name in MISSING_SENTENCES:
             return MISSING_SENTENCES[name]
         return f"{name.replace('_', ' ')}: unknown"
+    if name in ("bg_p_no_purchase", "bg_p_alive", "bg_expected_purchases", "own_gap_survival",
+                "recency_max_gap_ratio") and not _missing(row.get("recency_days")):
+        # the rhythm models' verdicts read better with the absence they are based on
+        lapse = sentence("recency_days", row.get("recency_days"), row)
+        return f"{lapse}: {_base_sentence(name, value)}"
     if name in ("recency_days", "recency_gap_ratio"):
         rec = row.get("recency_days", value if name == "recency_days" else None)
         ratio = row.get("recency_gap_ratio", value if name == "recency_gap_ratio" else None)
@@ -184,6 +190,10 @@ def sentence(name: str, value, row: dict | None = None) -> str:
             parts.append(f"{float(ratio):.1f}x the usual gap between purchases")
         if parts:
             return ", ".join(parts)
+    return _base_sentence(name, value)
+
+
+def _base_sentence(name: str, value) -> str:
     if name in catalog.FEATURES:
         return _singular(catalog.reason(name, value))
     if name in EXTRA_FEATURES:
