@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from pipelines.commands import churn, data, features, models, recommender, report, run, serve
+# before numpy/implicit load: implicit's ALS wants a single-threaded BLAS; no telemetry from libraries
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import typer  # noqa: E402
+
+from pipelines.commands import churn, data, features, models, recommender, report, run, serve  # noqa: E402
 
 app = typer.Typer(help="crmml: churn warnings, recommendations and customer insight.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a model and register it as challenger.", no_args_is_help=True)

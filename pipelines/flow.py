@@ -79,7 +79,7 @@ def run_ingest(ctx) -> dict:
 def run_features(ctx) -> dict:
     from pipelines.commands.features import run_features as build
 
-    summary = build(ctx["workspace"], horizon=_params(ctx).horizon)
+    summary = build(ctx["workspace"].root, horizon=_params(ctx).horizon)
     return {"rows": summary["rows"], "customer360": summary.get("customer360", {}).get("customers")}
 
 
@@ -104,15 +104,15 @@ def run_promote(ctx) -> dict:
     mlc = registry.client(ws)
     out = {}
     for name in (registry.CHURN, registry.RECOMMENDER):
-        champion = mlc.get_model_version_by_alias(name, registry.CHAMPION).version
-        challenger = mlc.get_model_version_by_alias(name, registry.CHALLENGER).version
-        if challenger == champion:  # a first version is champion at once
+        champion = registry.alias_version(mlc, name, registry.CHAMPION)
+        challenger = registry.alias_version(mlc, name, registry.CHALLENGER)
+        if challenger in (None, champion):  # a first version is champion at once
             out[name] = {"decision": "initial", "champion": str(champion)}
             continue
         evaluate, _ = registry.gate_evaluator(ws, name)
         decision = registry.promote(ws, name, evaluate=evaluate)
         out[name] = {"decision": decision.decision,
-                     "champion": str(mlc.get_model_version_by_alias(name, registry.CHAMPION).version),
+                     "champion": str(registry.alias_version(mlc, name, registry.CHAMPION)),
                      "challenger": str(challenger), "reasons": decision.reasons}
     return out
 

@@ -534,7 +534,7 @@ class TrainingRun:
                 tags["data_fingerprint"] = str(self._fingerprint)
             mv = mlflow.register_model(uri, name, tags=tags, await_registration_for=60)
             version = str(mv.version)
-            champion = _alias_version(mlc, name, CHAMPION)
+            champion = alias_version(mlc, name, CHAMPION)
             if champion is None:
                 for key, value in {
                     "promotion": "initial",
@@ -627,7 +627,7 @@ def _version(mlc, name: str, version: str | int):
     raise RegistryError(f"{name} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}")
 
 
-def _alias_version(mlc, name: str, alias: str) -> str | None:
+def alias_version(mlc, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -756,12 +756,12 @@ def promote(
     policy = policy or policy_for(name)
     tol = policy.tolerance if tolerance is None else float(tolerance)
     if version is None:
-        version = _alias_version(mlc, name, CHALLENGER)
+        version = alias_version(mlc, name, CHALLENGER)
         if version is None:
             raise RegistryError(f"{name} has no challenger; train a new version or pass --version")
     challenger = _version(mlc, name, version)
     version = str(challenger.version)
-    champion_v = _alias_version(mlc, name, CHAMPION)
+    champion_v = alias_version(mlc, name, CHAMPION)
     if champion_v == version:
         raise RegistryError(f"{name} version {version} is already the champion")
     window = None
@@ -824,7 +824,7 @@ def promote(
             if not _history(mlc, name):  # history lost or never written: start it at the old champion
                 _write_history(mlc, name, [champion_v])
         mlc.set_registered_model_alias(name, CHAMPION, version)
-        if _alias_version(mlc, name, CHALLENGER) == version:
+        if alias_version(mlc, name, CHALLENGER) == version:
             mlc.delete_registered_model_alias(name, CHALLENGER)
         _push_history(mlc, name, version)
     return Decision(
@@ -838,7 +838,7 @@ def rollback(workspace: Workspace | str | Path | None, name: str) -> dict:
     """Move ``champion`` back to the previous champion; returns ``{"name", "from", "to"}``."""
     mlc = client(workspace)
     _registered_model(mlc, name)
-    current = _alias_version(mlc, name, CHAMPION)
+    current = alias_version(mlc, name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back from")
     history = _history(mlc, name)
@@ -906,8 +906,8 @@ def compare(
     mlc = client(workspace)
     _registered_model(mlc, name)
     policy = policy_for(name)
-    champion_v = _alias_version(mlc, name, CHAMPION)
-    challenger_v = _alias_version(mlc, name, CHALLENGER)
+    champion_v = alias_version(mlc, name, CHAMPION)
+    challenger_v = alias_version(mlc, name, CHALLENGER)
     figures = {}
     for role, v in (("champion", champion_v), ("challenger", challenger_v)):
         if v is None:
