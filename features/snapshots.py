@@ -6,11 +6,14 @@ from data in ``[cutoff, cutoff + horizon)`` only.
 
 Many cutoffs, one pass: the events are first reduced to small per-customer tables (orders,
 return documents, purchase days with their gap to the previous one, first purchase per item,
-category spend per day, views/carts per day). Then, with a small table of cutoffs:
+category spend per day, views/carts per day). Every time condition is then an equi-join on ``day``
+with a small calendar of (day, cutoff) pairs (``_calendar``; cutoffs are whole days), so both
+engines run hash joins:
 
 * all-history aggregates (recency, frequency, monetary, gaps, distinct items, category spend,
-  last view) put each row in one bucket, the first cutoff after it, aggregate per bucket, and
-  combine the buckets at or before each cutoff (``_cumulative``): rows are never copied per cutoff;
+  last view) put each row in one bucket, the first cutoff after it (``_bucketed``), aggregate per
+  (customer, bucket), and combine the buckets at or before each cutoff (``_accumulate``): rows are
+  never copied per cutoff;
 * window aggregates (7 to 365 days, trends, eligibility) join each row only to the cutoffs whose
   window holds it (``_windowed``) and use conditional sums;
 * labels join each order to the cutoffs whose horizon holds it.
@@ -26,6 +29,7 @@ An order whose lines span midnight counts once per day (an edge case that keeps 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable
 
@@ -74,22 +78,18 @@ def _ratio(num, den):
 NEG_INF_DAY = -1.0e9  # "before any data" for the first cutoff's bucket
 
 
-def _windowed(x, tcol: str, cuts, days: float):
-    """Rows joined to each cutoff they precede by at most ``days`` (``c - days <= t < c``)."""
-    return x.join(cuts, (x[tcol] < cuts.c) & (x[tcol] >= cuts.c - days))
+def _windowed(x, cal: dict, days: float | None = None):
+    """Rows (with a ``day`` column) joined to each cutoff they precede by at most ``days`` days
+    (``c - days <= day < c``; every cutoff after them when ``days`` is None).
 
-
-def _cumulative(x, cuts, keys: list[str], bucket_aggs, cum_aggs):
-    """All-history aggregates at every cutoff, without joining every row to every later cutoff.
-
-    Each row of ``x`` (time in column ``t``) goes to one bucket, the first cutoff after it
-    (``cprev <= t < c``); rows are aggregated per bucket with ``bucket_aggs``, and the bucket
-    aggregates are combined over all buckets at or before each cutoff with ``cum_aggs`` (sum of
-    sums and counts, min of mins, max of maxes). Returns ``keys`` + ``c`` + the aggregates.
+    An equi-join on ``day`` with the small calendar of (day, cutoff) pairs: a hash join on both
+    engines, where an inequality join would sort or loop. Cutoffs are whole days, so for a time ``t``
+    on ``day``: ``t < c`` exactly when ``day < c``.
     """
-    j = _bucketed(x, cuts)
-    per_bucket = j.group_by([*keys, "c"]).aggregate(**bucket_aggs(j))
-    return _accumulate(per_bucket, cuts, keys, cum_aggs)
+    pairs = cal["before"]
+    if days is not None:
+        pairs = pairs.filter(pairs.c - pairs.day <= days)
+    return x.join(pairs, "day")
 
 
 def _merge_buckets(tables: list):
@@ -105,15 +105,14 @@ def _merge_buckets(tables: list):
     return union.group_by(KEYS).aggregate(**{n: union[n].max() for n in cols})
 
 
-def _bucketed(x, cuts):
-    """Each row of ``x`` (time ``t``) with its bucket ``c``: the first cutoff after it (rows after the last are dropped)."""
-    return x.join(cuts, (x.t >= cuts.cprev) & (x.t < cuts.c))
+def _bucketed(x, cal: dict):
+    """Each row of ``x`` (with a ``day``) and its bucket ``c``: the first cutoff after it (rows after the last are dropped)."""
+    return x.join(cal["bucket"], "day")
 
 
-def _accumulate(per_bucket, cuts, keys: list[str], cum_aggs):
+def _accumulate(per_bucket, cal: dict, keys: list[str], cum_aggs):
     """Combine per-bucket aggregates (``keys`` + ``c``) over the buckets at or before each cutoff."""
-    at = cuts.view().select(c_at="c")
-    jj = per_bucket.join(at, per_bucket.c <= at.c_at)
+    jj = per_bucket.join(cal["acc"], "c")
     out = jj.group_by([*keys, "c_at"]).aggregate(**cum_aggs(jj))
     return out.rename(c="c_at")
 
@@ -160,9 +159,17 @@ def default_cutoffs(events: pd.DataFrame | None = None, horizon_days: int = DEFA
 # ------------------------------------------------------------------------------------------- query
 def _data_facts(t: dict) -> dict:
     ev = t["events"]
-    stats = ev.group_by("event_type").aggregate(n=ev.count(), max_t=_days(ev.timestamp).max()).to_pandas()
+    stats = ev.group_by("event_type").aggregate(
+        n=ev.count(), max_t=_days(ev.timestamp).max(), min_t=_days(ev.timestamp).min()
+    ).to_pandas()
     types = dict(zip(stats["event_type"], stats["n"]))
+    mins = [stats["min_t"].min()]
+    for name, col in (("tickets", "opened_at"), ("campaigns", "sent_at")):
+        if name in t:
+            mins.append(_days(t[name][col]).min().to_pandas())
+    mins = [float(m) for m in mins if m is not None and not pd.isna(m)]
     return {
+        "min_day": math.floor(min(mins)) if mins else 0.0,
         "max_day": float(stats["max_t"].max()) if len(stats) else float("nan"),
         "has_views": types.get("view", 0) > 0,
         "has_carts": types.get("cart", 0) > 0,
@@ -171,7 +178,7 @@ def _data_facts(t: dict) -> dict:
 
 
 def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_days: int,
-                  include_ineligible: bool, extras: bool = False, stage=None, stage_parts=None):
+                  include_ineligible: bool, extras: bool = False, stage=None, stage_parts=None, cal=None):
     """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features).
 
     ``stage(table)`` / ``stage_parts(table)`` may materialise an intermediate table (``Table.cache()``);
@@ -190,7 +197,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     def with_order_key(lines):
         return lines.mutate(okey=ibis.coalesce(lines.order_id, lines.customer_id.concat("@", lines.es.cast("string"))))
 
-    purchases = ev.filter(ev.event_type == "purchase")
+    purchases = stage(ev.filter(ev.event_type == "purchase"))
 
     # orders (per day, see module doc) and return documents
     po = with_order_key(purchases)
@@ -207,7 +214,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     hist = []  # (per-bucket table keyed customer_id + c, function giving the accumulated aggregates)
 
     def cumulative(x, bucket_aggs, cum_aggs):
-        j = _bucketed(x, cuts)
+        j = _bucketed(x, cal)
         hist.append((j.group_by(["customer_id", "c"]).aggregate(**bucket_aggs(j)), cum_aggs))
 
     # -- orders: all-history and windowed aggregates
@@ -218,7 +225,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         lambda x: dict(last_t=x.last_t.max(), first_t=x.first_t.min(), n_orders=x.n_orders.sum(),
                        amount_sum=x.amount_sum.sum(), units_sum=x.units_sum.sum(), lines_sum=x.lines_sum.sum()),
     )
-    j = _windowed(orders, "t", cuts, max(365.0, el))
+    j = _windowed(orders, cal, max(365.0, el))
     since = j.c - j.t
     agg = {
         "n_prev90": _cnt((since > 90) & (since <= 180)),
@@ -234,11 +241,11 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     a_win = j.group_by(["customer_id", "c"]).aggregate(**agg)
 
     # -- labels: orders in [c, c + h) only
-    jl = orders.join(cuts, (orders.t >= cuts.c) & (orders.t < cuts.c + h))
+    jl = orders.join(cal["after"], "day")  # (day, c) pairs with c <= day < c + h
     a_label = jl.group_by(["customer_id", "c"]).aggregate(future_orders=jl.count())
 
     # -- return documents (a small table: one join)
-    jr = returns.join(cuts, returns.t < cuts.c)
+    jr = _windowed(returns, cal)
     a_ret = jr.group_by(["customer_id", "c"]).aggregate(
         ret_lines=jr.lines.sum(),
         ret_amount=jr.amount.sum(),
@@ -252,18 +259,19 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     pdays = orders.select("customer_id", "day").distinct()
     pdays = pdays.mutate(gap=pdays.day - pdays.day.lag().over(group_by="customer_id", order_by="day"))
     cumulative(
-        pdays.mutate(t=pdays.day),
+        pdays,
         lambda x: dict(n_days=x.count(), gap_n=x.gap.count(), gap_sum=x.gap.sum(), gap_sq=(x.gap * x.gap).sum()),
         lambda x: dict(n_days=x.n_days.sum(), gap_n=x.gap_n.sum(), gap_sum=x.gap_sum.sum(), gap_sq=x.gap_sq.sum()),
     )
     a_recent = None
     if extras:  # the largest gap ending in the last 90 days (won back customers)
-        jd = _windowed(pdays, "day", cuts, 90.0)
+        jd = _windowed(pdays, cal, 90.0)
         a_recent = jd.group_by(["customer_id", "c"]).aggregate(max_recent_gap=jd.gap.max())
 
     # -- distinct items: first purchase of each (customer, item)
     pi = purchases.filter(purchases.item_id.notnull())
     first_item = pi.group_by(["customer_id", "item_id"]).aggregate(t=pi.t.min())
+    first_item = first_item.mutate(day=first_item.t.floor().cast("float64"))
     cumulative(first_item, lambda x: dict(distinct_items=x.count()), lambda x: dict(distinct_items=x.distinct_items.sum()))
 
     # -- categories: spend per (customer, category) up to each cutoff
@@ -276,7 +284,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         # spend per (customer, category, bucket), accumulated over the buckets of the category;
         # spend never decreases, so the top category's spend at a cutoff is the largest running
         # spend of any category in any bucket up to it: everything accumulates per (customer, bucket)
-        jb = _bucketed(cat_day.mutate(t=cat_day.day), cuts)
+        jb = _bucketed(cat_day, cal)
         cb = jb.group_by(["customer_id", "category", "c"]).aggregate(spend=jb.spend.sum())
         w = ibis.cumulative_window(group_by=["customer_id", "category"], order_by="c")
         cb = cb.mutate(run=cb.spend.sum().over(w), first=(ibis.row_number().over(w) == 0).cast("int64"))
@@ -294,7 +302,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         vday = vc.group_by(["customer_id", "event_type", "day"]).aggregate(n=vc.count(), last=vc.t.max(),
                                                                             first=vc.t.min())
         vday = stage(vday)
-        jv = _windowed(vday, "day", cuts, 90.0)
+        jv = _windowed(vday, cal, 90.0)
         is_view, is_cart, vsince = jv.event_type == "view", jv.event_type == "cart", jv.c - jv.day
         a_views = jv.group_by(["customer_id", "c"]).aggregate(
             v_30=_sum(is_view & (vsince <= 30), jv.n),
@@ -302,7 +310,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             k_90=_sum(is_cart & (vsince <= 90), jv.n),
         )
         cumulative(
-            vday.mutate(t=vday.day),
+            vday,
             lambda x: dict(v_last=ibis.ifelse(x.event_type == "view", x.last, _null()).max(), v_first=x.first.min()),
             lambda x: dict(v_last=x.v_last.max(), v_first=x.v_first.min()),
         )
@@ -313,7 +321,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         tk = t["tickets"]
         tk = tk.filter(tk.customer_id.notnull() & tk.opened_at.notnull())
         tk = tk.mutate(to=_days(tk.opened_at), tr=_days(tk.resolved_at), is_c=(tk.kind == "complaint").fill_null(False))
-        jt = tk.join(cuts, tk.to < cuts.c)
+        jt = _windowed(tk.mutate(day=tk.to.floor().cast("float64")), cal)
         tsince = jt.c - jt.to
         rated = jt.satisfaction.notnull() & (jt.tr < jt.c) & (jt.c - jt.tr <= 365)
         a_tix = jt.group_by(["customer_id", "c"]).aggregate(
@@ -332,7 +340,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         cm = t["campaigns"]
         cm = cm.filter(cm.customer_id.notnull() & cm.sent_at.notnull())
         cm = cm.mutate(ts=_days(cm.sent_at), tr=_days(cm.responded_at))
-        jm = _windowed(cm, "ts", cuts, 365.0)
+        jm = _windowed(cm.mutate(day=cm.ts.floor().cast("float64")), cal, 365.0)
         msince = jm.c - jm.ts
         a_camp = jm.group_by(["customer_id", "c"]).aggregate(
             m_90=_cnt(msince <= 90),
@@ -341,7 +349,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         )
 
     # the all-history parts: one table per (customer, bucket), accumulated once
-    a_hist = _accumulate(_merge_buckets([table for table, _ in hist]), cuts, ["customer_id"],
+    a_hist = _accumulate(_merge_buckets([table for table, _ in hist]), cal, ["customer_id"],
                          lambda x: {k: v for _, fn in hist for k, v in fn(x).items()})
 
     # materialise the per-(customer, cutoff) parts (each is then computed once)
@@ -508,6 +516,31 @@ def _cutoff_table(cutoffs: Iterable, facts: dict, horizon_days: int) -> pd.DataF
     )
 
 
+def _calendar(cut_df: pd.DataFrame, facts: dict, horizon_days: int) -> dict[str, pd.DataFrame]:
+    """Small tables of (day, cutoff) pairs that turn every time condition into an equi-join on ``day``.
+
+    ``before``: every day from the first day of the data up to each cutoff (``day < c``);
+    ``after``: the days of each cutoff's label horizon (``c <= day < c + h``); ``bucket``: each day
+    and the first cutoff after it; ``acc``: bucket ``c`` and every cutoff ``c_at`` at or after it.
+    """
+    cs = cut_df["c"].to_numpy()
+    lo = min(float(facts["min_day"]), cs.min() - 1)
+    days = np.arange(lo, cs.max() + horizon_days, dtype="float64")
+    d, c = np.meshgrid(days, cs, indexing="ij")
+    d, c = d.ravel(), c.ravel()
+    before = d < c
+    after = (d >= c) & (d < c + horizon_days)
+    nxt = np.searchsorted(cs, days, side="right")  # index of the first cutoff after each day
+    ok = nxt < len(cs)
+    ci, ca = np.meshgrid(cs, cs, indexing="ij")
+    return {
+        "before": pd.DataFrame({"day": d[before], "c": c[before]}),
+        "after": pd.DataFrame({"day": d[after], "c": c[after]}),
+        "bucket": pd.DataFrame({"day": days[ok], "c": cs[nxt[ok]]}),
+        "acc": pd.DataFrame({"c": ci[ci <= ca], "c_at": ca[ci <= ca]}),
+    }
+
+
 def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
                     eligibility_days: int = DEFAULT_ELIGIBILITY, engine: str = "duckdb",
                     include_ineligible: bool = False, *, con=None, extras: bool = False,
@@ -529,12 +562,8 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
     t = load_tables(con, source)
     facts = _data_facts(t)
     cut_df = _cutoff_table(cutoffs, facts, horizon_days)
-    if engine_of(con) == "spark":  # a temp view: Spark's cache path does not register memtables
-        name = f"crmml_cutoffs_{uuid.uuid4().hex}"
-        con._session.createDataFrame(cut_df).createOrReplaceTempView(name)
-        cuts = con.table(name)
-    else:
-        cuts = ibis.memtable(cut_df)
+    cuts = _small_table(con, cut_df)
+    cal = {name: _small_table(con, df) for name, df in _calendar(cut_df, facts, horizon_days).items()}
     cached = []
 
     def stage(table):
@@ -546,7 +575,7 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
 
     try:
         expr = snapshot_expr(t, cuts, facts, horizon_days, eligibility_days, include_ineligible, extras=extras,
-                             stage=stage, stage_parts=stage)
+                             stage=stage, stage_parts=stage, cal=cal)
         df = expr.to_pandas()
     finally:
         for table in cached:
@@ -555,6 +584,15 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
             except Exception:  # noqa: BLE001 - a failed release must not hide the result or the real error
                 pass
     return _finish(df, extras)
+
+
+def _small_table(con, df: pd.DataFrame):
+    """A small pandas frame as an Ibis table of ``con`` (Spark: a temp view; its cache path skips memtables)."""
+    if engine_of(con) == "spark":
+        name = f"crmml_tmp_{uuid.uuid4().hex}"
+        con._session.createDataFrame(df).createOrReplaceTempView(name)
+        return con.table(name)
+    return ibis.memtable(df)
 
 
 def _finish(df: pd.DataFrame, extras: bool = False) -> pd.DataFrame:
