@@ -312,8 +312,9 @@ def write_benchmarks(section: str, path: Path = REPO / "BENCHMARKS.md") -> None:
 def prepare(ws: Path, customers: int, seed: int = 7) -> None:
     env = base_env(ws)
     crmml = [sys.executable, "-m", "pipelines.cli"]
-    for args in (["generate", "--customers", str(customers), "--seed", str(seed)], ["train", "churn"],
-                 ["train", "recommender"]):
+    # the serving benchmark needs champions, not the best ones: no churn tuning or backtest
+    for args in (["generate", "--customers", str(customers), "--seed", str(seed)],
+                 ["train", "churn", "--no-tune", "--no-backtest"], ["train", "recommender"]):  # registration needs its backtest
         subprocess.run(crmml + args + ["--workspace", str(ws)], cwd=REPO, env=env, check=True, timeout=3600)
 
 

@@ -7,8 +7,8 @@ Start-up (and every reload) goes through :func:`resolve_champions`:
    ``<workspace>/mlflow.db``). Each champion is imported into the BentoML model store as
    ``<name>:v<registry version>-<run id prefix>`` (``bentoml.mlflow.import_model`` from
    ``models:/<name>/<version>``), labelled with the registry version, run id and workspace; an
-   existing import of the same version is reused. The tags in use are recorded in
-   ``$BENTOML_HOME/crmml_serving.json``.
+   existing import of the same version is reused. The tags actually served (after a successful
+   load) are recorded in ``$BENTOML_HOME/crmml_serving.json``.
 2. **Registry unreachable** (HTTP server down, SQLite file missing or unreadable): each model falls
    back to the last imported version of this workspace (the one recorded in
    ``crmml_serving.json``, else the newest import with this workspace's label), and the service
@@ -344,7 +344,6 @@ def resolve_champions(ws: Workspace, registry: Registry | None = None) -> tuple[
             f"or `crmml run`); the first registered version becomes champion."
         )
     refs = {name: import_champion(ws, registry, mv) for name, mv in found.items()}
-    _write_state(ws, refs)
     return refs, warnings
 
 
@@ -432,6 +431,7 @@ class Runtime:
         refs, warnings = resolve_champions(self.ws, self.registry)
         self.registry_reachable = not any(r.source == "last_imported" for r in refs.values())
         self.state = self._build(self.ws, refs, warnings, None)
+        _write_state(self.ws, {n: m.ref for n, m in self.state.models.items()})  # served: the fallback next time
         self._live(self.state, None)
         self.last_reload = _now()
         return self.state
@@ -486,7 +486,6 @@ class Runtime:
                 return False, "champions and data unchanged"
             try:
                 refs = {name: import_champion(self.ws, self.registry, mv) for name, mv in found.items()}
-                _write_state(self.ws, refs)
                 started = time.perf_counter()
                 new_state = self._build(self.ws, refs, [], current)
             except Exception as exc:
@@ -494,6 +493,7 @@ class Runtime:
                 log.exception("reload failed")
                 return False, self.last_error
             self.state = new_state  # the swap: one attribute assignment
+            _write_state(self.ws, refs)
             self._live(new_state, current)
             self.reloads += 1
             self.last_reload = _now()
