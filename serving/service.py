@@ -371,6 +371,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body went over the limit while FastAPI read it
+        return _error(413, f"request body exceeds the limit of {MAX_BODY_BYTES:,} bytes")
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     return _error(exc.status_code, detail, headers=getattr(exc, "headers", None))
 

@@ -411,6 +411,10 @@ def test_bad_requests_get_4xx_with_a_reason(server, client):
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     r = client.post("/churn/score", content=b"[" + b'"C1",' * 500_000 + b'"C1"]', headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
+    chunks = (b'"C1",' * 100_000 for _ in range(6))  # no Content-Length: counted while read
+    r = client.post("/churn/score", content=(c for part in ([b"["], chunks, [b'"C1"]']) for c in part),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
     assert client.get("/items/I1/similar", params={"k": 500}).status_code == 422
     assert client.get("/recommend").status_code == 405
 
