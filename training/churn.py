@@ -475,9 +475,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
         def objective(trial):
             params = {
-                "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.12, log=True),
-                "num_leaves": trial.suggest_int("num_leaves", 4, 48, log=True),
-                "min_child_samples": trial.suggest_int("min_child_samples", 30, 1500, log=True),
+                "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.08, log=True),
+                "num_leaves": trial.suggest_int("num_leaves", 4, 32, log=True),
+                "min_child_samples": trial.suggest_int("min_child_samples", 50, 1500, log=True),
                 "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
                 "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
                 "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 300.0, log=True),

@@ -179,12 +179,12 @@ def tiers_figure(scored, title: str = "Risk tiers: customers and value at stake"
     order = ["high", "medium", "low"]
     counts = scored["risk_tier"].value_counts().reindex(order).fillna(0)
     value = scored.groupby("risk_tier")["value_at_stake"].sum().reindex(order).fillna(0)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = ["#c0392b", "#e67e22", "#27ae60"]
     a1.bar(order, counts.to_numpy(), color=colors)
     a1.set(title="customers per tier", ylabel="customers")
     a2.bar(order, value.to_numpy(), color=colors)
-    a2.set(title="expected value at stake (12-month CLV x P(churn))", ylabel="currency")
+    a2.set(title="value at stake = P(churn) x 12-month CLV", ylabel="currency")
     for a in (a1, a2):
         a.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
