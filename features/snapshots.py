@@ -233,7 +233,6 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         "n_last_year": _cnt((since > 275) & (since <= 365)),
         "n_elig": _cnt(since <= el),
         "lines_90": _sum(since <= 90, j.lines),
-        "spend_365_gross": _sum(since <= 365, j.amount),
     }
     for w in catalog.WINDOWS:
         agg[f"n_{w}"] = _cnt(since <= w)
@@ -299,19 +298,21 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     has_vc = facts["has_views"] or facts["has_carts"]
     if has_vc:
         vc = ev.filter(ev.event_type.isin(["view", "cart"]))
-        vday = vc.group_by(["customer_id", "event_type", "day"]).aggregate(n=vc.count(), last=vc.t.max(),
-                                                                            first=vc.t.min())
+        is_v = vc.event_type == "view"
+        vday = vc.group_by(["customer_id", "day"]).aggregate(
+            nv=_cnt(is_v), nk=_cnt(~is_v), last_v=ibis.ifelse(is_v, vc.t, _null()).max(), first=vc.t.min()
+        )
         vday = stage(vday)
         jv = _windowed(vday, cal, 90.0)
-        is_view, is_cart, vsince = jv.event_type == "view", jv.event_type == "cart", jv.c - jv.day
+        vsince = jv.c - jv.day
         a_views = jv.group_by(["customer_id", "c"]).aggregate(
-            v_30=_sum(is_view & (vsince <= 30), jv.n),
-            v_90=_sum(is_view & (vsince <= 90), jv.n),
-            k_90=_sum(is_cart & (vsince <= 90), jv.n),
+            v_30=_sum(vsince <= 30, jv.nv),
+            v_90=_sum(vsince <= 90, jv.nv),
+            k_90=_sum(vsince <= 90, jv.nk),
         )
         cumulative(
             vday,
-            lambda x: dict(v_last=ibis.ifelse(x.event_type == "view", x.last, _null()).max(), v_first=x.first.min()),
+            lambda x: dict(v_last=x.last_v.max(), v_first=x.first.min()),
             lambda x: dict(v_last=x.v_last.max(), v_first=x.v_first.min()),
         )
 
@@ -497,7 +498,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if extras:
         cols["max_recent_gap"] = f(a_recent.max_recent_gap)
         cols["first_purchase_days"] = c - o.first_t
-        cols["spend_365d_net"] = f(ow.spend_365_gross.fill_null(0.0)) - f(ret.ret_365_amount.fill_null(0.0))
+        cols["spend_365d_net"] = f(ow.s_365.fill_null(0.0)) - f(ret.ret_365_amount.fill_null(0.0))
     return joined.select(**cols)
 
 
