@@ -27,6 +27,18 @@ Evaluation protocol (:func:`evaluate_protocol`, ``crmml evaluate churn``)
 
 Reasons, tiers, value and actions: ``training/retention.py``; :func:`score_customers` puts them
 together for the pipelines and the service.
+
+Measured (UCI Online Retail, ``crmml evaluate churn --cutoff 2011-09-09 --horizon 90``, 4,313 eligible
+customers, churn rate 49.5%): ROC-AUC model 0.771 untuned / 0.768 tuned (25-trial budget, 10 min),
+BG/NBD 0.764, RFM 0.748, recency 0.706. The issue's target of 0.80 is **not** reached. The
+evaluation window (Sep-Dec 2011) is the Christmas peak: a quarter of the eligible customers last
+bought a year earlier and 30% of them come back, which no earlier training window shows (the data
+start in Dec 2009, so the only earlier autumn has no year-ago history); the validation cutoff
+(2011-06-11, churn 64%) is not like it either, which is also why the tuned search does not help.
+Feature sets, regularisation, monotone constraints, per-cutoff rank features, refitting on the
+validation cutoff, seasonal sample weights, BG/NBD offsets and blends all stayed within
+0.765-0.772. With the seasonal shift the model's ECE is 0.077 (0.142 without) and its Brier
+0.200, the best of the four scorers.
 """
 
 from __future__ import annotations
@@ -926,8 +938,8 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     say = progress or (lambda msg: log.info(msg))
     src, events = _tables(source)
     first, last = events["timestamp"].min(), events["timestamp"].max()
-    # the newest cutoff whose label window lies inside the data, as if evaluating at last + 1 day
-    end = last.normalize() + pd.Timedelta(days=1)
+    # the newest cutoff whose label window lies inside the data (c + horizon <= the last event)
+    end = last.normalize()
     cuts = training_cutoffs(first, end, horizon_days, step_days, min_history_days)
     if len(cuts) < 2:
         raise ValueError("not enough history for two labelled cutoffs")
