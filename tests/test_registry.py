@@ -318,7 +318,8 @@ def test_cli_list_compare_promote_rollback(ws):
     assert out.exit_code == 0, out.output
     assert "brier" in out.output and "+0.0500" in out.output and "would promote" in out.output
 
-    out = runner.invoke(app, pre + ["promote", CHURN, *w], env={"COLUMNS": "200"})
+    # these test models are plain scikit-learn, not churn models: compare the metrics recorded at training
+    out = runner.invoke(app, pre + ["promote", CHURN, "--recorded", *w], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert "promoted" in out.output.lower()
     assert aliases(ws) == {"champion": "2"}
@@ -327,13 +328,14 @@ def test_cli_list_compare_promote_rollback(ws):
     assert out.exit_code == 0, out.output
     assert aliases(ws) == {"champion": "1"}
 
-    out = runner.invoke(app, pre + ["promote", CHURN, "--version", "2", "--force", *w], env={"COLUMNS": "200"})
+    out = runner.invoke(app, pre + ["promote", CHURN, "--version", "2", "--force", "--recorded", *w],
+                        env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert aliases(ws) == {"champion": "2"}
 
     for args, message in (
         (["promote", "crmml-nope"], "no registered model"),
-        (["promote", CHURN, "--version", "9"], "no version 9"),
+        (["promote", CHURN, "--version", "9", "--recorded"], "no version 9"),
         (["compare", "crmml-nope"], "no registered model"),
         (["rollback", RECOMMENDER], "no registered model"),
     ):
