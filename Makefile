@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/crmml run --serve
+	$(BIN)/crmml run --serve --customers 2000
 
 test: setup
 	$(BIN)/python -m pytest
