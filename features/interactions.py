@@ -29,7 +29,9 @@ import scipy.sparse as sp
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "cart": 3.0, "purchase": 5.0, "return": -5.0}
 
 #: Columns of the generic interactions frame; only user_id and item_id are required.
-INTERACTION_COLUMNS = ("user_id", "item_id", "weight", "timestamp", "order_id")
+INTERACTION_COLUMNS = ("user_id", "item_id", "weight", "timestamp", "order_id", "quantity", "amount")
+#: optional per-line quantities carried from events into interactions and summed per pair
+QUANTITY_COLUMNS = ("quantity", "amount")
 
 DAY = np.timedelta64(1, "D")
 
@@ -58,6 +60,9 @@ def interactions_from_events(events: pd.DataFrame, event_weights: dict[str, floa
         out["timestamp"] = pd.to_datetime(ev["timestamp"]).astype("datetime64[us]").to_numpy()
     if "order_id" in ev.columns and ev["order_id"].notna().any():
         out["order_id"] = ev["order_id"].astype("string").fillna("").to_numpy()
+    for col in QUANTITY_COLUMNS:  # units and money of purchase lines (wholesale pack sizes)
+        if col in ev.columns and ev[col].notna().any():
+            out[col] = pd.to_numeric(ev[col], errors="coerce").to_numpy(np.float64)
     return out
 
 
@@ -86,6 +91,9 @@ def normalize_interactions(df: pd.DataFrame) -> pd.DataFrame:
         keep &= ~np.isnat(ts)
     if "order_id" in df.columns:
         out["order_id"] = df["order_id"].astype("string").fillna("").astype(str).to_numpy()
+    for col in QUANTITY_COLUMNS:
+        if col in df.columns:
+            out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
     out = pd.DataFrame(out)[keep].reset_index(drop=True)
     out["basket"] = pd.factorize(basket_keys(out))[0].astype(np.int64)
     return out
@@ -171,7 +179,8 @@ class InteractionMatrix:
         """A one-row matrix for an anonymous basket: each item once, just now."""
         idx = np.unique(np.asarray(item_idx, dtype=np.int32))
         ones = np.ones(len(idx))
-        values = {k: (np.zeros(len(idx)) if k.endswith("_days") or k in like.window_names else ones) for k in like.values}
+        zero = lambda k: k.endswith("_days") or k in like.window_names or k == "baskets_since_last"  # noqa: E731
+        values = {k: (np.zeros(len(idx)) if zero(k) else ones) for k in like.values}
         return cls(
             indptr=np.array([0, len(idx)], dtype=np.int64), indices=idx, values=values,
             user_ids=np.array([user_id], dtype=object), item_ids=like.item_ids, now=like.now,
@@ -211,6 +220,7 @@ def build_interaction_matrix(
     user_ids: np.ndarray | None = None,
     item_ids: np.ndarray | None = None,
     age_windows: dict[str, tuple[float, float]] | None = None,
+    recent_baskets: int = 5,
 ) -> InteractionMatrix:
     """Aggregate an interactions frame into an :class:`InteractionMatrix`.
 
@@ -218,7 +228,12 @@ def build_interaction_matrix(
     ``half_life_days`` is the half-life of the ``decayed`` value, or a dict ``{value name:
     half-life}`` to get several decayed sums at once (e.g. ``{"decayed": 90, "recent": 30}``).
     ``age_windows`` adds counts of baskets whose age in days lies in ``[lo, hi)``, e.g.
-    ``{"season": (275, 365)}`` for the same 90 days one year back.
+    ``{"season": (275, 365)}`` for the same 90 days one year back. With the user's baskets numbered
+    from the most recent one (0) back, ``baskets_since_last`` is the number of the user's baskets
+    after the last one holding the item, and ``count_last{recent_baskets}`` (``count_last5``) how
+    many of the user's ``recent_baskets`` latest baskets hold it. When the frame has ``quantity`` /
+    ``amount`` columns (purchase lines), their sums per pair are values too, with ``quantity_last``
+    / ``amount_last`` for the pair's latest basket.
     ``user_ids`` / ``item_ids`` fix the row / column order (ids outside them are dropped);
     by default they are the sorted ids present.
     """
@@ -260,10 +275,23 @@ def build_interaction_matrix(
     counts = {"count": pos}
     for name, (lo, hi) in (age_windows or {}).items():
         counts[name] = pos & (age >= lo) & (age < hi) if has_time else np.zeros(len(df), dtype=bool)
+    # the user's baskets numbered from the most recent (0) back: "baskets since" and "in the last n"
+    b_rank = _basket_recency(u, basket, age)
+    counts[f"count_last{recent_baskets}"] = pos & (b_rank < recent_baskets)
+    where = np.searchsorted(agg.index.to_numpy(), pair)
     for name, mask in counts.items():
         distinct = pd.DataFrame({"pair": pair[mask], "b": basket[mask]}).drop_duplicates()
         n = np.bincount(np.searchsorted(agg.index.to_numpy(), distinct["pair"].to_numpy()), minlength=len(agg))
         agg[name] = n.astype(np.float64)
+    since = np.full(len(agg), np.inf)
+    np.minimum.at(since, where[pos], b_rank[pos])
+    agg["baskets_since_last"] = since
+    quantities = [c for c in QUANTITY_COLUMNS if c in df.columns]
+    for col in quantities:  # totals, and the quantity of the pair's latest basket
+        q = np.where(pos, np.nan_to_num(df[col].to_numpy(np.float64)), 0.0)
+        agg[col] = np.bincount(where, weights=q, minlength=len(agg))
+        latest = pos & (b_rank == since[where])
+        agg[col + "_last"] = np.bincount(where[latest], weights=q[latest], minlength=len(agg))
     agg = agg[agg["weight"] > 0]
     pairs = agg.index.to_numpy()
     rows, cols = pairs // len(iids), pairs % len(iids)
@@ -277,12 +305,24 @@ def build_interaction_matrix(
         "first_days": agg["first_days"].to_numpy(np.float64),
         **{name: np.maximum(agg[name].to_numpy(np.float64), 0.0) for name in half_lives},
         **{name: agg[name].to_numpy(np.float64) for name in (age_windows or {})},
+        f"count_last{recent_baskets}": agg[f"count_last{recent_baskets}"].to_numpy(np.float64),
+        "baskets_since_last": agg["baskets_since_last"].to_numpy(np.float64),
+        **{c: agg[c].to_numpy(np.float64) for q in quantities for c in (q, q + "_last")},
     }
     return InteractionMatrix(
         indptr=indptr, indices=cols.astype(np.int32), values=values, user_ids=uids, item_ids=iids, now=now64,
         user_index={x: j for j, x in enumerate(uids)}, item_index={x: j for j, x in enumerate(iids)},
         window_names=tuple(age_windows or ()),
     )
+
+
+def _basket_recency(user: np.ndarray, basket: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """Per row, the rank of its basket among the user's baskets, newest first (0 = the latest)."""
+    b = pd.DataFrame({"u": user, "b": basket, "age": age}).groupby(["u", "b"], sort=False)["age"].min()
+    b = b.reset_index().sort_values(["u", "age", "b"], kind="stable")
+    b["r"] = b.groupby("u").cumcount()
+    lookup = pd.Series(b["r"].to_numpy(), index=pd.MultiIndex.from_arrays([b["u"].to_numpy(), b["b"].to_numpy()]))
+    return lookup.reindex(pd.MultiIndex.from_arrays([user, basket])).to_numpy(np.float64)
 
 
 # -- baskets and market-basket rules --------------------------------------------------------------

@@ -314,7 +314,7 @@ def test_fit_without_timestamps_and_tune():
     inter = synthetic_interactions(n_users=150, with_time=False)
     rec = Recommender(generators=("als", "bm25", "ease", "popular"), als_iterations=3, ranker_n_estimators=20,
                       show_progress=False).fit(inter, tune=True)
-    assert rec.inner_cutoff_ is None  # random per-user hold-out instead of a time split
+    assert rec.ranker_info_["all"]["windows"] == ["random"]  # a per-user hold-out instead of a time split
     assert set(rec.tuning_["generator"]) == {"als", "bm25", "ease"}
     assert rec.als_factors in (32, 64, 128) and rec.ease_l2 in (100.0, 500.0, 2000.0)
     assert len(rec.recommend_one("u3", k=4)) == 4

@@ -162,6 +162,8 @@ class Recommender(BaseEstimator):
         trending_days: float = 30.0,
         use_ranker: bool = True,
         rank_window_days: float = 90.0,
+        rank_windows: int = 1,
+        rank_season_window: bool = True,
         ranker_n_estimators: int = 150,
         ranker_learning_rate: float = 0.05,
         ranker_num_leaves: int = 31,
@@ -189,6 +191,8 @@ class Recommender(BaseEstimator):
         self.trending_days = trending_days
         self.use_ranker = use_ranker
         self.rank_window_days = rank_window_days
+        self.rank_windows = rank_windows
+        self.rank_season_window = rank_season_window
         self.ranker_n_estimators = ranker_n_estimators
         self.ranker_learning_rate = ranker_learning_rate
         self.ranker_num_leaves = ranker_num_leaves
@@ -287,25 +291,29 @@ class Recommender(BaseEstimator):
         self.now_ = df["timestamp"].max() if self.has_time_ else None
         if tune:
             self.tuning_ = self.tune(df)
-        inner_train, labels = self._inner_split(df)
+        splits = self._ranker_splits(df) if self.use_ranker else []
         self.rankers_ = {}
         self.ranker_info_ = {}
         from rich.progress import Progress
 
-        n_steps = len(self.generators) * (2 if self.use_ranker else 1) + (3 if self.use_ranker else 0)
+        n_steps = len(self.generators) * (1 + len(splits)) + (len(splits) + 2 if splits else 0)
         with Progress(disable=not self.show_progress, transient=True) as bar:
             task = bar.add_task("fitting recommender", total=n_steps)
             adv = _Advance(bar, task)
-            if self.use_ranker and labels is not None and not labels.empty:
-                inner_now = self.inner_cutoff_ if self.has_time_ else None
-                inner = self._fit_state(inner_train, inner_now, adv)
-                rows = self._training_rows(inner, inner_train, labels)
-                adv.advance()
+            if splits:
+                rows = {"all": ([], [], []), "new": ([], [], [])}
+                for inner_train, labels, inner_now in splits:
+                    inner = self._fit_state(inner_train, inner_now, adv)
+                    for mode, (xs, ys, gs) in self._training_rows(inner, inner_train, labels).items():
+                        rows[mode][0].extend(xs)
+                        rows[mode][1].extend(ys)
+                        rows[mode][2].extend(gs)
+                    adv.advance()
                 for mode in ("all", "new"):
                     booster, info = self._fit_ranker(*rows[mode])
                     if booster is not None:
                         self.rankers_[mode] = booster
-                    self.ranker_info_[mode] = info
+                    self.ranker_info_[mode] = {**info, "windows": [str(n) if n is not None else "random" for *_, n in splits]}
                     adv.advance()
             self.state_ = self._fit_state(df, self.now_, adv)
         self.feature_names_ = feature_names(list(self.generators))
@@ -346,22 +354,33 @@ class Recommender(BaseEstimator):
                 seg_index = {s: i for i, s in enumerate(self.segment_names_)}
                 self.user_segment_map_ = dict(zip(us["user_id"].astype(str), us[col].astype(str).map(seg_index)))
 
-    def _inner_split(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """Data to fit the ranker's generators on, and the labels (interactions after the inner cutoff)."""
-        if not self.use_ranker:
-            return df, None
-        if self.has_time_:
-            start = df["timestamp"].min()
-            span_days = (self.now_ - start) / pd.Timedelta(days=1)
-            window = min(float(self.rank_window_days), span_days / 3.0)
-            # the label window ends just after the last event, so that every event is in it
-            self.inner_cutoff_ = self.now_ + pd.Timedelta(seconds=1) - pd.Timedelta(days=window)
-            train, test = time_split(df, self.inner_cutoff_)
-        else:
-            self.inner_cutoff_ = None
+    def _ranker_splits(self, df: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp | None]]:
+        """The ranker's training windows: ``(data before, labels, cutoff)`` each.
+
+        With timestamps: the last ``rank_windows`` windows of ``rank_window_days`` before the end of
+        the data and, with ``rank_season_window`` and a year of history, the window that started one
+        year before the end (the coming season, last year). Without timestamps: a random per-user
+        hold-out of 20% of the items.
+        """
+        if not self.has_time_:
             train, test = random_split(df, test_fraction=0.2, seed=self.random_state)
-        test = test[test["weight"] > 0]
-        return train, test
+            return [(train, test[test["weight"] > 0], None)]
+        start = df["timestamp"].min()
+        end = self.now_ + pd.Timedelta(seconds=1)  # the last window ends just after the last event
+        span_days = (end - start) / pd.Timedelta(days=1)
+        window = pd.Timedelta(days=min(float(self.rank_window_days), span_days / 3.0))
+        cutoffs = [end - window * (i + 1) for i in range(max(int(self.rank_windows), 1))]
+        if self.rank_season_window and (end - pd.Timedelta(days=365) - start) >= window:
+            cutoffs.append(end - pd.Timedelta(days=365))
+        out = []
+        for cutoff in cutoffs:
+            if cutoff - start < window:  # too little history before it
+                continue
+            train, test = time_split(df, cutoff, window / pd.Timedelta(days=1))
+            test = test[test["weight"] > 0]
+            if len(test):
+                out.append((train, test, cutoff))
+        return out
 
     # ------------------------------------------------------------------ ranker
     def _training_rows(self, inner: _State, inner_train: pd.DataFrame, labels: pd.DataFrame) -> dict:
@@ -412,7 +431,7 @@ class Recommender(BaseEstimator):
             objective="lambdarank", n_estimators=self.ranker_n_estimators, learning_rate=self.ranker_learning_rate,
             num_leaves=self.ranker_num_leaves, min_child_samples=50, subsample=0.8, subsample_freq=1,
             colsample_bytree=0.8, max_bin=63, lambdarank_truncation_level=20, random_state=self.random_state,
-            n_jobs=self.num_threads or (os.cpu_count() or 1), verbose=-1,
+            n_jobs=self.num_threads or 1, verbose=-1,
         )
         ranker.fit(np.vstack(X), np.concatenate(Y), group=G, feature_name=feature_names(list(self.generators)))
         return ranker.booster_, {**info, "used": True, "train_rows": int(sum(G))}
@@ -426,7 +445,8 @@ class Recommender(BaseEstimator):
             blocked = np.zeros(len(self.item_ids_), dtype=bool) if blocked is None else blocked.copy()
             blocked[hist.items] = True
         positive = [g.positive_only for g in state.generators]
-        union, sc, ranks, best = user_candidates(scores, positive, blocked, self.n_candidates, self.rank_depth)
+        orders = [g.candidate_order(hist.segment) for g in state.generators]
+        union, sc, ranks, best = user_candidates(scores, positive, blocked, self.n_candidates, self.rank_depth, orders)
         x = candidate_features(union, sc, ranks, hist, state.items)
         return union, x, ranks, best
 

@@ -90,6 +90,11 @@ class CandidateGenerator:
     def score(self, query: Query) -> np.ndarray:
         raise NotImplementedError
 
+    def candidate_order(self, segment: int = -1) -> np.ndarray | None:
+        """For generators whose scores are the same for every user (of a segment): all items,
+        best first, so that candidates are a prefix instead of a sort. None otherwise."""
+        return None
+
     def item_scores(self, item_idx: np.ndarray) -> np.ndarray | None:
         """Summed item-to-item scores of the given items over all items, or None if unsupported."""
         return None

@@ -18,14 +18,16 @@ def _spd_inverse(g: np.ndarray) -> np.ndarray:
     faster than a general inverse)."""
     from scipy.linalg import lapack
 
-    c, info = lapack.dpotrf(g, lower=True, overwrite_a=True)
+    c, info = lapack.spotrf(g, lower=True, overwrite_a=True)
     if info != 0:
-        raise np.linalg.LinAlgError(f"EASE Gram matrix is not positive definite (dpotrf info={info})")
-    p, info = lapack.dpotri(c, lower=True, overwrite_c=True)
+        raise np.linalg.LinAlgError(f"EASE Gram matrix is not positive definite (spotrf info={info})")
+    p, info = lapack.spotri(c, lower=True, overwrite_c=True)
     if info != 0:
-        raise np.linalg.LinAlgError(f"EASE inverse failed (dpotri info={info})")
-    p = np.tril(p)
-    return p + np.tril(p, -1).T
+        raise np.linalg.LinAlgError(f"EASE inverse failed (spotri info={info})")
+    p = np.tril(p)  # spotri fills the lower triangle only
+    p += p.T
+    p[np.diag_indices_from(p)] *= 0.5
+    return p
 
 
 class EASEGenerator(CandidateGenerator):
@@ -43,16 +45,16 @@ class EASEGenerator(CandidateGenerator):
         cols = np.flatnonzero(pop > 0)
         if len(cols) > self.max_items:
             cols = np.sort(np.argsort(-pop, kind="stable")[: self.max_items])
-        xb = x[:, cols].astype(np.float64)
+        xb = x[:, cols].astype(np.float32)
         xb.data[:] = 1.0
-        g = (xb.T @ xb).toarray()
+        g = (xb.T @ xb).toarray()  # float32 Gram matrix: counts are exact, Cholesky in single precision
         g[np.diag_indices_from(g)] += self.l2
         p = _spd_inverse(g)
         b = -p / np.diag(p)
         np.fill_diagonal(b, 0.0)
         self.items_ = cols.astype(np.int64)
         # row j of B_ is the weight vector of EASE item j; one extra zero row for items outside EASE
-        self.B_ = np.vstack([b.astype(np.float32), np.zeros((1, len(cols)), dtype=np.float32)])
+        self.B_ = np.vstack([b.astype(np.float32, copy=False), np.zeros((1, len(cols)), dtype=np.float32)])
         self.position_ = np.full(data.n_items, len(cols), dtype=np.int64)
         self.position_[cols] = np.arange(len(cols))
         self.n_items_ = data.n_items

@@ -48,6 +48,9 @@ class PopularityGenerator(CandidateGenerator):
         self.order_ = np.argsort(-self.scores_, kind="stable")
         return self
 
+    def candidate_order(self, segment: int = -1) -> np.ndarray:
+        return self.order_
+
     def score(self, query: Query) -> np.ndarray:
         return broadcast_rows(self.scores_, len(query))
 
@@ -66,7 +69,11 @@ class TrendingGenerator(CandidateGenerator):
         ratio = (recent + 1.0) / (base * self.recent_days / self.baseline_days + 1.0)
         self.ratio_ = ratio.astype(np.float32)
         self.scores_ = (ratio * np.log1p(recent)).astype(np.float32)
+        self.order_ = np.argsort(-self.scores_, kind="stable")
         return self
+
+    def candidate_order(self, segment: int = -1) -> np.ndarray:
+        return self.order_
 
     def score(self, query: Query) -> np.ndarray:
         return broadcast_rows(self.scores_, len(query))
@@ -93,7 +100,12 @@ class SegmentPopularityGenerator(CandidateGenerator):
         )
         self.scores_ = np.log1p(counts.toarray()).astype(np.float32)
         self.overall_ = np.log1p(np.bincount(m.indices[keep], minlength=data.n_items)).astype(np.float32)
+        self.orders_ = np.argsort(-self.scores_, axis=1, kind="stable")
+        self.overall_order_ = np.argsort(-self.overall_, kind="stable")
         return self
+
+    def candidate_order(self, segment: int = -1) -> np.ndarray:
+        return self.orders_[segment] if 0 <= segment < len(self.orders_) else self.overall_order_
 
     def segment_scores(self, segment: int) -> np.ndarray:
         return self.scores_[segment] if 0 <= segment < len(self.scores_) else self.overall_
@@ -121,7 +133,11 @@ class SeasonalGenerator(CandidateGenerator):
         else:
             users = np.zeros(data.n_items)
         self.scores_ = np.log1p(users).astype(np.float32)
+        self.order_ = np.argsort(-self.scores_, kind="stable")
         return self
+
+    def candidate_order(self, segment: int = -1) -> np.ndarray:
+        return self.order_
 
     def score(self, query: Query) -> np.ndarray:
         return broadcast_rows(self.scores_, len(query))

@@ -11,14 +11,22 @@ ranked and its ``n_candidates`` best join the union. Each candidate then gets th
   the last 7, 30 and H days), ``item_users_season`` (log distinct users in the H days that started
   one year ago, i.e. the coming window last year), ``item_season_lift`` (log ratio of that to the H
   days before it: is the item entering its season?), ``item_repeat_rate`` (share of its users who
-  had it in 2+ baskets), ``item_retention_h`` (of the users who had it in the H days before the last H,
+  had it in 2+ baskets), ``item_quantity_per_basket`` (log units per basket: pack size, NaN without
+  quantities), ``item_retention_h`` (of the users who had it in the H days before the last H,
   the share who had it again in the last H), ``item_days_since_last`` / ``item_days_since_first`` (stale items are often
   discontinued), ``item_price``, ``item_price_band`` (price quintile, -1 unknown);
 * user × item: ``ui_count`` (baskets with the item), ``ui_decayed`` (time-decayed weight),
   ``ui_count_h`` / ``ui_count_prev_h`` (baskets in the last H days / the H days before),
   ``ui_season`` (baskets in the coming window last year), ``ui_days_since_last`` /
   ``ui_days_since_first`` (NaN if never), ``ui_share`` (``ui_count`` over the user's baskets),
-  ``ui_cycle`` (days since last over the mean gap between baskets with the item; NaN below 2);
+  ``ui_cycle`` (days since last over the mean gap between baskets with the item; NaN below 2),
+  ``ui_baskets_since_last`` (the user's baskets after the last one with the item) and ``ui_last5``
+  (how many of the user's 5 latest baskets hold it), ``ui_count_rank`` / ``ui_recency_rank`` (the
+  item's rank among the user's own items by baskets / by recency), ``ui_count_30d`` / ``_180d`` /
+  ``_365d``, and when the data have quantities (purchase lines): ``ui_quantity`` (log units),
+  ``ui_quantity_per_basket``, ``ui_quantity_last`` (units in the latest basket with the item),
+  ``ui_quantity_last_ratio`` (latest over usual: a big last order lasts longer), ``ui_amount``,
+  ``ui_unit_price_ratio`` (price paid over typical price: volume discounts);
 * user × category: ``uc_count`` (baskets with items of the category), ``uc_days_since_last``;
 * user: ``u_items``, ``u_baskets``, ``u_days_since_last``, ``u_tenure_days``, ``u_segment`` (code,
   -1 unknown), ``u_repeat_share`` (share of the user's items bought in 2+ baskets),
@@ -41,11 +49,15 @@ from training.candidates.popularity import distinct_users
 
 ITEM_FEATURES = (
     "item_users", "item_users_7d", "item_users_30d", "item_users_h", "item_users_season", "item_season_lift",
-    "item_repeat_rate", "item_retention_h", "item_days_since_last", "item_days_since_first", "item_price", "item_price_band",
+    "item_repeat_rate", "item_retention_h", "item_quantity_per_basket", "item_days_since_last", "item_days_since_first", "item_price", "item_price_band",
 )
 USER_ITEM_FEATURES = (
     "ui_count", "ui_decayed", "ui_count_h", "ui_count_prev_h", "ui_season", "ui_days_since_last",
-    "ui_days_since_first", "ui_share", "ui_cycle", "uc_count", "uc_days_since_last",
+    "ui_days_since_first", "ui_share", "ui_cycle", "ui_baskets_since_last", "ui_last5",
+    "ui_count_rank", "ui_recency_rank", "ui_count_30d", "ui_count_180d", "ui_count_365d",
+    "ui_quantity", "ui_quantity_per_basket", "ui_quantity_last", "ui_quantity_last_ratio", "ui_amount",
+    "ui_unit_price_ratio",
+    "uc_count", "uc_days_since_last",
 )
 USER_FEATURES = (
     "u_items", "u_baskets", "u_days_since_last", "u_tenure_days", "u_segment", "u_repeat_share", "u_retention_h",
@@ -61,6 +73,7 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "item_season_lift": ("log ratio of item users in the coming window last year to the H days before it", "one year ago"),
     "item_repeat_rate": ("share of the item's users who had it in 2+ baskets", "all history"),
     "item_retention_h": ("share of the item's users of the previous H days who had it again in the last H days", "last 2H days"),
+    "item_quantity_per_basket": ("log1p units per basket of the item over all users (pack size)", "all history"),
     "item_days_since_last": ("days since anyone last had the item", "all history"),
     "item_days_since_first": ("days since anyone first had the item", "all history"),
     "item_price": ("typical unit price", "catalogue"),
@@ -74,6 +87,19 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "ui_days_since_first": ("days since the user first had the item (NaN: never)", "all history"),
     "ui_share": ("share of the user's baskets holding the item", "all history"),
     "ui_cycle": ("days since last over the user's mean gap between baskets with the item", "all history"),
+    "ui_baskets_since_last": ("the user's baskets after the last one with the item (NaN: never)", "all history"),
+    "ui_last5": ("how many of the user's 5 latest baskets hold the item", "the user's last 5 baskets"),
+    "ui_count_30d": ("baskets of the user with the item", "last 30 days"),
+    "ui_count_180d": ("baskets of the user with the item", "last 180 days"),
+    "ui_count_365d": ("baskets of the user with the item", "last 365 days"),
+    "ui_quantity": ("log1p units of the item the user bought (NaN without quantities)", "all history"),
+    "ui_quantity_per_basket": ("log1p units per basket of the item for the user", "all history"),
+    "ui_quantity_last": ("log1p units of the item in the user's latest basket with it", "latest basket"),
+    "ui_quantity_last_ratio": ("units in the latest basket over the user's units per basket of the item", "all history"),
+    "ui_amount": ("log1p money the user spent on the item", "all history"),
+    "ui_unit_price_ratio": ("unit price the user paid for the item over its typical price (volume discounts)", "all history"),
+    "ui_count_rank": ("rank of the item among the user's items by baskets (1 = most; NaN: not the user's)", "all history"),
+    "ui_recency_rank": ("rank of the item among the user's items by recency (1 = latest; NaN: not the user's)", "all history"),
     "uc_count": ("baskets of the user with items of the item's category", "all history"),
     "uc_days_since_last": ("days since the user last had an item of the category", "all history"),
     "u_items": ("distinct items of the user", "all history"),
@@ -111,7 +137,10 @@ def feature_docs(generators: list[str], horizon_days: float) -> list[dict]:
 #: per-pair values the interaction matrix must carry for these features (name: age window in days)
 def history_windows(horizon_days: float) -> dict[str, tuple[float, float]]:
     h = float(horizon_days)
-    return {"count_h": (0.0, h), "count_prev_h": (h, 2 * h), "season": (365.0 - h, 365.0)}
+    return {
+        "count_h": (0.0, h), "count_prev_h": (h, 2 * h), "season": (365.0 - h, 365.0),
+        "count_30d": (0.0, 30.0), "count_180d": (0.0, 180.0), "count_365d": (0.0, 365.0),
+    }
 
 
 def feature_names(generators: list[str]) -> list[str]:
@@ -154,6 +183,12 @@ class ItemStats:
         if known.sum() >= 5:
             edges = np.quantile(price[known], [0.2, 0.4, 0.6, 0.8])
             band[known] = np.searchsorted(edges, price[known], side="right")
+        if "quantity" in m.values:
+            units = np.bincount(m.indices, weights=m.values["quantity"], minlength=n)
+            baskets = np.bincount(m.indices, weights=m.values["count"], minlength=n)
+            per_basket = np.where(baskets > 0, np.log1p(units / np.maximum(baskets, 1.0)), np.nan)
+        else:
+            per_basket = np.full(n, np.nan)
         columns = {
             "item_users": np.log1p(users),
             "item_users_7d": np.log1p(distinct_users(data, 7.0)),
@@ -163,6 +198,7 @@ class ItemStats:
             "item_season_lift": np.log((season + 1.0) / (before_season + 1.0)),
             "item_repeat_rate": repeat,
             "item_retention_h": retention,
+            "item_quantity_per_basket": per_basket,
             "item_days_since_last": last,
             "item_days_since_first": first,
             "item_price": price,
@@ -205,15 +241,26 @@ def user_candidates(
     blocked: np.ndarray | None,
     n_candidates: int,
     rank_depth: int,
+    orders: list[np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Union of the generators' lists for one user.
 
+    ``orders`` (per generator, optional): all items best first, for generators whose scores do
+    not depend on the user; their list is then a prefix of it rather than a sort.
     Returns ``(candidates, score_matrix, rank_matrix, best_source)`` where the matrices are
     ``(n_generators, n_candidates_in_union)``.
     """
     n_gen = len(scores)
     tops = []
-    for s, pos in zip(scores, positive_only):
+    for g, (s, pos) in enumerate(zip(scores, positive_only)):
+        order = orders[g] if orders is not None else None
+        if order is not None:
+            t = order if blocked is None else order[~blocked[order]]
+            t = t[: rank_depth * 2]
+            if pos:
+                t = t[s[t] > 0]
+            tops.append(t[:rank_depth])
+            continue
         if blocked is not None or pos:
             s = s.copy()
             if blocked is not None:
@@ -278,7 +325,30 @@ def candidate_features(
         cols += [
             count, pair("decayed"), pair("count_h"), pair("count_prev_h"), pair("season"), last, first_days,
             count / max(hist.n_baskets, 1.0), np.where(count >= 2, last / np.maximum(gap, 1.0), nan),
+            pair("baskets_since_last", nan), pair("count_last5"),
         ]
+        if len(h):
+            by_count = np.empty(len(h))
+            by_count[np.lexsort((v["last_days"], -v["count"]))] = np.arange(1, len(h) + 1)
+            by_recency = np.empty(len(h))
+            by_recency[np.lexsort((-v["count"], v["last_days"]))] = np.arange(1, len(h) + 1)
+            cols += [np.where(found, by_count[pos], nan), np.where(found, by_recency[pos], nan)]
+        else:
+            cols += [np.full(n, nan), np.full(n, nan)]
+        cols += [pair("count_30d"), pair("count_180d"), pair("count_365d")]
+        if "quantity" in v:
+            qty, q_last = pair("quantity", nan), pair("quantity_last", nan)
+            per_basket = qty / np.maximum(count, 1.0)
+            cols += [np.log1p(qty), np.log1p(per_basket), np.log1p(q_last), q_last / per_basket]
+        else:
+            cols += [np.full(n, nan)] * 4
+        if "amount" in v:
+            amount = pair("amount", nan)
+            cols.append(np.log1p(amount))
+            paid = amount / pair("quantity", nan) if "quantity" in v else np.full(n, nan)
+            cols.append(paid / items.price[union])
+        else:
+            cols += [np.full(n, nan)] * 2
         # user × category
         cats = items.category[union]
         hcat = items.category[h] if len(h) else np.empty(0, np.int64)
