@@ -56,7 +56,8 @@ def _days(ts):
 
 
 def _cnt(cond):
-    return ibis.ifelse(cond, 1, 0).cast("int64").sum()
+    """Rows where ``cond`` holds (a filtered count: no per-row CASE and no wide integer sum)."""
+    return cond.count(where=cond)
 
 
 def _zero():
@@ -64,7 +65,8 @@ def _zero():
 
 
 def _sum(cond, value):
-    return ibis.ifelse(cond, value.cast("float64"), _zero()).sum()
+    """Sum of ``value`` where ``cond`` holds; NULL where it holds on no row (callers fill 0 where needed)."""
+    return value.cast("float64").sum(where=cond)
 
 
 def _null():
@@ -111,10 +113,18 @@ def _bucketed(x, cal: dict):
 
 
 def _accumulate(per_bucket, cal: dict, keys: list[str], cum_aggs):
-    """Combine per-bucket aggregates (``keys`` + ``c``) over the buckets at or before each cutoff."""
-    jj = per_bucket.join(cal["acc"], "c")
-    out = jj.group_by([*keys, "c_at"]).aggregate(**cum_aggs(jj))
-    return out.rename(c="c_at")
+    """Combine per-bucket aggregates (``keys`` + ``c``) over the buckets at or before each cutoff.
+
+    Running aggregates over each customer's buckets (a window ordered by bucket), then each running
+    row is copied to the cutoffs from its bucket up to the customer's next bucket: one row per
+    (customer, cutoff) with no second aggregation over the copies.
+    """
+    w = ibis.cumulative_window(group_by=keys, order_by="c")
+    run = per_bucket.select(*keys, "c", **{k: v.over(w) for k, v in cum_aggs(per_bucket).items()},
+                            c_next=per_bucket.c.lead().over(group_by=keys, order_by="c"))
+    acc = cal["acc"]
+    jj = run.join(acc, [run.c == acc.c, run.c_next.isnull() | (acc.c_at < run.c_next)])
+    return jj.select(*keys, c=jj.c_at, **{k: jj[k] for k in cum_aggs(per_bucket)})
 
 
 def to_day(value) -> int:
@@ -278,13 +288,12 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if has_categories:
         items = t["items"].select("item_id", "category")
         items = items.filter(items.category.notnull())
-        pc = pi.join(items, pi.item_id == items.item_id)
-        cat_day = pc.group_by(["customer_id", "category", "day"]).aggregate(spend=pc.amount.sum())
+        pc = pi.select("customer_id", "item_id", "amount", "day").join(items, "item_id")
         # spend per (customer, category, bucket), accumulated over the buckets of the category;
         # spend never decreases, so the top category's spend at a cutoff is the largest running
         # spend of any category in any bucket up to it: everything accumulates per (customer, bucket)
-        jb = _bucketed(cat_day, cal)
-        cb = jb.group_by(["customer_id", "category", "c"]).aggregate(spend=jb.spend.sum())
+        jb = _bucketed(pc, cal)
+        cb = jb.group_by(["customer_id", "category", "c"]).aggregate(spend=jb.amount.sum())
         w = ibis.cumulative_window(group_by=["customer_id", "category"], order_by="c")
         cb = cb.mutate(run=cb.spend.sum().over(w), first=(ibis.row_number().over(w) == 0).cast("int64"))
         per_bucket = cb.group_by(["customer_id", "c"]).aggregate(
@@ -382,9 +391,12 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             key_sets.append(cs.select("customer_id", "c"))
         base = ibis.union(*key_sets, distinct=True)
         base = base.join(cuts, "c").select(base.customer_id, base.c, cuts.cyear, cuts.avail)
-    else:
+        ow = a_win
+    else:  # the eligible rows of the window part are the population: its columns come without a join
         elig = a_win.filter(a_win.n_elig > 0)
-        base = elig.join(cuts, "c").select(elig.customer_id, elig.c, cuts.cyear, cuts.avail)
+        base = elig.join(cuts, "c").select(elig, cuts.cyear, cuts.avail)
+        parts = [x for x in parts if x is not a_win]
+        ow = base
 
     joined = base
     for part in parts:
@@ -392,7 +404,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if cust is not None:
         joined = joined.left_join(cust, "customer_id")
     cols = {"customer_id": base.customer_id, "c": base.c}
-    o, ow, ret, d, it, lb = a_orders, a_win, a_ret, a_days, a_items, a_label
+    o, ret, d, it, lb = a_orders, a_ret, a_days, a_items, a_label
     c = base.c
     z = _zero()
 
@@ -423,7 +435,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         feats[f"spend_{w}d"] = f(getattr(ow, f"s_{w}").fill_null(0.0))
     feats |= {
         "orders_trend_90d": _ratio(ow.n_90, ow.n_prev90),
-        "spend_trend_90d": _ratio(ow.s_90, ow.spend_prev90),
+        "spend_trend_90d": _ratio(ow.s_90.fill_null(0.0), ow.spend_prev90),
         "gap_mean_days": gap_mean,
         "gap_std_days": ibis.ifelse(f(d.gap_n) >= 2, ibis.greatest(gap_var, z).sqrt(), _null()),
         "recency_gap_ratio": recency / gap_mean.nullif(0.0),
@@ -577,14 +589,25 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
     try:
         expr = snapshot_expr(t, cuts, facts, horizon_days, eligibility_days, include_ineligible, extras=extras,
                              stage=stage, stage_parts=stage, cal=cal)
-        df = expr.to_pandas()
+        df, presorted = _fetch(con, expr)
     finally:
         for table in cached:
             try:
                 table.release()
             except Exception:  # noqa: BLE001 - a failed release must not hide the result or the real error
                 pass
-    return _finish(df, extras)
+    return _finish(df, extras, presorted)
+
+
+def _fetch(con, expr) -> tuple[pd.DataFrame, bool]:
+    """The result as a pandas frame, and whether it is already in the output order (cutoff, customer).
+
+    DuckDB: sorted by the query and fetched as Arrow (Ibis's own pandas conversion, and a pandas
+    sort of the wide frame, each cost more than the sort in DuckDB); ``_finish`` sets the dtypes.
+    """
+    if engine_of(con) == "duckdb":
+        return expr.order_by(["c", "customer_id"]).to_pyarrow().to_pandas(), True
+    return expr.to_pandas(), False
 
 
 def _small_table(con, df: pd.DataFrame):
@@ -596,18 +619,21 @@ def _small_table(con, df: pd.DataFrame):
     return ibis.memtable(df)
 
 
-def _finish(df: pd.DataFrame, extras: bool = False) -> pd.DataFrame:
-    df = df.copy()
-    df["cutoff"] = from_day(df.pop("c").to_numpy())
-    df["customer_id"] = df["customer_id"].astype("string")
+def _finish(df: pd.DataFrame, extras: bool = False, presorted: bool = False) -> pd.DataFrame:
+    df.insert(1, "cutoff", from_day(df.pop("c").to_numpy()))
+    string, double, boolean = (pd.api.types.pandas_dtype(x) for x in ("string", "float64", "bool"))
+    dtypes = {"customer_id": string, "eligible": boolean, "label_available": boolean, "churned": double}
     for name in catalog.feature_names():
-        spec = catalog.FEATURES[name]
-        df[name] = df[name].astype("string") if spec.dtype == "category" else df[name].astype("float64")
-    df["eligible"] = df["eligible"].astype(bool)
-    df["label_available"] = df["label_available"].astype(bool)
-    df["churned"] = df["churned"].astype("float64")
+        dtypes[name] = string if catalog.FEATURES[name].dtype == "category" else double
+    for name, dtype in dtypes.items():  # only the columns that need it (replacing a column copies);
+        if repr(df[name].dtype) != repr(dtype):  # repr: "str" == "string" for pandas, not for us
+            df[name] = df[name].astype(dtype)
     cols = OUTPUT_COLUMNS + (EXTRA_COLUMNS if extras else [])
-    return df[cols].sort_values(["cutoff", "customer_id"], kind="stable").reset_index(drop=True)
+    if list(df.columns) != cols:
+        df = df[cols]
+    if not presorted:
+        df = df.sort_values(["cutoff", "customer_id"], kind="stable")
+    return df.reset_index(drop=True)
 
 
 def summary(snap: pd.DataFrame) -> dict:
