@@ -306,7 +306,12 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     a_views = None
     has_vc = facts["has_views"] or facts["has_carts"]
     if has_vc:
-        vc = ev.filter(ev.event_type.isin(["view", "cart"]))
+        # rows on or after the last cutoff serve no feature; rows more than 90 days before the first
+        # cutoff serve only the first bucket's last/first view: their day becomes one day of that
+        # bucket outside every window, so they form one group per customer (fewer groups than days)
+        first_c, last_c = float(facts["first_cutoff"]), float(facts["last_cutoff"])
+        vc = ev.filter(ev.event_type.isin(["view", "cart"]) & (ev.day < last_c))
+        vc = vc.mutate(day=ibis.ifelse(vc.day >= first_c - 90.0, vc.day, ibis.literal(first_c - 91.0).cast("float64")))
         is_v = vc.event_type == "view"
         vday = vc.group_by(["customer_id", "day"]).aggregate(
             nv=_cnt(is_v), nk=_cnt(~is_v), last_v=ibis.ifelse(is_v, vc.t, _null()).max(), first=vc.t.min()
@@ -575,6 +580,7 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
     t = load_tables(con, source)
     facts = _data_facts(t)
     cut_df = _cutoff_table(cutoffs, facts, horizon_days)
+    facts |= {"first_cutoff": float(cut_df["c"].min()), "last_cutoff": float(cut_df["c"].max())}
     cuts = _small_table(con, cut_df)
     cal = {name: _small_table(con, df) for name, df in _calendar(cut_df, facts, horizon_days).items()}
     cached = []
