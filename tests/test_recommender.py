@@ -310,6 +310,20 @@ def test_baselines_and_pickle(fitted, tmp_path):
     pd.testing.assert_frame_equal(again.recommend(["u5"], k=7), rec.recommend(["u5"], k=7))
 
 
+def test_ranker_bags_average_several_boosters():
+    inter = synthetic_interactions()
+    params = dict(als_factors=8, als_iterations=5, n_candidates=20, rank_depth=40, ranker_n_estimators=20,
+                  show_progress=False)
+    one = Recommender(**params).fit(inter)
+    bagged = Recommender(ranker_bags=3, **params).fit(inter)
+    assert len(bagged.rankers_["all"]) == 3 and bagged.ranker_info_["all"]["bags"] == 3
+    assert len(one.rankers_["all"]) == 1
+    # the first bag is the single model; the average of three differs from it but answers the same shape
+    a, b = one.recommend_one("u0", k=5), bagged.recommend_one("u0", k=5)
+    assert len(a) == len(b) == 5
+    assert [x["score"] for x in a] != [x["score"] for x in b]
+
+
 def test_fit_without_timestamps_and_tune():
     inter = synthetic_interactions(n_users=150, with_time=False)
     rec = Recommender(generators=("als", "bm25", "ease", "popular"), als_iterations=3, ranker_n_estimators=20,

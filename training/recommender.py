@@ -168,6 +168,7 @@ class Recommender(BaseEstimator):
         ranker_learning_rate: float = 0.05,
         ranker_num_leaves: int = 31,
         ranker_negatives: int = 60,
+        ranker_bags: int = 1,
         segment_col: str | None = None,
         random_state: int = 0,
         num_threads: int = 0,
@@ -197,6 +198,7 @@ class Recommender(BaseEstimator):
         self.ranker_learning_rate = ranker_learning_rate
         self.ranker_num_leaves = ranker_num_leaves
         self.ranker_negatives = ranker_negatives
+        self.ranker_bags = ranker_bags
         self.segment_col = segment_col
         self.random_state = random_state
         self.num_threads = num_threads
@@ -412,29 +414,36 @@ class Recommender(BaseEstimator):
         return out
 
     def _fit_ranker(self, xs: list, ys: list, groups: list):
+        """LambdaRank boosters (``ranker_bags`` of them, each on its own sample of negatives and
+        seed; their scores are averaged), or None with the reason when there is too little data."""
         info = {"queries": len(groups), "rows": int(sum(groups)), "positives": int(sum(int(y.sum()) for y in ys))}
         if len(groups) < 10:
             return None, {**info, "used": False, "reason": "fewer than 10 labelled users"}
         import lightgbm as lgb
 
-        rng = np.random.default_rng(self.random_state)
-        X, Y, G = [], [], []
-        for x, y in zip(xs, ys):
-            n_neg = len(y) - int(y.sum())
-            if self.ranker_negatives and n_neg > self.ranker_negatives:  # keep every positive, sample negatives
-                sel = y.astype(bool) | (rng.random(len(y)) < self.ranker_negatives / n_neg)
-                x, y = x[sel], y[sel]
-            X.append(x)
-            Y.append(y)
-            G.append(len(y))
-        ranker = lgb.LGBMRanker(
-            objective="lambdarank", n_estimators=self.ranker_n_estimators, learning_rate=self.ranker_learning_rate,
-            num_leaves=self.ranker_num_leaves, min_child_samples=50, subsample=0.8, subsample_freq=1,
-            colsample_bytree=0.8, max_bin=63, lambdarank_truncation_level=20, random_state=self.random_state,
-            n_jobs=self.num_threads or 1, verbose=-1,
-        )
-        ranker.fit(np.vstack(X), np.concatenate(Y), group=G, feature_name=feature_names(list(self.generators)))
-        return ranker.booster_, {**info, "used": True, "train_rows": int(sum(G))}
+        boosters, train_rows = [], 0
+        for bag in range(max(int(self.ranker_bags), 1)):
+            seed = self.random_state + bag
+            rng = np.random.default_rng(seed)
+            X, Y, G = [], [], []
+            for x, y in zip(xs, ys):
+                n_neg = len(y) - int(y.sum())
+                if self.ranker_negatives and n_neg > self.ranker_negatives:  # every positive, a sample of negatives
+                    sel = y.astype(bool) | (rng.random(len(y)) < self.ranker_negatives / n_neg)
+                    x, y = x[sel], y[sel]
+                X.append(x)
+                Y.append(y)
+                G.append(len(y))
+            ranker = lgb.LGBMRanker(
+                objective="lambdarank", n_estimators=self.ranker_n_estimators, learning_rate=self.ranker_learning_rate,
+                num_leaves=self.ranker_num_leaves, min_child_samples=50, subsample=0.8, subsample_freq=1,
+                colsample_bytree=0.8, max_bin=63, lambdarank_truncation_level=20, random_state=seed,
+                n_jobs=self.num_threads or 1, verbose=-1,
+            )
+            ranker.fit(np.vstack(X), np.concatenate(Y), group=G, feature_name=feature_names(list(self.generators)))
+            boosters.append(ranker.booster_)
+            train_rows += int(sum(G))
+        return boosters, {**info, "used": True, "train_rows": train_rows, "bags": len(boosters)}
 
     def _user_rows(self, state: _State, scores: list[np.ndarray], hist: UserHistory, exclude_seen: bool, blocked):
         """Candidates of one user and their features (``blocked``: boolean item mask or None)."""
@@ -490,9 +499,12 @@ class Recommender(BaseEstimator):
 
     def _rank(self, state: _State, scores: list[np.ndarray], hist: UserHistory, k: int, exclude_seen: bool, blocked) -> tuple:
         union, x, ranks, best = self._user_rows(state, scores, hist, exclude_seen, blocked)
-        booster = self.rankers_.get("new" if exclude_seen else "all")
-        if booster is not None and len(union):
-            s = booster.predict(x, num_threads=1)
+        boosters = self.rankers_.get("new" if exclude_seen else "all")
+        if boosters is not None and len(union):
+            boosters = boosters if isinstance(boosters, list) else [boosters]  # models saved before bagging
+            s = boosters[0].predict(x, num_threads=1)
+            for b in boosters[1:]:
+                s = s + b.predict(x, num_threads=1)
         else:
             s = (1.0 / (RRF_K + ranks)).sum(axis=0)
         order = np.argsort(-s, kind="stable")[:k]
