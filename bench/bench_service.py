@@ -427,10 +427,6 @@ def prepare(ws: Path, customers: int, seed: int = 7) -> None:
         subprocess.run(crmml + args + ["--workspace", str(ws)], cwd=REPO, env=env, check=True, timeout=3600)
 
 
-class _Skip(Exception):
-    """The remaining runs were not asked for."""
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workspace", type=Path, help="workspace with champions (default: a temporary one, see --prepare)")
@@ -500,23 +496,20 @@ def main(argv: list[str] | None = None) -> dict:
         results["recommendation_cache"] = meta["data"]["store"].get("recommendation_cache")
         crmml.stop()
         procs.remove(crmml)
-        if "mlflow" not in only:
-            raise _Skip
-        ml, ml_url = start_mlflow(ws, tmp)
-        procs.append(ml)
-        probe = httpx.post(ml_url + "/invocations", json=inputs["mlflow_payload"], timeout=30)
-        if probe.status_code != 200:
-            raise RuntimeError(f"mlflow /invocations answered {probe.status_code}: {probe.text[:500]}")
-        results["mlflow_probe"] = probe.json()
-        measure("MlflowUser", ml_url, "mlflow", ml)
-        ml.stop()
-        procs.remove(ml)
+        if "mlflow" in only:
+            ml, ml_url = start_mlflow(ws, tmp)
+            procs.append(ml)
+            probe = httpx.post(ml_url + "/invocations", json=inputs["mlflow_payload"], timeout=30)
+            if probe.status_code != 200:
+                raise RuntimeError(f"mlflow /invocations answered {probe.status_code}: {probe.text[:500]}")
+            results["mlflow_probe"] = probe.json()
+            measure("MlflowUser", ml_url, "mlflow", ml)
+            ml.stop()
+            procs.remove(ml)
         if args.no_cache_run:
             crmml, url = start_crmml(ws, key, tmp, {"CRMML_REC_CACHE": "0"})
             procs.append(crmml)
             measure("RecommendUser", url, "recommend_nocache", crmml)
-    except _Skip:
-        pass
     finally:
         for p in procs:
             p.stop()

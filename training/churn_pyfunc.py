@@ -50,23 +50,6 @@ class ChurnPyfunc(PythonModel):
         return out
 
 
-def _requirements() -> list[str]:
-    try:
-        from training import registry
-
-        return registry.pip_requirements(*PIP_PACKAGES)
-    except Exception:  # registry not available: pin from installed metadata directly
-        from importlib import metadata
-
-        out = []
-        for pkg in PIP_PACKAGES:
-            try:
-                out.append(f"{pkg}=={metadata.version(pkg)}")
-            except metadata.PackageNotFoundError:
-                out.append(pkg)
-        return out
-
-
 def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: int = 3):
     """Log ``model`` (a fitted ChurnModel) as a pyfunc in the active MLflow run; returns the ModelInfo.
 
@@ -77,6 +60,8 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
     import joblib
     import mlflow
     from mlflow.models import infer_signature
+
+    from training.registry import pip_requirements
 
     cols = ["customer_id"] if "customer_id" in input_example.columns else []
     cols += [c for c in model.feature_names_ if c in input_example.columns]
@@ -100,7 +85,7 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
             code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=pip_requirements(*PIP_PACKAGES),
         )
 
 

@@ -61,23 +61,6 @@ class RecommenderPyfunc(PythonModel):
         return out
 
 
-def _requirements() -> list[str]:
-    try:
-        from training import registry
-
-        return registry.pip_requirements(*PIP_PACKAGES)
-    except Exception:  # registry not available: pin from installed metadata directly
-        from importlib import metadata
-
-        out = []
-        for pkg in PIP_PACKAGES:
-            try:
-                out.append(f"{pkg}=={metadata.version(pkg)}")
-            except metadata.PackageNotFoundError:
-                out.append(pkg)
-        return out
-
-
 def log_recommender(model, metrics: dict | None = None, name: str = "model", example_users: list[str] | None = None):
     """Log ``model`` (a fitted Recommender) as a pyfunc in the active MLflow run; returns the ModelInfo.
 
@@ -89,6 +72,8 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
     import joblib
     import mlflow
     from mlflow.models import infer_signature
+
+    from training.registry import pip_requirements
 
     if metrics:
         import math
@@ -115,7 +100,7 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
             code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=pip_requirements(*PIP_PACKAGES),
         )
 
 

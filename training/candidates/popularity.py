@@ -36,17 +36,15 @@ def distinct_users(data: FitData, max_age_days: float | None = None, min_age_day
     return np.bincount(pairs % data.n_items, minlength=data.n_items).astype(np.float64)
 
 
-class PopularityGenerator(CandidateGenerator):
-    name = "popular"
+class GlobalScoreGenerator(CandidateGenerator):
+    """A generator whose scores are the same for every user: ``fit`` sets them with
+    :meth:`_set_scores`, which also keeps their order (candidates are then a prefix of it)."""
+
     positive_only = True
 
-    def __init__(self, window_days: float | None = None):
-        self.window_days = window_days
-
-    def fit(self, data: FitData) -> PopularityGenerator:
-        self.scores_ = np.log1p(distinct_users(data, self.window_days)).astype(np.float32)
+    def _set_scores(self, scores: np.ndarray) -> None:
+        self.scores_ = np.asarray(scores).astype(np.float32)
         self.order_ = np.argsort(-self.scores_, kind="stable")
-        return self
 
     def candidate_order(self, segment: int = -1) -> np.ndarray:
         return self.order_
@@ -55,9 +53,19 @@ class PopularityGenerator(CandidateGenerator):
         return broadcast_rows(self.scores_, len(query))
 
 
-class TrendingGenerator(CandidateGenerator):
+class PopularityGenerator(GlobalScoreGenerator):
+    name = "popular"
+
+    def __init__(self, window_days: float | None = None):
+        self.window_days = window_days
+
+    def fit(self, data: FitData) -> PopularityGenerator:
+        self._set_scores(np.log1p(distinct_users(data, self.window_days)))
+        return self
+
+
+class TrendingGenerator(GlobalScoreGenerator):
     name = "trending"
-    positive_only = True
 
     def __init__(self, recent_days: float = 30.0, baseline_days: float = 180.0):
         self.recent_days = recent_days
@@ -68,15 +76,8 @@ class TrendingGenerator(CandidateGenerator):
         base = distinct_users(data, self.recent_days + self.baseline_days, min_age_days=self.recent_days)
         ratio = (recent + 1.0) / (base * self.recent_days / self.baseline_days + 1.0)
         self.ratio_ = ratio.astype(np.float32)
-        self.scores_ = (ratio * np.log1p(recent)).astype(np.float32)
-        self.order_ = np.argsort(-self.scores_, kind="stable")
+        self._set_scores(ratio * np.log1p(recent))
         return self
-
-    def candidate_order(self, segment: int = -1) -> np.ndarray:
-        return self.order_
-
-    def score(self, query: Query) -> np.ndarray:
-        return broadcast_rows(self.scores_, len(query))
 
 
 class SegmentPopularityGenerator(CandidateGenerator):
@@ -119,9 +120,8 @@ class SegmentPopularityGenerator(CandidateGenerator):
         return out
 
 
-class SeasonalGenerator(CandidateGenerator):
+class SeasonalGenerator(GlobalScoreGenerator):
     name = "seasonal"
-    positive_only = True
 
     def __init__(self, value: str = "season"):
         self.value = value
@@ -132,12 +132,5 @@ class SeasonalGenerator(CandidateGenerator):
             users = np.bincount(m.indices[m.values[self.value] > 0], minlength=data.n_items)
         else:
             users = np.zeros(data.n_items)
-        self.scores_ = np.log1p(users).astype(np.float32)
-        self.order_ = np.argsort(-self.scores_, kind="stable")
+        self._set_scores(np.log1p(users))
         return self
-
-    def candidate_order(self, segment: int = -1) -> np.ndarray:
-        return self.order_
-
-    def score(self, query: Query) -> np.ndarray:
-        return broadcast_rows(self.scores_, len(query))
