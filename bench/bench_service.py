@@ -34,13 +34,13 @@ import csv
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pipelines.processes import HOST, ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -52,12 +52,6 @@ MARK_END = "<!-- bench_service:end -->"
 # --------------------------------------------------------------------------------------------
 # processes
 # --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def base_env(ws: Path) -> dict:
     env = dict(os.environ)
     env.update({
@@ -76,76 +70,25 @@ def niced(cmd: list[str]) -> list[str]:
     return ["nice", "-n", str(NICE), *cmd] if NICE else cmd
 
 
-class Proc:
-    def __init__(self, cmd: list[str], env: dict, log: Path):
-        self.log = log
-        self.proc = subprocess.Popen(niced(cmd), cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_http(self, url: str, timeout: float = 300.0, ok=lambda r: r.status_code == 200) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode}: {self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                if ok(httpx.get(url, timeout=2)):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{url} not up after {timeout} s")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of this process and all its descendants so far."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
-
-
-def start_crmml(ws: Path, key: str, logdir: Path, extra_env: dict | None = None) -> tuple[Proc, str]:
+def start_crmml(ws: Path, key: str, logdir: Path, extra_env: dict | None = None) -> tuple[ServerProcess, str]:
     port = free_port()
     env = {**base_env(ws), "CRMML_API_KEY": key, **(extra_env or {})}
-    proc = Proc([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workspace", str(ws),
-                 "--reload-seconds", "0"], env, logdir / f"crmml_{port}.log")
-    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--workspace", str(ws), "--reload-seconds", "0"]
+    proc = ServerProcess(niced(cmd), env, logdir / f"crmml_{port}.log", cwd=REPO)
+    url = f"http://{HOST}:{port}"
     proc.wait_http(url + "/readyz")
     return proc, url
 
 
-def start_mlflow(ws: Path, logdir: Path) -> tuple[Proc, str]:
+def start_mlflow(ws: Path, logdir: Path) -> tuple[ServerProcess, str]:
     from training.registry import tracking_uri
 
     port = free_port()
     env = {**base_env(ws), "MLFLOW_TRACKING_URI": tracking_uri(ws)}
-    proc = Proc([str(BIN / "mlflow"), "models", "serve", "-m", "models:/crmml-churn@champion", "--env-manager",
-                 "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env, logdir / f"mlflow_{port}.log")
-    url = f"http://127.0.0.1:{port}"
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/crmml-churn@champion", "--env-manager", "local",
+           "-h", HOST, "-p", str(port), "-w", "1"]
+    proc = ServerProcess(niced(cmd), env, logdir / f"mlflow_{port}.log", cwd=REPO)
+    url = f"http://{HOST}:{port}"
     proc.wait_http(url + "/ping")
     return proc, url
 
@@ -288,8 +231,8 @@ NAMES = {
 def _table(results: dict) -> list[str]:
     by = {r["label"]: r for r in results["runs"]}
     lines = [
-        "| endpoint | load | requests/s | p50 ms | p99 ms | errors | p99 ms incl. first 5 s | server CPU ms / request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | load | requests/s | p50 ms | p99 ms | errors | p99 ms incl. first 5 s | server CPU ms / request | server RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label in NAMES:
         for mode in ("saturation", "paced"):
@@ -303,7 +246,7 @@ def _table(results: dict) -> list[str]:
             lines.append(
                 f"| {NAMES[label]} | {load} | {rps:.0f} | {p50:.1f} | {p99:.1f} | "
                 f"{r['failures']} of {r['requests']:,} | {r['p99_ms']:.0f} | "
-                f"{r.get('server_cpu_ms_per_request', float('nan')):.2f} |"
+                f"{r.get('server_cpu_ms_per_request', float('nan')):.2f} | {r.get('server_rss_mib', '-')} |"
             )
     return lines
 
@@ -350,7 +293,8 @@ def markdown(results: dict | list[dict]) -> str:
         "independently of the others (the latency a page view sees at that load). Requests/s and percentiles "
         "are steady state: every request is recorded and the first 5 s of each run (users spawning, "
         "connections opening) are left out; errors count all requests, and locust's own p99 over the whole "
-        "run is given too.",
+        "run is given too. Server RSS: resident memory of all the server's processes (supervisor and worker) "
+        "after the run.",
         "",
     ]
     for n, res in enumerate(runs):
@@ -465,11 +409,11 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"date": "2026-11-23", "users": args.users, "seconds": args.seconds, "runs": [],
                      "inputs": {k: inputs[k] for k in ("customers", "as_of", "mlflow_customer")},
                      "load_before": load_average(), "code": code_version(), "rate": args.rate, "nice": args.nice}
-    procs: list[Proc] = []
+    procs: list[ServerProcess] = []
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
 
-    def measure(user_class: str, host: str, label: str, server: Proc) -> None:
+    def measure(user_class: str, host: str, label: str, server: ServerProcess) -> None:
         if label.split("_")[0] not in only:
             return
         for mode, rate in (("saturation", 0.0), ("paced", args.rate)):
@@ -477,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = run_locust(user_class, host, args.users, args.seconds, rate, data_file, key, tmp, f"{label}_{mode}")
             r["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
             r["server_cpu_ms_per_request"] = round(1000 * r["server_cpu_s"] / max(r["requests"], 1), 3)
+            r["server_rss_mib"] = round(server.rss_bytes() / 2**20)  # every process of the server, after the load
             r["load_average"] = load_average()
             results["runs"].append(r)
             print(f"{label:18s} {mode:10s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "

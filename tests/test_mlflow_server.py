@@ -3,68 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+
+from pipelines.processes import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "mlflow" / "server.sh"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> list[psutil.Process]:
-    """SIGTERM the server's process group and every child by pid; SIGKILL what is left. Returns them all."""
-    try:
-        root = psutil.Process(proc.pid)
-        procs = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        procs = []
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    return procs
-
-
 @pytest.mark.slow
 def test_server_script_logs_a_run_over_http_and_stops(tmp_path):
     ws = tmp_path / "ws"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PORT": str(port),
@@ -72,17 +26,11 @@ def test_server_script_logs_a_run_over_http_and_stops(tmp_path):
     }
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "HOST"):
         env.pop(var, None)
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        ["bash", str(SCRIPT), str(ws)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    server = ServerProcess(["bash", str(SCRIPT), str(ws)], env, tmp_path / "server.log")
+    proc = server.proc
     procs: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 180
-        while not _healthy(port):
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not answer /health"
-            time.sleep(0.5)
+        server.wait_http(f"http://127.0.0.1:{port}/health", timeout=180)
         # exec: the pid we started is mlflow itself, listening on loopback only
         cmdline = " ".join(psutil.Process(proc.pid).cmdline())
         assert "mlflow" in cmdline and "server" in cmdline and "--workers 1" in cmdline, cmdline
@@ -116,8 +64,7 @@ def test_server_script_logs_a_run_over_http_and_stops(tmp_path):
         assert (ws / "mlflow.db").exists()
         assert list((ws / "mlartifacts").rglob("lineage.json"))
     finally:
-        procs = _stop(proc)
-        log.close()
+        procs = server.stop()
     assert proc.returncode is not None
     assert procs, "no server processes were seen"
     left = [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -130,4 +77,5 @@ def test_server_script_logs_a_run_over_http_and_stops(tmp_path):
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
     assert not group, f"processes left in the server's group: {group}"
-    assert not _healthy(port)
+    with pytest.raises(httpx.ConnectError):  # nothing listens on the port any more
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from pipelines.processes import ServerProcess, free_port
 
 # this process imports bentoml (serving.service) for the fast tests: never with the default ~/bentoml
 os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"crmml-test-bentoml-{os.getuid()}"))
@@ -161,12 +161,6 @@ def test_schemas_limits():
 # ============================================================================================
 # the real service
 # ============================================================================================
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _base_env(ws: Path, extra: dict | None = None) -> dict:
     env = dict(os.environ)
     for k in ("CRMML_API_KEY", "CRMML_AUTH", "MLFLOW_TRACKING_URI", "CRMML_RELOAD_SECONDS"):
@@ -180,50 +174,22 @@ def _base_env(ws: Path, extra: dict | None = None) -> dict:
     return env
 
 
-class Server:
+class Server(ServerProcess):
     """``crmml serve`` on a free loopback port, in its own process group."""
 
     def __init__(self, ws: Path, log: Path, env: dict | None = None, args: tuple = ()):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
         cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(self.port), "--workspace", str(ws), *args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=_base_env(ws, env), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
+        super().__init__(cmd, _base_env(ws, env), log, cwd=REPO)
 
     def wait_ready(self, timeout: float = 240.0) -> "Server":
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                r = httpx.get(self.url + "/readyz", timeout=2)
-                if r.status_code == 200 and r.json().get("ready"):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"service not ready after {timeout} s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
+        try:
+            self.wait_http(self.url + "/readyz", timeout, ok=lambda r: r.status_code == 200 and r.json().get("ready"))
+        except RuntimeError as exc:
+            self.stop()
+            raise AssertionError(str(exc)) from None
+        return self
 
 
 # -- champions --------------------------------------------------------------------------------
@@ -517,9 +483,7 @@ def test_registry_unreachable_serves_the_last_imported_versions(shop):
          f"resolve_champions(Workspace({str(shop['ws'].root)!r}))"],
         cwd=REPO, env=_base_env(shop["ws"].root), check=True, capture_output=True, timeout=300,
     )
-    with socket.socket() as s:  # a loopback port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # a loopback port with nothing listening
     srv = Server(shop["ws"].root, shop["root"] / "server_offline.log",
                  {"CRMML_API_KEY": KEY, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead}"}, ("--reload-seconds", "0"))
     try:
@@ -553,19 +517,14 @@ def test_refuses_to_start_without_models(shop, tmp_path):
 def test_service_refuses_to_start_without_a_key(shop, tmp_path):
     """``bentoml serve`` directly, no CRMML_API_KEY and no CRMML_AUTH=off: the service stops itself."""
     env = _base_env(shop["ws"].root, {"CRMML_WORKSPACE": str(shop["ws"].root)})
-    port = _free_port()
     log = tmp_path / "nokey.log"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:CrmmlService", "--host", "127.0.0.1",
-         "--port", str(port)], cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    srv = ServerProcess([str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:CrmmlService",
+                         "--host", "127.0.0.1", "--port", str(free_port())], env, log, cwd=REPO)
     try:
-        proc.wait(timeout=120)
+        srv.proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         pass
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = log.read_text(errors="replace")
+        srv.stop()
+    text = srv.tail(100_000)
     assert "refusing to start" in text and "CRMML_API_KEY" in text, text[-3000:]
