@@ -55,6 +55,11 @@ def _days(ts):
     return ts.epoch_seconds().cast("float64") / 86400.0
 
 
+def _day(ts):
+    """The day (as ``floor(_days(ts))``) of a timestamp, from its date: cheaper per row than ``_days``."""
+    return ts.date().epoch_days().cast("float64")
+
+
 def _cnt(cond):
     """Rows where ``cond`` holds (a filtered count: no per-row CASE and no wide integer sum)."""
     return cond.count(where=cond)
@@ -127,6 +132,11 @@ def _accumulate(per_bucket, cal: dict, keys: list[str], cum_aggs):
     return jj.select(*keys, c=jj.c_at, **{k: jj[k] for k in cum_aggs(per_bucket)})
 
 
+def _timestamp(day: float):
+    """The timestamp literal of a (whole) day number."""
+    return ibis.timestamp(EPOCH + pd.Timedelta(days=day))
+
+
 def to_day(value) -> int:
     """Days since 1970-01-01 of the date of ``value`` (the cutoff is that date at 00:00)."""
     ts = pd.Timestamp(value).normalize()
@@ -169,14 +179,14 @@ def default_cutoffs(events: pd.DataFrame | None = None, horizon_days: int = DEFA
 # ------------------------------------------------------------------------------------------- query
 def _data_facts(t: dict) -> dict:
     ev = t["events"]
-    stats = ev.group_by("event_type").aggregate(
-        n=ev.count(), max_t=_days(ev.timestamp).max(), min_t=_days(ev.timestamp).min()
+    stats = ev.group_by("event_type").aggregate(  # min/max first: _days is monotone
+        n=ev.count(), max_t=_days(ev.timestamp.max()), min_t=_days(ev.timestamp.min())
     ).to_pandas()
     types = dict(zip(stats["event_type"], stats["n"]))
     mins = [stats["min_t"].min()]
     for name, col in (("tickets", "opened_at"), ("campaigns", "sent_at")):
         if name in t:
-            mins.append(_days(t[name][col]).min().to_pandas())
+            mins.append(_days(t[name][col].min()).to_pandas())
     mins = [float(m) for m in mins if m is not None and not pd.isna(m)]
     return {
         "min_day": math.floor(min(mins)) if mins else 0.0,
@@ -199,26 +209,22 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     h, el = float(horizon_days), float(eligibility_days)
     ev = t["events"]
     ev = ev.filter(ev.customer_id.notnull() & ev.timestamp.notnull())
-    ev = ev.select("customer_id", "item_id", "event_type", "quantity", "amount", "order_id",
-                   es=ev.timestamp.epoch_seconds())
-    ev = ev.mutate(t=ev.es.cast("float64") / 86400.0)
-    ev = ev.mutate(day=ev.t.floor().cast("float64"))
+    # times as float days are taken after min/max where possible (_days is monotone): fewer conversions
+    ev = ev.select("customer_id", "item_id", "event_type", "quantity", "amount", "order_id", "timestamp")
 
-    def with_order_key(lines):
-        return lines.mutate(okey=ibis.coalesce(lines.order_id, lines.customer_id.concat("@", lines.es.cast("string"))))
+    def per_order(lines, **aggs):
+        secs = lines.timestamp.epoch_seconds().cast("string")
+        okey = ibis.coalesce(lines.order_id, lines.customer_id.concat("@", secs))
+        x = lines.group_by(["customer_id", okey.name("okey"), _day(lines.timestamp).name("day")]).aggregate(
+            ts=lines.timestamp.min(), amount=lines.amount.sum(), lines=lines.count(), **aggs)
+        return x.mutate(t=_days(x.ts)).drop("ts")
 
-    purchases = stage(ev.filter(ev.event_type == "purchase"))
+    purchases = ev.filter(ev.event_type == "purchase").drop("event_type")
+    purchases = stage(purchases.mutate(day=_day(purchases.timestamp)))
 
     # orders (per day, see module doc) and return documents
-    po = with_order_key(purchases)
-    orders = po.group_by(["customer_id", "okey", "day"]).aggregate(
-        t=po.t.min(), amount=po.amount.sum(), units=po.quantity.sum(), lines=po.count()
-    )
-    orders = stage(orders)
-    rets = with_order_key(ev.filter(ev.event_type == "return"))
-    returns = rets.group_by(["customer_id", "okey", "day"]).aggregate(
-        t=rets.t.min(), amount=rets.amount.sum(), lines=rets.count()
-    )
+    orders = stage(per_order(purchases, units=purchases.quantity.sum()))
+    returns = per_order(ev.filter(ev.event_type == "return"))
 
     # All-history aggregates: per (customer, bucket) first, then accumulated together (see _cumulative)
     hist = []  # (per-bucket table keyed customer_id + c, function giving the accumulated aggregates)
@@ -279,8 +285,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
 
     # -- distinct items: first purchase of each (customer, item)
     pi = purchases.filter(purchases.item_id.notnull())
-    first_item = pi.group_by(["customer_id", "item_id"]).aggregate(t=pi.t.min())
-    first_item = first_item.mutate(day=first_item.t.floor().cast("float64"))
+    first_item = pi.group_by(["customer_id", "item_id"]).aggregate(ts=pi.timestamp.min())
+    first_item = first_item.mutate(day=_day(first_item.ts))
     cumulative(first_item, lambda x: dict(distinct_items=x.count()), lambda x: dict(distinct_items=x.distinct_items.sum()))
 
     # -- categories: spend per (customer, category) up to each cutoff
@@ -310,13 +316,15 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         # cutoff serve only the first bucket's last/first view: their day becomes one day of that
         # bucket outside every window, so they form one group per customer (fewer groups than days)
         first_c, last_c = float(facts["first_cutoff"]), float(facts["last_cutoff"])
-        vc = ev.filter(ev.event_type.isin(["view", "cart"]) & (ev.day < last_c))
-        vc = vc.mutate(day=ibis.ifelse(vc.day >= first_c - 90.0, vc.day, ibis.literal(first_c - 91.0).cast("float64")))
+        vc = ev.filter(ev.event_type.isin(["view", "cart"]) & (ev.timestamp < _timestamp(last_c)))
+        date = ibis.ifelse(vc.timestamp >= _timestamp(first_c - 90.0), vc.timestamp.date(),
+                           _timestamp(first_c - 91.0).date())
         is_v = vc.event_type == "view"
-        vday = vc.group_by(["customer_id", "day"]).aggregate(
-            nv=_cnt(is_v), nk=_cnt(~is_v), last_v=ibis.ifelse(is_v, vc.t, _null()).max(), first=vc.t.min()
+        vday = vc.group_by(["customer_id", date.name("date")]).aggregate(
+            nv=_cnt(is_v), nk=_cnt(~is_v), last_v=vc.timestamp.max(where=is_v), first=vc.timestamp.min()
         )
-        vday = stage(vday)
+        vday = stage(vday.select("customer_id", "nv", "nk", day=vday.date.epoch_days().cast("float64"),
+                                 last_v=_days(vday.last_v), first=_days(vday.first)))
         jv = _windowed(vday, cal, 90.0)
         vsince = jv.c - jv.day
         a_views = jv.group_by(["customer_id", "c"]).aggregate(
@@ -610,9 +618,10 @@ def _fetch(con, expr) -> tuple[pd.DataFrame, bool]:
 
     DuckDB: sorted by the query and fetched as Arrow (Ibis's own pandas conversion, and a pandas
     sort of the wide frame, each cost more than the sort in DuckDB); ``_finish`` sets the dtypes.
+    ``split_blocks``: one block per column, no copy into a 2-D block (0.5 s on 10M events).
     """
     if engine_of(con) == "duckdb":
-        return expr.order_by(["c", "customer_id"]).to_pyarrow().to_pandas(), True
+        return expr.order_by(["c", "customer_id"]).to_pyarrow().to_pandas(split_blocks=True), True
     return expr.to_pandas(), False
 
 
