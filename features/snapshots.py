@@ -206,8 +206,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
                   include_ineligible: bool, extras: bool = False, stage=None, stage_parts=None, cal=None):
     """The Ibis expression of the snapshot table (columns ``customer_id``, ``c`` (cutoff day) + features).
 
-    ``stage(table)`` / ``stage_parts(table)`` may materialise an intermediate table (``Table.cache()``);
-    identity by default.
+    ``stage(table)`` / ``stage_parts(table)`` may materialise an intermediate table (``Table.cache()``;
+    ``stage_parts`` for the per-(customer, cutoff) parts read twice); identity by default.
     """
     stage = stage or (lambda x: x)
     stage_parts = stage_parts or (lambda x: x)
@@ -224,12 +224,15 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
             ts=lines.timestamp.min(), amount=lines.amount.sum(), lines=lines.count(), **aggs)
         return x.mutate(t=_days(x.ts)).drop("ts")
 
-    purchases = ev.filter(ev.event_type == "purchase").drop("event_type")
-    purchases = stage(purchases.mutate(day=_day(purchases.timestamp)))
+    # purchase and return lines, one table: one scan of the events for both
+    lines = ev.filter(ev.event_type.isin(["purchase", "return"]))
+    lines = stage(lines.select("customer_id", "item_id", "quantity", "amount", "order_id", "timestamp",
+                               is_return=lines.event_type == "return", day=_day(lines.timestamp)))
+    purchases = lines.filter(~lines.is_return)
 
     # orders (per day, see module doc) and return documents
     orders = stage(per_order(purchases, units=purchases.quantity.sum()))
-    returns = per_order(ev.filter(ev.event_type == "return"))
+    returns = per_order(lines.filter(lines.is_return))
 
     # All-history aggregates: per (customer, bucket) first, then accumulated together (see _cumulative)
     # the first table has a row in every bucket with a purchase; only views may add buckets
@@ -258,10 +261,15 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
                        n_days=x.n_days.sum(), gap_n=x.gap_n.sum(), gap_sum=x.gap_sum.sum(), gap_sq=x.gap_sq.sum()),
     )
 
-    # -- orders: windowed aggregates
-    j = _windowed(orders, cal, max(365.0, el))
-    since = j.c - j.t
+    # -- orders: windowed aggregates and labels, one join with the (day, c) pairs of the windows
+    # before each cutoff and of its label horizon (c <= day < c + h); an order in the horizon gets a
+    # time since it that lies outside every window
+    before = cal["before"]
+    j = orders.join(before.filter(before.c - before.day <= max(365.0, el)).union(cal["after"]), "day")
+    future = j.day >= j.c
+    since = ibis.ifelse(future, ibis.literal(1.0e9).cast("float64"), j.c - j.t)
     agg = {
+        "future_orders": _cnt(future),
         "n_prev90": _cnt((since > 90) & (since <= 180)),
         "spend_prev90": _sum((since > 90) & (since <= 180), j.amount),
         "n_last_year": _cnt((since > 275) & (since <= 365)),
@@ -272,10 +280,6 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         agg[f"n_{w}"] = _cnt(since <= w)
         agg[f"s_{w}"] = _sum(since <= w, j.amount)
     a_win = j.group_by(["customer_id", "c"]).aggregate(**agg)
-
-    # -- labels: orders in [c, c + h) only
-    jl = orders.join(cal["after"], "day")  # (day, c) pairs with c <= day < c + h
-    a_label = jl.group_by(["customer_id", "c"]).aggregate(future_orders=jl.count())
 
     # -- return documents (a small table: one join)
     jr = _windowed(returns, cal)
@@ -388,15 +392,14 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     a_hist = _accumulate(_merge_buckets([table for table, _ in hist], outer), cal, ["customer_id"],
                          lambda x: {k: v for _, fn in hist for k, v in fn(x).items()})
 
-    # materialise the per-(customer, cutoff) parts (each is then computed once)
-    a_hist, a_win, a_label, a_ret = map(stage_parts, (a_hist, a_win, a_label, a_ret))
-    a_recent, a_views, a_tix, a_camp = (
-        None if x is None else stage_parts(x) for x in (a_recent, a_views, a_tix, a_camp)
-    )
+    # the per-(customer, cutoff) parts are read once, straight into the final joins (materialising
+    # them costs a write and a scan each), except where the population reads them too
+    if include_ineligible:
+        a_hist, a_ret = stage_parts(a_hist), stage_parts(a_ret)
     a_orders = a_days = a_items = a_hist
     a_cat = a_hist if has_categories else None
     a_vhist = a_hist if has_vc else None
-    parts = [x for x in (a_hist, a_win, a_label, a_ret, a_recent, a_views, a_tix, a_camp) if x is not None]
+    parts = [x for x in (a_hist, a_win, a_ret, a_recent, a_views, a_tix, a_camp) if x is not None]
 
     # -- customers (current attributes; signup only when before the cutoff)
     cust = None
@@ -430,7 +433,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if cust is not None:
         joined = joined.left_join(cust, "customer_id")
     cols = {"customer_id": base.customer_id, "c": base.c}
-    o, ret, d, it, lb = a_orders, a_ret, a_days, a_items, a_label
+    o, ret, d, it = a_orders, a_ret, a_days, a_items
     c = base.c
     z = _zero()
 
@@ -532,7 +535,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         cols[name] = feats[name].cast("string" if spec.dtype == "category" else "float64")
     cols["eligible"] = ow.n_elig.fill_null(0) > 0
     cols["label_available"] = base.avail == 1
-    cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(lb.future_orders.fill_null(0) > 0, _zero(), _zero() + 1.0), _null())
+    cols["churned"] = ibis.ifelse(base.avail == 1, ibis.ifelse(ow.future_orders.fill_null(0) > 0, _zero(), _zero() + 1.0), _null())
     if extras:
         cols["max_recent_gap"] = f(a_recent.max_recent_gap)
         cols["first_purchase_days"] = c - o.first_t
@@ -593,9 +596,9 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
     ``customer_id``, ``cutoff`` (datetime), the catalog features, ``eligible``, ``label_available``,
     ``churned`` (1.0 / 0.0, NaN where the horizon is not inside the data).
 
-    ``materialize`` keeps the prepared events, the orders and each per-(customer, cutoff) part as
-    temporary tables (DuckDB) or cached frames (Spark) while the query runs: the engines would
-    otherwise recompute shared sub-queries once per use (3x faster on 10M events).
+    ``materialize`` keeps the intermediate tables read more than once (the purchases, the orders,
+    views per day, ...) as temporary tables (DuckDB) or cached frames (Spark) while the query runs:
+    the engines would otherwise recompute shared sub-queries once per use (3x faster on 10M events).
     """
     con = con if con is not None else connect(engine)
     t = load_tables(con, source)
