@@ -11,6 +11,7 @@ own: time and memory are end to end, from the workspace Parquet files to the fea
     python -m bench.bench_features                     # real data (24 monthly cutoffs) + synthetic 10M events
     python -m bench.bench_features --synthetic-events 2000000 --skip-real
     python -m bench.bench_features --real-workspace /tmp/wsr --spark
+    python -m bench.bench_features --real-workspace /tmp/wsuci --synthetic-workspace /tmp/crmml-bench-syn-85470-0
 
 Results are printed as a table and written to ``bench/results/features.json``.
 """
@@ -396,11 +397,12 @@ def real_workspace(path: str | None) -> Workspace:
     return ws
 
 
-def synthetic_workspace(n_events: int, seed: int = 0) -> Workspace:
+def synthetic_workspace(n_events: int, seed: int = 0, path: str | None = None) -> Workspace:
+    """The synthetic shop of about ``n_events`` events, generated once into ``path`` (default: under /tmp)."""
     from features import synthetic
 
     n_customers = max(1000, n_events // EVENTS_PER_CUSTOMER)
-    ws = Workspace(Path(tempfile.gettempdir()) / f"crmml-bench-syn-{n_customers}-{seed}")
+    ws = Workspace(path or Path(tempfile.gettempdir()) / f"crmml-bench-syn-{n_customers}-{seed}")
     if not ws.has_table("events"):
         print(f"generating a synthetic shop of {n_customers:,} customers ...", flush=True)
         tables = synthetic.generate(n_customers=n_customers, seed=seed)
@@ -454,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--real-workspace", help="workspace with the ingested UCI data (default: ingest into /tmp)")
     ap.add_argument("--real-cutoffs", type=int, default=24)
     ap.add_argument("--synthetic-events", type=int, default=10_000_000)
+    ap.add_argument("--synthetic-workspace", help="workspace of the synthetic shop, generated there when empty "
+                    "(default: /tmp/crmml-bench-syn-<customers>-0); reused by later runs")
     ap.add_argument("--synthetic-cutoffs", type=int, default=12)
     ap.add_argument("--horizon", type=int, default=90)
     ap.add_argument("--skip-real", action="store_true")
@@ -475,7 +479,8 @@ def main(argv=None) -> int:
         results.append(bench_dataset("UCI Online Retail", ws, monthly_cutoffs(ws, args.real_cutoffs), args.horizon,
                                      impls))
     if not args.skip_synthetic:
-        ws = synthetic_workspace(args.synthetic_events)
+        ws = synthetic_workspace(args.synthetic_events, path=args.synthetic_workspace)
+        print(f"synthetic workspace: {ws.root}", flush=True)
         results.append(bench_dataset("synthetic", ws, monthly_cutoffs(ws, args.synthetic_cutoffs), args.horizon,
                                      ["duckdb", "pandas", "pandas-reduced"]))
     print_results(results)
