@@ -185,18 +185,19 @@ def default_cutoffs(events: pd.DataFrame | None = None, horizon_days: int = DEFA
 # ------------------------------------------------------------------------------------------- query
 def _data_facts(t: dict) -> dict:
     ev = t["events"]
-    stats = ev.group_by("event_type").aggregate(  # min/max first: _days is monotone
-        n=ev.count(), max_t=_days(ev.timestamp.max()), min_t=_days(ev.timestamp.min())
-    ).to_pandas()
+    stats = ev.group_by("event_type").aggregate(n=ev.count()).to_pandas()
     types = dict(zip(stats["event_type"], stats["n"]))
-    mins = [stats["min_t"].min()]
+    # the time span over all event types, by itself: DuckDB answers a bare min/max from the Parquet
+    # statistics without reading the column (min/max first: _days is monotone)
+    span = ev.aggregate(max_t=_days(ev.timestamp.max()), min_t=_days(ev.timestamp.min())).to_pandas()
+    mins = [span["min_t"].iloc[0]]
     for name, col in (("tickets", "opened_at"), ("campaigns", "sent_at")):
         if name in t:
             mins.append(_days(t[name][col].min()).to_pandas())
     mins = [float(m) for m in mins if m is not None and not pd.isna(m)]
     return {
         "min_day": math.floor(min(mins)) if mins else 0.0,
-        "max_day": float(stats["max_t"].max()) if len(stats) else float("nan"),
+        "max_day": float(span["max_t"].iloc[0]) if len(stats) else float("nan"),
         "has_views": types.get("view", 0) > 0,
         "has_carts": types.get("cart", 0) > 0,
         "event_types": {k: int(v) for k, v in types.items()},
@@ -335,10 +336,10 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         date = ibis.ifelse(vc.timestamp >= _timestamp(first_c - 90.0), vc.timestamp.date(),
                            _timestamp(first_c - 91.0).date())
         is_v = vc.event_type == "view"
-        vday = vc.group_by(["customer_id", date.name("date")]).aggregate(
-            nv=_cnt(is_v), nk=_cnt(~is_v), last_v=vc.timestamp.max(where=is_v), first=vc.timestamp.min()
+        vday = vc.group_by(["customer_id", date.name("date")]).aggregate(  # carts: all rows less the views
+            nv=_cnt(is_v), n=vc.count(), last_v=vc.timestamp.max(where=is_v), first=vc.timestamp.min()
         )
-        vday = stage(vday.select("customer_id", "nv", "nk", day=vday.date.epoch_days().cast("float64"),
+        vday = stage(vday.select("customer_id", "nv", nk=vday.n - vday.nv, day=vday.date.epoch_days().cast("float64"),
                                  last_v=_days(vday.last_v), first=_days(vday.first)))
         jv = _windowed(vday, cal, 90.0)
         vsince = jv.c - jv.day
