@@ -86,6 +86,25 @@ def _ratio(num, den):
 NEG_INF_DAY = -1.0e9  # "before any data" for the first cutoff's bucket
 
 
+def _of_types(ev, wanted: list[str], facts: dict):
+    """The rows of ``ev`` whose ``event_type`` is in ``wanted``.
+
+    Written as ``event_type <> x`` for each other type present in the data (``facts``, from the same
+    table) where there are few: DuckDB pushes such a conjunction into the Parquet scan, where it
+    tests the dictionary of the column rather than every row, and decodes the other columns for the
+    rows kept only; an ``IN`` list is only used there to skip row groups, then tested row by row
+    (10M events, 1 thread, by themselves: 0.63 -> 0.48 s for the purchase/return lines, 0.5 -> 0.31 s
+    for views/carts; see also ``_joins_as_written``).
+    """
+    others = sorted({str(k) for k in facts.get("event_types", {}) if k is not None and not pd.isna(k)} - set(wanted))
+    if "event_types" not in facts or len(others) > 4:
+        return ev.filter(ev.event_type.isin(wanted))
+    cond = ev.event_type.notnull()
+    for other in others:
+        cond &= ev.event_type != other
+    return ev.filter(cond)
+
+
 def _windowed(x, cal: dict, days: float | None = None):
     """Rows (with a ``day`` column) joined to each cutoff they precede by at most ``days`` days
     (``c - days <= day < c``; every cutoff after them when ``days`` is None).
@@ -227,7 +246,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         return x.mutate(t=_days(x.ts)).drop("ts")
 
     # purchase and return lines, one table: one scan of the events for both
-    lines = ev.filter(ev.event_type.isin(["purchase", "return"]))
+    lines = _of_types(ev, ["purchase", "return"], facts)
     lines = stage(lines.select("customer_id", "item_id", "quantity", "amount", "order_id", "timestamp",
                                is_return=lines.event_type == "return", day=_day(lines.timestamp)))
     purchases = lines.filter(~lines.is_return)
@@ -332,7 +351,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         # cutoff serve only the first bucket's last/first view: their day becomes one day of that
         # bucket outside every window, so they form one group per customer (fewer groups than days)
         first_c, last_c = float(facts["first_cutoff"]), float(facts["last_cutoff"])
-        vc = ev.filter(ev.event_type.isin(["view", "cart"]) & (ev.timestamp < _timestamp(last_c)))
+        vc = _of_types(ev, ["view", "cart"], facts)
+        vc = vc.filter(vc.timestamp < _timestamp(last_c))
         date = ibis.ifelse(vc.timestamp >= _timestamp(first_c - 90.0), vc.timestamp.date(),
                            _timestamp(first_c - 91.0).date())
         is_v = vc.event_type == "view"
@@ -644,13 +664,19 @@ def _joins_as_written(con):
     The right side is the smaller or narrower one there (a calendar, the items, a part joined to the
     population). DuckDB swaps the sides on its size estimates, which are poor for aggregates: it built
     hash tables of the wide 684k-row population to probe them with 85k customers (10M events), and
-    one of 1.7M purchase lines to probe it with 3,000 items. The setting is restored afterwards.
+    one of 1.7M purchase lines to probe it with 3,000 items.
+
+    The CTE filter pusher is off too: it pushed the OR of its consumers' filters on the purchase/return
+    lines (``NOT is_return`` / ``is_return``, a tautology it does not simplify) into their CTE, where
+    it took the event type test out of the Parquet scan into a row-by-row filter of all events
+    (10M events, 1 thread: scans and filters of the events 1.8 -> 1.0 s). The setting is restored
+    afterwards.
     """
     if engine_of(con) != "duckdb":
         yield
         return
     old = con.raw_sql("SELECT current_setting('disabled_optimizers')").fetchone()[0]
-    con.raw_sql(f"SET disabled_optimizers = '{','.join(filter(None, [old, 'build_side_probe_side']))}'")
+    con.raw_sql(f"SET disabled_optimizers = '{','.join(filter(None, [old, 'build_side_probe_side', 'cte_filter_pusher']))}'")
     try:
         yield
     finally:
