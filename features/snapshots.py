@@ -305,7 +305,6 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     since = ibis.ifelse(future, ibis.literal(1.0e9).cast("float64"), j.c - j.t)
     agg = {
         "future_orders": _cnt(future),
-        "n_prev90": _cnt((since > 90) & (since <= 180)),
         "spend_prev90": _sum((since > 90) & (since <= 180), j.amount),
         "n_last_year": _cnt((since > 275) & (since <= 365)),
         "n_elig": _cnt(since <= el),
@@ -314,6 +313,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     for w in catalog.WINDOWS:
         agg[f"n_{w}"] = _cnt(since <= w)
         agg[f"s_{w}"] = _sum(since <= w, j.amount)
+    if not {90, 180} <= set(catalog.WINDOWS):  # else the 90 days before those: n_180 - n_90 (exact; one aggregate fewer)
+        agg["n_prev90"] = _cnt((since > 90) & (since <= 180))
     a_win = j.group_by(["customer_id", "c"]).aggregate(**agg)
 
     # -- return documents (a small table: one join)
@@ -502,7 +503,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     for w in catalog.WINDOWS:
         feats[f"spend_{w}d"] = f(getattr(ow, f"s_{w}").fill_null(0.0))
     feats |= {
-        "orders_trend_90d": _ratio(ow.n_90, ow.n_prev90),
+        "orders_trend_90d": _ratio(ow.n_90, ow.n_180 - ow.n_90 if {90, 180} <= set(catalog.WINDOWS) else ow.n_prev90),
         "spend_trend_90d": _ratio(ow.s_90.fill_null(0.0), ow.spend_prev90),
         "gap_mean_days": gap_mean,
         "gap_std_days": ibis.ifelse(f(gap_n) >= 2, ibis.greatest(gap_var, z).sqrt(), _null()),
