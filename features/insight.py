@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features import catalog
+from features.dates import as_of_date
 from features.engines import connect, load_tables
 from features.snapshots import _days, build_snapshots, to_day
 
@@ -175,8 +176,7 @@ def profile(t: dict, as_of_day: int) -> pd.DataFrame:
 def default_as_of(t: dict) -> pd.Timestamp:
     """The day after the last event: the customer 360 then uses all the data."""
     ev = t["events"]
-    last = pd.Timestamp(ev.timestamp.max().to_pandas())
-    return last.normalize() + pd.Timedelta(days=1)
+    return as_of_date([ev.timestamp.max().to_pandas()])
 
 
 def build_customer360(source, as_of=None, engine: str = "duckdb", *, con=None,

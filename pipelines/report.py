@@ -45,7 +45,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from features.dates import as_of_date
+from features.numeric import finite_or_none as _finite
 from features.workspace import Workspace, atomic_write
+from training import names
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -155,8 +158,7 @@ def prepare_events(events: pd.DataFrame, as_of=None) -> tuple[pd.DataFrame, pd.T
     ev["timestamp"] = pd.to_datetime(ev["timestamp"])
     ev = ev[ev["timestamp"].notna() & ev["customer_id"].notna()]
     if as_of is None:
-        last = ev["timestamp"].max()
-        as_of = (last.normalize() + pd.Timedelta(days=1)) if pd.notna(last) else pd.Timestamp.now().normalize()
+        as_of = as_of_date(ev["timestamp"]) if ev["timestamp"].notna().any() else pd.Timestamp.now().normalize()
     as_of = pd.Timestamp(as_of).normalize()  # a date, as for the customer 360 and the snapshots
     ev = ev[ev["timestamp"] < as_of]
     ev["customer_id"] = ev["customer_id"].astype(str)
@@ -370,14 +372,6 @@ def _date(ts) -> str:
 
 def _label(name) -> str:
     return str(name).replace("_", " ")
-
-
-def _finite(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 # ================================================================================================
@@ -1455,7 +1449,7 @@ def section_churn_eval(ctx: ReportContext) -> Section:
         src = str(path.relative_to(ctx.workspace.root))
         extra = churn_evaluation_plots(path)
     else:
-        found = mlflow_evaluation(ctx.workspace, "crmml-churn")
+        found = mlflow_evaluation(ctx.workspace, names.CHURN)
         if found:
             views, extra, src = found
     if not views:
@@ -1563,7 +1557,7 @@ def section_rec_eval(ctx: ReportContext) -> Section:
     if views:
         src = str(path.relative_to(ctx.workspace.root))
     else:
-        found = mlflow_evaluation(ctx.workspace, "crmml-recommender")
+        found = mlflow_evaluation(ctx.workspace, names.RECOMMENDER)
         if found:
             views, extra, src = found
     if not views:

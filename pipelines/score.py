@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.dates import workspace_as_of as as_of_date
 from features.workspace import Workspace, atomic_write
 
 OUTPUT_COLUMNS = [
@@ -19,12 +20,6 @@ OUTPUT_COLUMNS = [
     "suggested_action", "action_text", "rfm_segment", "value_tier", "lifecycle_stage", "recommendations",
     "churn_model_version", "recommender_model_version",
 ]
-
-
-def as_of_date(ws: Workspace) -> pd.Timestamp:
-    """The day after the last event: scores describe the customer base as of then."""
-    ts = ws.read_table("events", columns=["timestamp"])["timestamp"]
-    return pd.Timestamp(ts.max()).normalize() + pd.Timedelta(days=1)
 
 
 def champion_version(ws: Workspace, name: str) -> str:

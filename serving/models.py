@@ -46,14 +46,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from features.numeric import finite_or_none as _float
 from features.workspace import Workspace, atomic_write
+from training.names import CHAMPION, CHURN, MODEL_NAMES, RECOMMENDER
 
 log = logging.getLogger("crmml.serving")
 
-CHURN = "crmml-churn"
-RECOMMENDER = "crmml-recommender"
-MODEL_NAMES = (CHURN, RECOMMENDER)
-CHAMPION = "champion"
 STATE_FILE = "crmml_serving.json"
 DEFAULT_RELOAD_SECONDS = 30.0
 
@@ -180,14 +178,6 @@ class ChampionRef:
 def bentoml_tag(name: str, version: str, run_id: str | None) -> str:
     suffix = f"-{run_id[:12].lower()}" if run_id else ""
     return f"{name}:v{version}{suffix}"
-
-
-def _float(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None
 
 
 def _ref_from_bento(model, source: str) -> ChampionRef:

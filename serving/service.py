@@ -65,6 +65,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import schemas
+from training.names import CHURN, RECOMMENDER
 from serving.schemas import ID_PATTERN, MAX_BODY_BYTES, MAX_K
 
 log = logging.getLogger("crmml.serving")
@@ -455,7 +456,7 @@ def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
             "unknown_ids": unknown[:100],
         }).encode()
     head = (
-        b'{"model_version":' + json.dumps(state.models["crmml-churn"].ref.version).encode()
+        b'{"model_version":' + json.dumps(state.models[CHURN].ref.version).encode()
         + b',"as_of":' + json.dumps(state.as_of).encode()
         + b',"count":' + str(len(found)).encode()
         + b',"unknown_ids":' + json.dumps(unknown).encode()
@@ -523,7 +524,7 @@ async def recommend(body: schemas.RecommendRequest) -> Response:
         raise HTTPException(422, f"filters: {exc}") from None
     return _json({
         "customer_id": body.customer_id, "k": body.k, "cold_start": cold, "items": _items(items),
-        "model_version": state.models["crmml-recommender"].ref.version,
+        "model_version": state.models[RECOMMENDER].ref.version,
     })
 
 
@@ -543,7 +544,7 @@ async def recommend_basket(body: schemas.BasketRequest) -> Response:
         raise HTTPException(422, f"filters: {exc}") from None
     return _json({
         "k": body.k, "cold_start": cold, "items": _items(items), "unknown_item_ids": unknown,
-        "model_version": state.models["crmml-recommender"].ref.version,
+        "model_version": state.models[RECOMMENDER].ref.version,
     })
 
 
@@ -555,7 +556,7 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
         raise HTTPException(404, "unknown item")
     return _json({
         "item_id": item_id, "k": k, "kind": kind, "items": _items(items),
-        "model_version": state.models["crmml-recommender"].ref.version,
+        "model_version": state.models[RECOMMENDER].ref.version,
     })
 
 

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from features.dates import workspace_as_of as as_of_date
+
 KINDS = ("churn", "profile")
 
 
@@ -330,14 +332,6 @@ def data_stamp(ws) -> tuple:
             continue
         out.append((f"{kind}/{name}", st.st_mtime_ns, st.st_size))
     return tuple(out)
-
-
-def as_of_date(ws) -> pd.Timestamp:
-    """The day after the last event: the data snapshot the service answers from."""
-    ts = ws.read_table("events", columns=["timestamp"])["timestamp"]
-    if ts.empty or ts.isna().all():
-        raise ValueError(f"workspace {ws.root}: the events table is empty")
-    return pd.Timestamp(ts.max()).normalize() + pd.Timedelta(days=1)
 
 
 class CustomerData:

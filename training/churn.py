@@ -86,6 +86,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from features import catalog
+from features.dates import as_of_date, newest_labelled_cutoff, training_cutoffs
 from training import churn_metrics as cm
 from training import retention
 from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
@@ -696,20 +697,6 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
 # ============================================================================================
 # evaluation protocol
 # ============================================================================================
-def training_cutoffs(first_event, evaluation_cutoff, horizon_days: int = DEFAULT_HORIZON, step_days: int = 30,
-                     min_history_days: int = 60, max_cutoffs: int | None = None) -> list[pd.Timestamp]:
-    """Cutoffs every ``step_days`` back from ``evaluation_cutoff - horizon`` (the most recent cutoff whose
-    label window ends on or before the evaluation cutoff) to ``first_event + min_history_days``."""
-    last = pd.Timestamp(evaluation_cutoff).normalize() - pd.Timedelta(days=horizon_days)
-    first = pd.Timestamp(first_event).normalize() + pd.Timedelta(days=min_history_days)
-    out = []
-    c = last
-    while c >= first and (max_cutoffs is None or len(out) < max_cutoffs):
-        out.append(c)
-        c = c - pd.Timedelta(days=step_days)
-    return sorted(out)
-
-
 @dataclass
 class Evaluation:
     """Everything one run of the protocol produced."""
@@ -965,9 +952,9 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
     say = progress or (lambda msg: log.info(msg))
     src, events = _tables(source)
-    first, last = events["timestamp"].min(), events["timestamp"].max()
-    # the newest cutoff whose label window lies inside the data (c + horizon <= the last event)
-    end = last.normalize()
+    first = events["timestamp"].min()
+    # training_cutoffs(first, E) ends at E - horizon: E = as_of - 1 day gives the newest labelled cutoff
+    end = newest_labelled_cutoff(as_of_date(events["timestamp"]), 0)
     cuts = training_cutoffs(first, end, horizon_days, step_days, min_history_days)
     if len(cuts) < 2:
         raise ValueError("not enough history for two labelled cutoffs")
@@ -1002,8 +989,7 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
         key = horizon
         if key not in cache:
             src, events = _tables(workspace)
-            last = events["timestamp"].max()
-            c = last.normalize() - pd.Timedelta(days=horizon)
+            c = newest_labelled_cutoff(as_of_date(events["timestamp"]), horizon)
             frame = prepare_frame(src, [c], horizon_days=horizon, events=events)
             frame = frame[frame["eligible"] & frame["churned"].notna()].reset_index(drop=True)
             cache[key] = (c, frame)

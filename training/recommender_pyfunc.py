@@ -77,10 +77,11 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
 
     if metrics:
         import math
-        import re
+
+        from features.numeric import safe_key
 
         safe = {
-            re.sub(r"[^/\w.\- :]", "_", str(k).replace("@", "_at_")): float(v)
+            safe_key(k): float(v)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         }

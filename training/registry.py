@@ -78,10 +78,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import math
 import os
 import platform
-import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -89,13 +87,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from features.numeric import finite_or_none as _finite
+from features.numeric import safe_key
 from features.workspace import REPO_ROOT, Workspace
+from training.names import CHALLENGER, CHAMPION, CHURN, EXPERIMENT, RECOMMENDER
 
-CHURN = "crmml-churn"
-RECOMMENDER = "crmml-recommender"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-EXPERIMENT = "crmml"
 
 # Packages whose versions every run records (and that ``pip_requirements`` can pin).
 KEY_PACKAGES = (
@@ -120,11 +116,6 @@ class RegistryError(Exception):
 # --------------------------------------------------------------------------------------------
 # names and policies
 # --------------------------------------------------------------------------------------------
-def safe_key(name: str) -> str:
-    """An MLflow-valid metric/tag key: ``ndcg@10`` -> ``ndcg_at_10``; other odd characters -> ``_``."""
-    return re.sub(r"[^/\w.\- :]", "_", str(name).replace("@", "_at_"))
-
-
 _DIRECTIONS = {"higher": True, "lower": False}
 
 
@@ -193,14 +184,6 @@ POLICIES: dict[str, GatePolicy] = {
 def policy_for(name: str) -> GatePolicy:
     """The gate policy of a registered model (unknown names: primary ``auc``, no guards)."""
     return POLICIES.get(name, GatePolicy("auc"))
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _numeric(metrics: dict | None) -> dict[str, float]:

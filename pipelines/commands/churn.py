@@ -24,11 +24,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-WorkspaceOption = Annotated[
-    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
-]
 
 
 def _wide() -> Console:
@@ -188,15 +186,15 @@ def train_churn_model(ws, horizon: int = 90, tune: bool = True, n_trials: int = 
     snapshot, log both to MLflow and register the model as challenger. Returns a JSON-able summary."""
     import pandas as pd
 
+    from features import dates
     from training import churn, registry, retention
     from training.churn_pyfunc import log_churn
 
     started = time.perf_counter()
-    last = pd.Timestamp(ws.read_table("events", columns=["timestamp"])["timestamp"].max())
     ev = None
     written = None
     if backtest:
-        cutoff = last.normalize() - pd.Timedelta(days=horizon)
+        cutoff = dates.newest_labelled_cutoff(dates.workspace_as_of(ws), horizon)
         _say(f"backtest at the newest labelled cutoff {cutoff.date()}")
         try:
             ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,

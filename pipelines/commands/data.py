@@ -13,11 +13,9 @@ from rich.table import Table
 
 from features.contract import SchemaError
 from features.workspace import Workspace
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-WorkspaceOption = Annotated[
-    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
-]
 
 
 class Source(str, Enum):

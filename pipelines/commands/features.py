@@ -11,11 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-WorkspaceOption = Annotated[
-    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
-]
 
 
 class Engine(str, Enum):

@@ -30,11 +30,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-WorkspaceOption = Annotated[
-    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
-]
 #: event weights of the recommender's interactions (relative to a purchase)
 EVENT_WEIGHTS = {"view": 0.2, "cart": 0.6, "purchase": 1.0}
 SHOWN = ("ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty")
@@ -97,7 +95,9 @@ def newest_cutoff(interactions, window: int):
 
     if "timestamp" not in interactions.columns:
         return None
-    return pd.Timestamp(interactions["timestamp"].max()).normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=window)
+    from features.dates import as_of_date, newest_labelled_cutoff
+
+    return newest_labelled_cutoff(as_of_date(interactions["timestamp"]), window)
 
 
 def train_recommender_model(ws, tune: bool = False, window: int = 90, k: int = 10, backtest: bool = True,

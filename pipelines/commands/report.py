@@ -8,11 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-WorkspaceOption = Annotated[
-    Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
-]
 
 
 def register(app: typer.Typer) -> None:

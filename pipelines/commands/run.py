@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.commands.data import Source, WorkspaceOption
+from pipelines.commands.data import Source
+from pipelines.commands.options import WorkspaceOption
 
 console = Console()
 

@@ -71,7 +71,7 @@ def preflight(workspace: Path, env: dict) -> list[str]:
     os.environ.update({k: v for k, v in env.items() if k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY")})
     from features.workspace import Workspace
     from serving.models import resolve_champions
-    from serving.store import as_of_date
+    from features.dates import workspace_as_of as as_of_date
 
     ws = Workspace(workspace)
     refs, warnings = resolve_champions(ws)
