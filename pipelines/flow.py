@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from features.workspace import Workspace, file_sha256
+from pipelines.score import scores_path
 from pipelines.steps import Pipeline, Step, StepResult
 
 
@@ -145,7 +146,7 @@ def steps() -> list[Step]:
         Step("promote", run_promote, after=("train_churn", "train_recommender")),
         Step("score", run_score, lambda ctx: {"k": _params(ctx).k, "db_url": _params(ctx).db_url},
              after=("features", "promote"), code=("pipelines",),
-             outputs=lambda ctx: [ctx["workspace"].outputs_dir / "scores.parquet"]),
+             outputs=lambda ctx: [scores_path(ctx["workspace"])]),
         Step("report", run_report, after=("score",), code=("pipelines",),
              outputs=lambda ctx: [ctx["workspace"].reports_dir / "report.html"]),
     ]

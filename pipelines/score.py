@@ -29,6 +29,15 @@ def champion_version(ws: Workspace, name: str) -> str:
     return str(mv.version)
 
 
+SCORES_PARQUET = "scores.parquet"
+SCORES_CSV = "scores.csv"
+
+
+def scores_path(ws: Workspace, fmt: str = "parquet") -> Path:
+    """Where ``crmml score`` writes the batch scores (``fmt``: parquet or csv)."""
+    return ws.outputs_dir / (SCORES_PARQUET if fmt == "parquet" else SCORES_CSV)
+
+
 def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
     """Score every customer eligible at ``as_of`` with the champion models; one row per customer."""
     from features import insight
@@ -64,7 +73,7 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
 def write_outputs(scores: pd.DataFrame, out_dir: Path, db_url: str | None = None, table: str = "crmml_scores") -> dict:
     """Write Parquet and CSV atomically, and the database table in one transaction."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    parquet, csv = out_dir / "scores.parquet", out_dir / "scores.csv"
+    parquet, csv = out_dir / SCORES_PARQUET, out_dir / SCORES_CSV
     atomic_write(parquet, lambda tmp: scores.to_parquet(tmp, index=False))
     atomic_write(csv, lambda tmp: scores.to_csv(tmp, index=False))
     written = {"rows": int(len(scores)), "parquet": str(parquet), "csv": str(csv)}

@@ -849,7 +849,15 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
 # ============================================================================================
 # report
 # ============================================================================================
-def write_report(ev: Evaluation, out_dir: str | Path, name: str = "churn_evaluation") -> dict:
+EVALUATION_NAME = "churn_evaluation"  # reports/churn_evaluation.json (+ _plots/): the backtest at the newest cutoff
+
+
+def evaluation_json(reports_dir: str | Path) -> Path:
+    """Where :func:`write_report` puts the backtest's JSON."""
+    return Path(reports_dir) / f"{EVALUATION_NAME}.json"
+
+
+def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAME) -> dict:
     """Write ``<name>.html`` + ``<name>.json`` + PNG plots under ``out_dir``; returns ``{kind: path}``."""
     from features.workspace import atomic_write
     from training import churn_plots as plots

@@ -81,6 +81,14 @@ DEFAULT_GENERATORS = ("buy_again", "als", "bm25", "ease", "cooc", "popular", "tr
 FILTER_KEYS = ("include_categories", "exclude_categories", "exclude_items", "allowed_items", "min_price", "max_price")
 RRF_K = 60.0
 CHUNK = 512
+EVALUATION_NAME = "recommender_evaluation"  # reports/recommender_evaluation.json: the backtest against each generator
+
+
+def evaluation_json(reports_dir) -> "os.PathLike":
+    """Where the recommender's backtest result (``evaluate_time_split``) is written as JSON."""
+    from pathlib import Path
+
+    return Path(reports_dir) / f"{EVALUATION_NAME}.json"
 
 
 def check_filters(filters: dict | None) -> dict:

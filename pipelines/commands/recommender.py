@@ -107,7 +107,7 @@ def train_recommender_model(ws, tune: bool = False, window: int = 90, k: int = 1
     import joblib
 
     from features.workspace import Workspace, atomic_write
-    from training.recommender import Recommender, evaluate_time_split
+    from training.recommender import Recommender, evaluate_time_split, evaluation_json
 
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     started = time.perf_counter()
@@ -124,7 +124,7 @@ def train_recommender_model(ws, tune: bool = False, window: int = 90, k: int = 1
         if result is not None:
             console.print(metrics_table(result, "all"))
             console.print(metrics_table(result, "new"))
-            _write_json(ws.reports_dir / "recommender_evaluation.json", result)
+            _write_json(evaluation_json(ws.reports_dir), result)
     _say("final model on all the data")
     model = Recommender().fit(interactions, items=items, users=users, tune=tune)
     model_dir = ws.root / "models" / "recommender"
@@ -159,7 +159,7 @@ def train_recommender_model(ws, tune: bool = False, window: int = 90, k: int = 1
                     for name, m in result[view].items():
                         prefix = ("" if name == "model" else f"baseline.{name}") if view == "all" else f"{view}.{name}"
                         run.log_metrics(m, prefix=prefix)
-                run.log_dict(result, "evaluation/recommender_evaluation.json")
+                run.log_dict(result, f"evaluation/{evaluation_json('').name}")
             info = log_recommender(model)
             if register_model and result is not None:
                 run.register(info, metrics)
@@ -183,6 +183,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         import pandas as pd
 
         from features.workspace import Workspace
+        from training.recommender import evaluation_json
 
         ws = Workspace(workspace)
         started = time.perf_counter()
@@ -193,7 +194,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             raise typer.Exit(1)
         console.print(metrics_table(result, "all"))
         console.print(metrics_table(result, "new"))
-        _write_json(ws.reports_dir / "recommender_evaluation.json", result)
+        _write_json(evaluation_json(ws.reports_dir), result)
         if json_path is not None:
             _write_json(json_path, result)
             console.print(f"metrics: {json_path}")

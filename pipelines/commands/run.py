@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pipelines.commands.data import Source
 from pipelines.commands.options import WorkspaceOption
+from pipelines.score import scores_path
 
 console = Console()
 
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
 
 def example_requests(ws, url: str) -> list[str]:
     """A working curl for each endpoint, with a real customer and item of this workspace."""
-    scores = ws.outputs_dir / "scores.parquet"
+    scores = scores_path(ws)
     import pandas as pd
 
     customer = str(pd.read_parquet(scores, columns=["customer_id"])["customer_id"].iloc[0])
