@@ -1,7 +1,9 @@
 """The feature catalog: every customer feature, what it means, its window, unit and reason sentence.
 
 This is the single documented list of the columns that ``features.snapshots.build_snapshots``
-produces for a customer at a cutoff date. The churn model turns its strongest drivers into
+produces for a customer at a cutoff date (:data:`FEATURES`), and of the churn model's further
+features computed by ``features.churn_features`` (:data:`EXTRAS`): the one place where a feature's
+meaning, direction and reason sentence are looked up (:func:`lookup`). The churn model turns its strongest drivers into
 sentences a CRM agent can read with :func:`reason` (``"no purchase for 143 days"``).
 
 Point-in-time conventions (the same for every feature):
@@ -184,6 +186,52 @@ _LIST += [
 FEATURES: dict[str, Feature] = {f.name: f for f in _LIST}
 assert len(FEATURES) == len(_LIST), "duplicate feature name"
 
+# The churn model's features beyond the snapshot columns, computed by ``features.churn_features``
+# (the BG/NBD ones by ``features.bgnbd``, fitted per cutoff on the history before it), in the order
+# the model uses them. Same conventions as above: purchase rows strictly before the cutoff only.
+_EXTRA_LIST: list[Feature] = [
+    _f("ewm_orders_30", "Purchase days weighted by exp(-age ln2 / 30 days): recent activity.", "all history",
+       "purchase days", "little recent buying ({value:.1f} purchase days, weighted to the last month)",
+       LESS_RISK, "decay"),
+    _f("ewm_orders_90", "Purchase days weighted by exp(-age ln2 / 90 days).", "all history", "purchase days",
+       "buying less lately ({value:.1f} purchase days, weighted to the last 3 months)", LESS_RISK, "decay"),
+    _f("ewm_orders_365", "Purchase days weighted by exp(-age ln2 / 365 days).", "all history", "purchase days",
+       "little buying over the year ({value:.1f} purchase days, weighted to the last year)", LESS_RISK, "decay"),
+    _f("active_months_365d", "Distinct 30-day periods with a purchase in the last 365 days.", "365 days", "months",
+       "bought in only {value:.0f} of the last 12 months", LESS_RISK, "decay"),
+    _f("purchase_days_ly_next90", "Purchase days in [c - 365d, c - 275d): the coming 90 days, one year earlier.",
+       "[c-365d, c-365d+horizon)", "purchase days", "{value:.0f} purchase days in the same season last year",
+       LESS_RISK, "season"),
+    _f("purchase_days_ly_next180", "Purchase days in [c - 365d, c - 185d).", "[c-365d, c-365d+2 horizons)",
+       "purchase days", "{value:.0f} purchase days in the coming half-year's season last year", LESS_RISK,
+       "season"),
+    _f("max_gap_days", "Longest gap between consecutive purchase days.", "all history", "days",
+       "longest break so far was {value:.0f} days", NEUTRAL, "rhythm"),
+    _f("last_gap_days", "Gap between the last two purchase days.", "all history", "days",
+       "last break between purchases was {value:.0f} days", MORE_RISK, "rhythm"),
+    _f("recency_max_gap_ratio", "recency_days divided by the longest gap between purchase days.", "all history",
+       "ratio", "away {value:.1f}x the longest break so far", MORE_RISK, "rhythm"),
+    _f("own_gap_survival", "Smoothed share of the customer's past gaps longer than the current recency that "
+       "also exceeded recency + horizon.", "all history", "share",
+       "in the past, {value:.0%} of similar breaks lasted another season", MORE_RISK, "rhythm"),
+    _f("first_purchase_days", "Days from the first purchase day to the cutoff.", "all history", "days",
+       "first purchase {value:.0f} days ago", LESS_RISK, "rfm"),
+    _f("season_affinity", "Spend-weighted share of the customer's items' sales that fell in the same season last "
+       "year, relative to the shop's (1 = average).", "365 days", "ratio",
+       "buys products that sold {value:.0%} of the usual share in these weeks last year", LESS_RISK, "season"),
+    _f("bg_p_alive", "BG/NBD probability that the customer has not dropped out, fitted on the history before the "
+       "cutoff.", "all history", "probability",
+       "only {value:.0%} likely to still be an active customer by the purchase rhythm", LESS_RISK, "bgnbd"),
+    _f("bg_expected_purchases", "BG/NBD expected purchase days in the horizon, fitted on the history before the "
+       "cutoff.", "all history", "purchase days",
+       "only {value:.1f} purchases expected in the coming period by the purchase rhythm", LESS_RISK, "bgnbd"),
+    _f("bg_p_no_purchase", "BG/NBD probability of no purchase in the horizon, fitted on the history before the "
+       "cutoff.", "all history", "probability",
+       "{value:.0%} chance of no purchase in the coming period by the purchase rhythm", MORE_RISK, "bgnbd"),
+]
+EXTRAS: dict[str, Feature] = {f.name: f for f in _EXTRA_LIST}
+assert len(EXTRAS) == len(_EXTRA_LIST) and not set(EXTRAS) & set(FEATURES), "duplicate feature name"
+
 # Columns of a snapshot row that are not features.
 KEYS = ("customer_id", "cutoff")
 LABELS: dict[str, str] = {
@@ -222,6 +270,16 @@ INSIGHT_FIELDS: dict[str, str] = {
 def feature_names() -> list[str]:
     """All feature names in catalog order (the snapshot columns after customer_id and cutoff)."""
     return list(FEATURES)
+
+
+def extra_feature_names() -> list[str]:
+    """The churn model's features beyond the snapshot columns (:data:`EXTRAS`), in model order."""
+    return list(EXTRAS)
+
+
+def lookup(name: str) -> Feature | None:
+    """The catalog entry of any churn model feature (a snapshot column or an extra); None if unknown."""
+    return FEATURES.get(name) or EXTRAS.get(name)
 
 
 def numeric_feature_names() -> list[str]:

@@ -42,7 +42,8 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
     """Score every customer eligible at ``as_of`` with the champion models; one row per customer."""
     from features import insight
     from training import registry
-    from training.churn import prepare_frame, score_customers
+    from features.churn_features import feature_matrix
+    from training.churn import score_customers
     from training.churn_pyfunc import load_churn
     from training.clv import clv_frame
     from training.recommender_pyfunc import load_recommender
@@ -50,7 +51,7 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
     registry.configure(ws)
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else as_of_date(ws)
     churn_model = load_churn(registry.model_uri(registry.CHURN))
-    frame = prepare_frame(ws, [as_of], horizon_days=churn_model.horizon_days)
+    frame = feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days)
     events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
     scored = score_customers(churn_model, frame, clv_frame(events, as_of))
 

@@ -355,14 +355,15 @@ class CustomerData:
 
     def scoring_frame(self, horizon_days: int) -> pd.DataFrame:
         """Every customer seen before the as-of date with the churn model's features at that date
-        (``training.churn.prepare_frame``: catalog features + the model's extra features)."""
+        (``features.churn_features.feature_matrix``: read from the workspace when ``crmml features``
+        stored it, computed and stored otherwise)."""
         if horizon_days not in self._frames:
-            from training.churn import prepare_frame
+            from features.churn_features import feature_matrix
 
-            frame = prepare_frame(self.ws, [self.as_of], horizon_days=horizon_days, include_ineligible=True)
+            frame = feature_matrix(self.ws, [self.as_of], horizon_days=horizon_days, include_ineligible=True)
             frame["customer_id"] = frame["customer_id"].astype(str)
             self._frames = {horizon_days: frame}  # keep one: the champion's
-            self.sources["churn_features"] = "computed at load (training.churn.prepare_frame)"
+            self.sources["churn_features"] = "features.churn_features.feature_matrix (stored in the workspace)"
         return self._frames[horizon_days]
 
 

@@ -162,13 +162,14 @@ def test_centered_isotonic_calibrator_keeps_the_ranking():
 def test_bgnbd_matches_lifetimes_and_its_limits(shop):
     from lifetimes import BetaGeoFitter
 
+    from features import bgnbd
     from training import clv
 
     ws, _ = shop
     events = ws.read_table("events")
-    summary = clv.transaction_summary(events, EVAL_CUTOFF)
+    summary = bgnbd.transaction_summary(events, EVAL_CUTOFF)
     assert (summary["recency"] <= summary["T"]).all() and (summary["frequency"] >= 0).all()
-    model = clv.BGNBD().fit(summary)
+    model = bgnbd.BGNBD().fit(summary)
     ref = BetaGeoFitter()
     ref.params_ = pd.Series(model.params)
     f, r, T = (summary[c].to_numpy(float) for c in ("frequency", "recency", "T"))

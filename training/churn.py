@@ -86,6 +86,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from features import catalog
+from features.churn_features import EXTRA_FEATURES, feature_matrix
 from features.dates import as_of_date, newest_labelled_cutoff, training_cutoffs
 from training import churn_metrics as cm
 from training import retention
@@ -96,14 +97,6 @@ log = logging.getLogger(__name__)
 DEFAULT_HORIZON = 90
 KEY_COLUMNS = ("customer_id", "cutoff")
 LABEL_COLUMNS = ("eligible", "label_available", "churned")
-
-# Features computed here (training/churn.py, training/clv.py) on top of the catalog ones.
-EXTRA_FEATURES = [
-    "ewm_orders_30", "ewm_orders_90", "ewm_orders_365", "active_months_365d",
-    "purchase_days_ly_next90", "purchase_days_ly_next180", "max_gap_days", "last_gap_days",
-    "recency_max_gap_ratio", "own_gap_survival", "first_purchase_days", "season_affinity",
-    "bg_p_alive", "bg_expected_purchases", "bg_p_no_purchase",
-]  # fmt: skip
 
 DEFAULT_PARAMS = {
     "learning_rate": 0.05,
@@ -116,158 +109,15 @@ DEFAULT_PARAMS = {
 }
 
 
-# ============================================================================================
-# model features
-# ============================================================================================
-def _purchase_lines(events: pd.DataFrame) -> pd.DataFrame:
-    mask = (events["event_type"].astype("string") == "purchase").fillna(False).to_numpy(bool)
-    cols = [c for c in ("customer_id", "item_id", "timestamp", "amount") if c in events.columns]
-    lines = events.loc[mask, cols].copy()
-    lines["customer_id"] = lines["customer_id"].astype(str)
-    lines["amount"] = pd.to_numeric(lines.get("amount"), errors="coerce")
-    return lines
-
-
-def extra_features(events: pd.DataFrame, cutoffs, horizon_days: int = DEFAULT_HORIZON,
-                   days: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The non-catalog behavioural features per (customer, cutoff) from purchase rows before each cutoff.
-
-    See ``retention.EXTRA_FEATURES`` for their meaning. One row per customer with a purchase
-    before the cutoff.
-    """
-    from training.clv import purchase_days
-
-    if days is None:
-        days = purchase_days(events)
-    lines = _purchase_lines(events)
-    has_items = "item_id" in lines.columns and lines["item_id"].notna().any() and lines["amount"].notna().any()
-    day_arr = days["day"].to_numpy("datetime64[D]")
-    cust_arr = days["customer_id"].to_numpy()
-    amount_arr = days["amount"].to_numpy(float)
-    frames = []
-    ln2 = math.log(2.0)
-    for cutoff in sorted({pd.Timestamp(c).normalize() for c in cutoffs}):
-        cut = np.datetime64(cutoff.date(), "D")
-        m = day_arr < cut
-        if not m.any():
-            continue
-        d = pd.DataFrame({"customer_id": cust_arr[m], "day": day_arr[m], "amount": amount_arr[m]})
-        d["age"] = (cut - d["day"].to_numpy("datetime64[D]")).astype("timedelta64[D]").astype(float)
-        d = d.sort_values(["customer_id", "day"], kind="stable")
-        age = d["age"].to_numpy()
-        for hl in (30, 90, 365):
-            d[f"ewm_orders_{hl}"] = np.exp(-age * ln2 / hl)
-        d["in_365"] = age <= 365
-        d["month_bin"] = np.where(age <= 365, np.floor(age / 30.4), np.nan)
-        d["ly90"] = ((age > 365 - horizon_days) & (age <= 365)).astype(float)
-        d["ly180"] = ((age > 365 - 2 * horizon_days) & (age <= 365)).astype(float)
-        prev = d.groupby("customer_id", sort=False)["age"].shift(1)
-        d["gap"] = prev - d["age"]  # days between consecutive purchase days
-        g = d.groupby("customer_id", sort=True)
-        f = pd.DataFrame(index=g.size().index)
-        for hl in (30, 90, 365):
-            f[f"ewm_orders_{hl}"] = g[f"ewm_orders_{hl}"].sum()
-        f["active_months_365d"] = g["month_bin"].nunique()
-        f["purchase_days_ly_next90"] = g["ly90"].sum()
-        f["purchase_days_ly_next180"] = g["ly180"].sum()
-        f["max_gap_days"] = g["gap"].max()
-        f["last_gap_days"] = g["gap"].last()
-        recency = g["age"].min()
-        f["first_purchase_days"] = g["age"].max()
-        f["recency_max_gap_ratio"] = recency / f["max_gap_days"].where(f["max_gap_days"] > 0)
-        # the customer's own history of breaks: of the past gaps longer than the current absence,
-        # how many also lasted another horizon (smoothed towards 1/2)
-        rec_row = d["customer_id"].map(recency).to_numpy()
-        gap = d["gap"].to_numpy()
-        longer = np.nan_to_num(gap, nan=-1) > rec_row
-        much_longer = np.nan_to_num(gap, nan=-1) > rec_row + horizon_days
-        n_longer = pd.Series(longer, index=d.index).groupby(d["customer_id"]).sum()
-        n_much = pd.Series(much_longer, index=d.index).groupby(d["customer_id"]).sum()
-        f["own_gap_survival"] = (n_much + 1.0) / (n_longer + 2.0)
-        if has_items:
-            f["season_affinity"] = _season_affinity(lines, cutoff, horizon_days).reindex(f.index)
-        else:
-            f["season_affinity"] = np.nan
-        f["cutoff"] = cutoff
-        frames.append(f.reset_index())
-    cols = ["customer_id", "cutoff"] + [c for c in EXTRA_FEATURES if not c.startswith("bg_")]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    out = pd.concat(frames, ignore_index=True)
-    out["cutoff"] = out["cutoff"].astype("datetime64[us]")
-    out["customer_id"] = out["customer_id"].astype(str)
-    for c in cols[2:]:
-        out[c] = out[c].astype("float64")
-    return out[cols]
-
-
-def _season_affinity(lines: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.Series:
-    """Spend-weighted seasonality of the items a customer bought in the last year.
-
-    An item's seasonality is the share of its last-year sales that fell in the same weeks one year
-    earlier (``[c - 365d, c - 365d + horizon)``), divided by the same share for the whole shop:
-    above 1 the customer buys products that sell in the coming season.
-    """
-    start = cutoff - pd.Timedelta(days=365)
-    mask = (lines["timestamp"] < cutoff) & (lines["timestamp"] >= start)
-    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(), ["customer_id", "item_id", "timestamp", "amount"]]
-    if ln.empty:
-        return pd.Series(dtype=float)
-    same = (ln["timestamp"] < start + pd.Timedelta(days=horizon_days)).to_numpy()
-    item_total = ln.groupby("item_id", sort=False)["amount"].sum()
-    item_same = ln.loc[same].groupby("item_id", sort=False)["amount"].sum().reindex(item_total.index).fillna(0.0)
-    shop_share = item_same.sum() / item_total.sum()
-    if not shop_share > 0:
-        return pd.Series(np.nan, index=pd.Index(ln["customer_id"].unique()))
-    # items sold only a little get shrunk towards the shop's share
-    prior = 5.0 * float(item_total.median())
-    season = (item_same + prior * shop_share) / (item_total + prior) / shop_share
-    w = ln["amount"].to_numpy()
-    s = ln["item_id"].map(season).to_numpy(float)
-    num = pd.Series(w * s).groupby(ln["customer_id"].to_numpy()).sum()
-    den = pd.Series(w).groupby(ln["customer_id"].to_numpy()).sum()
-    return num / den
-
-
-def model_features(events: pd.DataFrame, cutoffs, horizon_days: int = DEFAULT_HORIZON,
-                   bgnbd: bool = True) -> pd.DataFrame:
-    """Extra features and BG/NBD outputs per (customer, cutoff), each cutoff from its own past only."""
-    from training.clv import bgnbd_frame, purchase_days
-
-    days = purchase_days(events)
-    out = extra_features(events, cutoffs, horizon_days, days=days)
-    if bgnbd:
-        bg = bgnbd_frame(events, cutoffs, horizon_days, days=days)
-        bg = bg[["customer_id", "cutoff", "bg_p_alive", "bg_expected_purchases", "bg_p_no_purchase"]]
-        out = out.merge(bg, on=["customer_id", "cutoff"], how="outer")
-    return out
-
-
-def _tables(source) -> tuple[Any, pd.DataFrame]:
-    """(source for build_snapshots, events frame) from a Workspace, a path or a dict of tables."""
+def _tables(source, columns: list[str] | None = None) -> tuple[Any, pd.DataFrame]:
+    """(source for feature_matrix, events frame, or those ``columns`` of it) from a Workspace, a path or a
+    dict of tables."""
     from features.workspace import Workspace
 
     if isinstance(source, dict):
         return source, source["events"]
     ws = source if isinstance(source, Workspace) else Workspace(source)
-    return ws, ws.read_table("events")
-
-
-def prepare_frame(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = 365,
-                  include_ineligible: bool = False, engine: str = "duckdb", bgnbd: bool = True,
-                  events: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Snapshots (catalog features + labels) joined with :func:`model_features`, for the given cutoffs."""
-    from features.snapshots import build_snapshots
-
-    src, ev = _tables(source)
-    if events is not None:
-        ev = events
-    snap = build_snapshots(src, list(cutoffs), horizon_days=horizon_days, eligibility_days=eligibility_days,
-                           engine=engine, include_ineligible=include_ineligible)
-    snap["customer_id"] = snap["customer_id"].astype(str)
-    snap["cutoff"] = snap["cutoff"].astype("datetime64[us]")
-    extra = model_features(ev, sorted(snap["cutoff"].unique()), horizon_days, bgnbd=bgnbd)
-    return snap.merge(extra, on=["customer_id", "cutoff"], how="left")
+    return ws, ws.read_table("events", columns=columns)
 
 
 # ============================================================================================
@@ -348,7 +198,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def _matrix(self, X: pd.DataFrame) -> pd.DataFrame:
         missing = [f for f in self.feature_names_ if f not in X.columns]
         if missing:
-            raise KeyError(f"X lacks the model's feature column(s) {missing}; build it with training.churn.prepare_frame")
+            raise KeyError(f"X lacks the model's feature column(s) {missing}; "
+                           "build it with features.churn_features.feature_matrix")
         out = {}
         for name in self.feature_names_:
             col = X[name]
@@ -666,7 +517,7 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
     suggested_action`` (+ ``action_text``, ``cutoff`` when present), sorted by value at stake.
 
-    ``snapshot_df``: a :func:`prepare_frame` frame (catalog features + the model's extra features).
+    ``snapshot_df``: a ``features.churn_features.feature_matrix`` frame (every input of the model).
     ``clv_df``: :func:`training.clv.clv_frame` output (``customer_id``, ``clv_12m``); when the snapshot
     lacks the ``bg_*`` features the model needs, they are taken from ``clv_df`` too (same BG/NBD fit).
     """
@@ -783,7 +634,8 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
                       engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
     the model with the baselines on the same customers (see the module docstring)."""
-    from training.clv import CLVModel, purchase_days
+    from features.bgnbd import purchase_days
+    from training.clv import CLVModel
 
     say = progress or (lambda msg: log.info(msg))
     timings: dict = {}
@@ -801,7 +653,7 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
         raise ValueError(f"only {len(cuts)} training cutoff(s) fit between the first event ({first.date()}) and "
                          f"{cutoff.date()} - {horizon_days} days; use a later cutoff or a smaller --step-days")
     say(f"building snapshots for {len(cuts)} training cutoffs + the evaluation cutoff")
-    frame = prepare_frame(src, cuts + [cutoff], horizon_days=horizon_days, engine=engine, events=events)
+    frame = feature_matrix(src, cuts + [cutoff], horizon_days=horizon_days, engine=engine, events=events)
     timings["features"] = round(time.perf_counter() - t0, 1)
     frame = frame[frame["eligible"]]
     train = frame[(frame["cutoff"] < cutoff) & frame["label_available"] & frame["churned"].notna()]
@@ -959,7 +811,7 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
                 engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
     say = progress or (lambda msg: log.info(msg))
-    src, events = _tables(source)
+    src, events = _tables(source, columns=["timestamp"])
     first = events["timestamp"].min()
     # training_cutoffs(first, E) ends at E - horizon: E = as_of - 1 day gives the newest labelled cutoff
     end = newest_labelled_cutoff(as_of_date(events["timestamp"]), 0)
@@ -967,7 +819,7 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     if len(cuts) < 2:
         raise ValueError("not enough history for two labelled cutoffs")
     say(f"building snapshots for {len(cuts)} cutoffs ({cuts[0].date()} .. {cuts[-1].date()})")
-    frame = prepare_frame(src, cuts, horizon_days=horizon_days, engine=engine, events=events)
+    frame = feature_matrix(src, cuts, horizon_days=horizon_days, engine=engine)
     frame = frame[frame["eligible"] & frame["label_available"] & frame["churned"].notna()]
     say(f"training on {len(frame):,} snapshots" + (f", tuning with {n_trials} Optuna trials" if tune else ""))
     model = ChurnModel(horizon_days=horizon_days, tune=tune, n_trials=n_trials, **(model_kwargs or {}))
@@ -996,9 +848,9 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
         horizon = int(model.horizon_days)
         key = horizon
         if key not in cache:
-            src, events = _tables(workspace)
+            src, events = _tables(workspace, columns=["timestamp"])
             c = newest_labelled_cutoff(as_of_date(events["timestamp"]), horizon)
-            frame = prepare_frame(src, [c], horizon_days=horizon, events=events)
+            frame = feature_matrix(src, [c], horizon_days=horizon)
             frame = frame[frame["eligible"] & frame["churned"].notna()].reset_index(drop=True)
             cache[key] = (c, frame)
         c, frame = cache[key]
@@ -1012,7 +864,7 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
 
 
 __all__ = [
-    "ChurnModel", "DEFAULT_PARAMS", "EXTRA_FEATURES", "Evaluation", "evaluate_protocol", "extra_features",
-    "gate_evaluator", "model_features", "prepare_frame", "score_customers", "train_final", "training_cutoffs",
+    "ChurnModel", "DEFAULT_PARAMS", "EXTRA_FEATURES", "Evaluation", "evaluate_protocol",
+    "gate_evaluator", "score_customers", "train_final", "training_cutoffs",
     "write_report", "BASELINES",
 ]

@@ -26,56 +26,6 @@ from features import catalog
 DEFAULT_TIERS = {"high": 0.6, "medium": 0.3}
 TIERS = ("high", "medium", "low")
 
-# Features the churn model adds to the catalog ones (see training/churn.py, training/clv.py):
-# name -> (template, direction, meaning)
-EXTRA_FEATURES: dict[str, tuple[str, int, str]] = {
-    "bg_p_alive": (
-        "only {value:.0%} likely to still be an active customer by the purchase rhythm",
-        catalog.LESS_RISK,
-        "BG/NBD probability that the customer has not dropped out, fitted on the history before the cutoff.",
-    ),
-    "bg_expected_purchases": (
-        "only {value:.1f} purchases expected in the coming period by the purchase rhythm",
-        catalog.LESS_RISK,
-        "BG/NBD expected purchase days in the horizon, fitted on the history before the cutoff.",
-    ),
-    "bg_p_no_purchase": (
-        "{value:.0%} chance of no purchase in the coming period by the purchase rhythm",
-        catalog.MORE_RISK,
-        "BG/NBD probability of no purchase in the horizon, fitted on the history before the cutoff.",
-    ),
-    "ewm_orders_30": ("little recent buying ({value:.1f} purchase days, weighted to the last month)", catalog.LESS_RISK,
-                      "Purchase days weighted by exp(-age ln2 / 30 days): recent activity."),
-    "ewm_orders_90": ("buying less lately ({value:.1f} purchase days, weighted to the last 3 months)", catalog.LESS_RISK,
-                      "Purchase days weighted by exp(-age ln2 / 90 days)."),
-    "ewm_orders_365": ("little buying over the year ({value:.1f} purchase days, weighted to the last year)",
-                       catalog.LESS_RISK,
-                       "Purchase days weighted by exp(-age ln2 / 365 days)."),
-    "active_months_365d": ("bought in only {value:.0f} of the last 12 months", catalog.LESS_RISK,
-                           "Distinct 30-day periods with a purchase in the last 365 days."),
-    "purchase_days_ly_next90": ("{value:.0f} purchase days in the same season last year", catalog.LESS_RISK,
-                                "Purchase days in [c - 365d, c - 275d): the coming 90 days, one year earlier."),
-    "purchase_days_ly_next180": ("{value:.0f} purchase days in the coming half-year's season last year",
-                                 catalog.LESS_RISK, "Purchase days in [c - 365d, c - 185d)."),
-    "max_gap_days": ("longest break so far was {value:.0f} days", catalog.NEUTRAL,
-                     "Longest gap between consecutive purchase days."),
-    "last_gap_days": ("last break between purchases was {value:.0f} days", catalog.MORE_RISK,
-                      "Gap between the last two purchase days."),
-    "recency_max_gap_ratio": ("away {value:.1f}x the longest break so far", catalog.MORE_RISK,
-                              "recency_days divided by the longest gap between purchase days."),
-    "own_gap_survival": ("in the past, {value:.0%} of similar breaks lasted another season", catalog.MORE_RISK,
-                         "Smoothed share of the customer's past gaps longer than the current recency that "
-                         "also exceeded recency + horizon."),
-    "first_purchase_days": ("first purchase {value:.0f} days ago", catalog.LESS_RISK,
-                            "Days from the first purchase day to the cutoff."),
-    "season_affinity": ("buys products that sold {value:.0%} of the usual share in these weeks last year",
-                        catalog.LESS_RISK,
-                        "Spend-weighted share of the customer's items' sales that fell in the same season last "
-                        "year, relative to the shop's (1 = average)."),
-    "history_days": ("shop history of {value:.0f} days", catalog.NEUTRAL,
-                     "Days of data before the cutoff (tells the model how complete year-ago features are)."),
-}
-
 # Sentences for missing values that carry a meaning.
 MISSING_SENTENCES = {
     "gap_mean_days": "bought on a single day only: no purchase rhythm yet",
@@ -134,19 +84,14 @@ def _missing(value) -> bool:
 
 
 def feature_meaning(name: str) -> str:
-    if name in catalog.FEATURES:
-        return catalog.FEATURES[name].meaning
-    if name in EXTRA_FEATURES:
-        return EXTRA_FEATURES[name][2]
-    return name.replace("_", " ")
+    """The catalog meaning of a model feature (``features.catalog.lookup``), else its name in words."""
+    feature = catalog.lookup(name)
+    return feature.meaning if feature is not None else name.replace("_", " ")
 
 
 def feature_direction(name: str) -> int:
-    if name in catalog.FEATURES:
-        return catalog.FEATURES[name].direction
-    if name in EXTRA_FEATURES:
-        return EXTRA_FEATURES[name][1]
-    return catalog.NEUTRAL
+    feature = catalog.lookup(name)
+    return feature.direction if feature is not None else catalog.NEUTRAL
 
 
 def feature_docs(names: Iterable[str]) -> list[dict]:
@@ -161,7 +106,7 @@ def feature_docs(names: Iterable[str]) -> list[dict]:
             direction = feature_direction(name)
             out.append({"name": name, "meaning": feature_meaning(name), "window": "before the cutoff",
                         "higher_means": {1: "more risk", -1: "less risk"}.get(direction, "no clear direction"),
-                        "source": "training.churn"})
+                        "source": "features.churn_features"})
     return out
 
 
@@ -196,9 +141,9 @@ def sentence(name: str, value, row: dict | None = None) -> str:
 def _base_sentence(name: str, value) -> str:
     if name in catalog.FEATURES:
         return _singular(catalog.reason(name, value))
-    if name in EXTRA_FEATURES:
+    if name in catalog.EXTRAS:
         try:
-            return _singular(EXTRA_FEATURES[name][0].format(value=value))
+            return _singular(catalog.EXTRAS[name].template.format(value=value))
         except (ValueError, TypeError):
             pass
     return f"{name.replace('_', ' ')} = {value}"

@@ -1,0 +1,317 @@
+"""Every input of the churn model, and the one function that gives its feature matrix.
+
+The churn model sees, per (customer, cutoff), three groups of columns, all computed from data
+strictly before the cutoff and all described in ``features/catalog.py``:
+
+* the **catalog features** and the labels (``features.snapshots.build_snapshots``, one Ibis query
+  for many cutoffs on DuckDB or Spark);
+* the **behaviour extras** (:func:`behaviour_at`: time-decayed purchase days, active months,
+  same-season-last-year purchase days, the customer's own gap history, first purchase,
+  :func:`season_affinity`), ``catalog.EXTRAS`` without the ``bg_`` ones;
+* the **BG/NBD features** (``features/bgnbd.py``: population parameters fitted per cutoff, then
+  each customer's values from them).
+
+:func:`feature_matrix` joins them: the one code path that computes the churn feature matrix for
+training, the backtest, the registry gate, batch scoring and serving. It stores what it computes in
+the workspace (``features/churn_matrix/``) keyed by the data fingerprint, the horizon, the
+eligibility window and the cutoff, so that ``crmml features`` computes the matrix once and every
+later stage reads it; any set of cutoffs reuses the stored ones and computes only the others.
+It stores every customer seen before a cutoff (``include_ineligible=True``); the eligible rows are
+selected on reading.
+
+Written for one customer as well as for all: :func:`behaviour_at` and :func:`season_affinity` are
+pure functions of a purchase table and a cutoff (no state between calls), and the BG/NBD values of a
+customer need only the population parameters of that cutoff, which are kept beside the matrix
+(:func:`stored_bgnbd_params`); the item seasonality of :func:`season_affinity` is a shop-wide
+statistic of the year before the cutoff, like those parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import catalog
+from features.bgnbd import BG_COLUMNS, BGNBD, bgnbd_features, fit_at, purchase_days
+from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, build_snapshots
+from features.workspace import Workspace, atomic_write
+
+EXTRA_FEATURES: list[str] = catalog.extra_feature_names()  # model order: the behaviour extras, then BG/NBD
+BEHAVIOUR_FEATURES: list[str] = [n for n in EXTRA_FEATURES if n not in BG_COLUMNS]
+KEYS = ["customer_id", "cutoff"]
+
+MATRIX_DIR = "churn_matrix"  # features/churn_matrix/<fingerprint>/h<horizon>_e<eligibility>/<cutoff>.parquet
+
+
+# ============================================================================================
+# behaviour extras
+# ============================================================================================
+def purchase_lines(events: pd.DataFrame) -> pd.DataFrame:
+    """The purchase lines of an events table: ``customer_id`` (str), ``item_id``, ``timestamp``, ``amount``."""
+    mask = (events["event_type"].astype("string") == "purchase").fillna(False).to_numpy(bool)
+    cols = [c for c in ("customer_id", "item_id", "timestamp", "amount") if c in events.columns]
+    lines = events.loc[mask, cols].copy()
+    lines["customer_id"] = lines["customer_id"].astype(str)
+    lines["amount"] = pd.to_numeric(lines.get("amount"), errors="coerce")
+    return lines
+
+
+def behaviour_at(days: pd.DataFrame, lines: pd.DataFrame, cutoff, horizon_days: int = DEFAULT_HORIZON) -> pd.DataFrame:
+    """The behaviour extras at ``cutoff`` of each customer with a purchase day before it.
+
+    ``days``: :func:`features.bgnbd.purchase_days` of the events, ``lines``: :func:`purchase_lines`
+    (rows after the cutoff are ignored). Returns ``customer_id`` (sorted), the
+    :data:`BEHAVIOUR_FEATURES` (float) and ``cutoff``; empty without a purchase before the cutoff.
+    """
+    cutoff = pd.Timestamp(cutoff).normalize()
+    has_items = "item_id" in lines.columns and lines["item_id"].notna().any() and lines["amount"].notna().any()
+    day_arr = days["day"].to_numpy("datetime64[D]")
+    cut = np.datetime64(cutoff.date(), "D")
+    m = day_arr < cut
+    if not m.any():
+        return pd.DataFrame(columns=["customer_id", *BEHAVIOUR_FEATURES, "cutoff"])
+    d = pd.DataFrame({"customer_id": days["customer_id"].to_numpy()[m], "day": day_arr[m],
+                      "amount": days["amount"].to_numpy(float)[m]})
+    d["age"] = (cut - d["day"].to_numpy("datetime64[D]")).astype("timedelta64[D]").astype(float)
+    d = d.sort_values(["customer_id", "day"], kind="stable")
+    age = d["age"].to_numpy()
+    ln2 = math.log(2.0)
+    for hl in (30, 90, 365):
+        d[f"ewm_orders_{hl}"] = np.exp(-age * ln2 / hl)
+    d["in_365"] = age <= 365
+    d["month_bin"] = np.where(age <= 365, np.floor(age / 30.4), np.nan)
+    d["ly90"] = ((age > 365 - horizon_days) & (age <= 365)).astype(float)
+    d["ly180"] = ((age > 365 - 2 * horizon_days) & (age <= 365)).astype(float)
+    prev = d.groupby("customer_id", sort=False)["age"].shift(1)
+    d["gap"] = prev - d["age"]  # days between consecutive purchase days
+    g = d.groupby("customer_id", sort=True)
+    f = pd.DataFrame(index=g.size().index)
+    for hl in (30, 90, 365):
+        f[f"ewm_orders_{hl}"] = g[f"ewm_orders_{hl}"].sum()
+    f["active_months_365d"] = g["month_bin"].nunique()
+    f["purchase_days_ly_next90"] = g["ly90"].sum()
+    f["purchase_days_ly_next180"] = g["ly180"].sum()
+    f["max_gap_days"] = g["gap"].max()
+    f["last_gap_days"] = g["gap"].last()
+    recency = g["age"].min()
+    f["first_purchase_days"] = g["age"].max()
+    f["recency_max_gap_ratio"] = recency / f["max_gap_days"].where(f["max_gap_days"] > 0)
+    # the customer's own history of breaks: of the past gaps longer than the current absence,
+    # how many also lasted another horizon (smoothed towards 1/2)
+    rec_row = d["customer_id"].map(recency).to_numpy()
+    gap = d["gap"].to_numpy()
+    longer = np.nan_to_num(gap, nan=-1) > rec_row
+    much_longer = np.nan_to_num(gap, nan=-1) > rec_row + horizon_days
+    n_longer = pd.Series(longer, index=d.index).groupby(d["customer_id"]).sum()
+    n_much = pd.Series(much_longer, index=d.index).groupby(d["customer_id"]).sum()
+    f["own_gap_survival"] = (n_much + 1.0) / (n_longer + 2.0)
+    if has_items:
+        f["season_affinity"] = season_affinity(lines, cutoff, horizon_days).reindex(f.index)
+    else:
+        f["season_affinity"] = np.nan
+    f["cutoff"] = cutoff
+    return f.reset_index()
+
+
+def season_affinity(lines: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series:
+    """Spend-weighted seasonality of the items a customer bought in the last year.
+
+    An item's seasonality is the share of its last-year sales that fell in the same weeks one year
+    earlier (``[c - 365d, c - 365d + horizon)``), divided by the same share for the whole shop:
+    above 1 the customer buys products that sell in the coming season.
+    """
+    cutoff = pd.Timestamp(cutoff)
+    start = cutoff - pd.Timedelta(days=365)
+    mask = (lines["timestamp"] < cutoff) & (lines["timestamp"] >= start)
+    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(), ["customer_id", "item_id", "timestamp", "amount"]]
+    if ln.empty:
+        return pd.Series(dtype=float)
+    same = (ln["timestamp"] < start + pd.Timedelta(days=horizon_days)).to_numpy()
+    item_total = ln.groupby("item_id", sort=False)["amount"].sum()
+    item_same = ln.loc[same].groupby("item_id", sort=False)["amount"].sum().reindex(item_total.index).fillna(0.0)
+    shop_share = item_same.sum() / item_total.sum()
+    if not shop_share > 0:
+        return pd.Series(np.nan, index=pd.Index(ln["customer_id"].unique()))
+    # items sold only a little get shrunk towards the shop's share
+    prior = 5.0 * float(item_total.median())
+    season = (item_same + prior * shop_share) / (item_total + prior) / shop_share
+    w = ln["amount"].to_numpy()
+    s = ln["item_id"].map(season).to_numpy(float)
+    num = pd.Series(w * s).groupby(ln["customer_id"].to_numpy()).sum()
+    den = pd.Series(w).groupby(ln["customer_id"].to_numpy()).sum()
+    return num / den
+
+
+# ============================================================================================
+# the matrix
+# ============================================================================================
+def _normal(cutoffs) -> list[pd.Timestamp]:
+    return sorted({pd.Timestamp(c).normalize() for c in cutoffs})
+
+
+def _source(source) -> tuple[object, Workspace | None]:
+    """(source for build_snapshots, the workspace to cache in or None) of a Workspace, a path or a dict."""
+    if isinstance(source, dict):
+        return source, None
+    ws = source if isinstance(source, Workspace) else Workspace(source)
+    return ws, ws
+
+
+def _events(src, events: pd.DataFrame | None) -> pd.DataFrame:
+    if events is not None:
+        return events
+    return src["events"] if isinstance(src, dict) else src.read_table("events")
+
+
+def _init_key(model: BGNBD | None) -> str:
+    """Names the starting point of a BG/NBD fit: its result depends on it (at the optimiser's tolerance)."""
+    if model is None:
+        return "cold"
+    return hashlib.sha256(json.dumps([model.r, model.alpha, model.a, model.b]).encode()).hexdigest()[:16]
+
+
+class _Store:
+    """The stored matrix of one workspace, data fingerprint, horizon and eligibility window.
+
+    ``<cutoff>.parquet``: catalog features, labels and behaviour extras of every customer seen before
+    the cutoff. ``bgnbd/<cutoff>_<init>.parquet`` + ``.json``: the BG/NBD values and population
+    parameters at the cutoff, for the fit started from ``init`` (each cutoff's fit starts from the
+    previous requested cutoff's parameters, so the start is part of the key).
+    """
+
+    def __init__(self, ws: Workspace, horizon_days: int, eligibility_days: int):
+        self.fingerprint = ws.data_fingerprint()
+        self.base = ws.features_dir / MATRIX_DIR
+        self.dir = self.base / self.fingerprint[:16] / f"h{int(horizon_days)}_e{int(eligibility_days)}"
+
+    def part(self, cutoff: pd.Timestamp) -> Path:
+        return self.dir / f"{cutoff.date()}.parquet"
+
+    def bg(self, cutoff: pd.Timestamp, init: str) -> tuple[Path, Path]:
+        stem = self.dir / "bgnbd" / f"{cutoff.date()}_{init}"
+        return stem.with_suffix(".parquet"), stem.with_suffix(".json")
+
+    def drop_stale(self) -> None:
+        """Remove the matrices of other data (an earlier fingerprint): they can never be read again."""
+        if self.base.exists():
+            for d in self.base.iterdir():
+                if d.is_dir() and d.name != self.fingerprint[:16]:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def _behaviour_parts(src, cutoffs: list[pd.Timestamp], horizon_days: int, eligibility_days: int, engine: str,
+                     days: pd.DataFrame, lines: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
+    """Catalog features + labels (every customer seen) with the behaviour extras, per cutoff."""
+    snap = build_snapshots(src, cutoffs, horizon_days=horizon_days, eligibility_days=eligibility_days,
+                           engine=engine, include_ineligible=True)
+    snap["customer_id"] = snap["customer_id"].astype(str)
+    snap["cutoff"] = snap["cutoff"].astype("datetime64[us]")
+    out = {}
+    for cutoff in cutoffs:
+        part = snap[snap["cutoff"] == cutoff].reset_index(drop=True)
+        extra = behaviour_at(days, lines, cutoff, horizon_days)
+        extra["cutoff"] = extra["cutoff"].astype("datetime64[us]")
+        extra["customer_id"] = extra["customer_id"].astype(str)
+        for c in BEHAVIOUR_FEATURES:
+            extra[c] = extra[c].astype("float64")
+        out[cutoff] = part.merge(extra[KEYS + BEHAVIOUR_FEATURES], on=KEYS, how="left")
+    return out
+
+
+def feature_matrix(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY,
+                   include_ineligible: bool = False, engine: str = "duckdb", events: pd.DataFrame | None = None,
+                   cache: bool = True) -> pd.DataFrame:
+    """The churn model's feature matrix: one row per (customer, cutoff), every input of the model.
+
+    ``source``: a ``Workspace``, a workspace path, or a dict of canonical DataFrames (see
+    ``build_snapshots``). Rows: the customers eligible at each cutoff (a purchase in the
+    ``eligibility_days`` before it), or every customer seen before it with ``include_ineligible``.
+    Columns: ``customer_id``, ``cutoff``, the catalog features, ``eligible``, ``label_available``,
+    ``churned`` (labels over ``horizon_days``), then :data:`EXTRA_FEATURES` (NaN where a customer
+    has no purchase before the cutoff); sorted by cutoff and customer.
+
+    With a workspace (and ``cache``) the matrix of each cutoff is read from the workspace when it
+    was computed before for the same data, horizon and eligibility window, and stored otherwise.
+    ``events``: the events table when the caller has it already (read from the source otherwise,
+    and only when something must be computed). ``engine``: ``duckdb`` or ``spark`` (same values).
+    """
+    cuts = _normal(cutoffs)
+    if not cuts:
+        raise ValueError("no cutoff dates given")
+    src, ws = _source(source)
+    store = _Store(ws, horizon_days, eligibility_days) if (ws is not None and cache) else None
+    parts: dict[pd.Timestamp, pd.DataFrame] = {}
+    if store is not None:
+        parts = {c: pd.read_parquet(store.part(c)) for c in cuts if store.part(c).exists()}
+    missing = [c for c in cuts if c not in parts]
+    days = lines = None
+    if missing:
+        ev = _events(src, events)
+        days, lines = purchase_days(ev), purchase_lines(ev)
+        computed = _behaviour_parts(src, missing, horizon_days, eligibility_days, engine, days, lines)
+        if store is not None:
+            store.drop_stale()
+            for c, part in computed.items():
+                _write_parquet(store.part(c), part)
+        parts |= computed
+
+    # BG/NBD along the requested cutoffs, each fit started from the previous one's parameters
+    frames = []
+    previous: BGNBD | None = None
+    for c in cuts:
+        bg, model = None, None
+        if store is not None:
+            values, params = store.bg(c, _init_key(previous))
+            if values.exists() and params.exists():
+                bg = pd.read_parquet(values)
+                p = json.loads(params.read_text())
+                model = BGNBD(**p) if p else None
+        if bg is None:
+            if days is None:
+                days = purchase_days(_events(src, events))
+            summary, model = fit_at(days, c, init=previous)
+            if model is not None:
+                bg = bgnbd_features(model, summary, c, horizon_days)[["customer_id", *BG_COLUMNS]]
+                bg["customer_id"] = bg["customer_id"].astype(str)
+            else:
+                bg = pd.DataFrame({"customer_id": pd.Series([], dtype=str),
+                                   **{k: pd.Series([], dtype="float64") for k in BG_COLUMNS}})
+            if store is not None:
+                values, params = store.bg(c, _init_key(previous))
+                atomic_write(params, lambda tmp: tmp.write_text(json.dumps(
+                    {k: getattr(model, k) for k in ("r", "alpha", "a", "b", "penalizer", "n_customers", "method_")}
+                    if model is not None else {})))
+                _write_parquet(values, bg)
+        if model is not None:
+            previous = model
+        part = parts[c]
+        frames.append(part.merge(bg, on="customer_id", how="left"))
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if not include_ineligible:
+        out = out[out["eligible"]].reset_index(drop=True)
+    return out
+
+
+def stored_cutoffs(ws: Workspace, horizon_days: int = DEFAULT_HORIZON,
+                   eligibility_days: int = DEFAULT_ELIGIBILITY) -> list[pd.Timestamp]:
+    """The cutoffs whose matrix is stored in ``ws`` for its current data, horizon and eligibility window."""
+    store = _Store(ws, horizon_days, eligibility_days)
+    return sorted(pd.Timestamp(p.stem) for p in store.dir.glob("*.parquet")) if store.dir.exists() else []
+
+
+def stored_bgnbd_params(ws: Workspace, cutoff, horizon_days: int = DEFAULT_HORIZON,
+                        eligibility_days: int = DEFAULT_ELIGIBILITY) -> list[dict]:
+    """The BG/NBD population parameters stored at ``cutoff`` (one per fit start; see ``_Store``)."""
+    store = _Store(ws, horizon_days, eligibility_days)
+    stem = f"{pd.Timestamp(cutoff).normalize().date()}_"
+    return [json.loads(p.read_text()) for p in sorted((store.dir / "bgnbd").glob(f"{stem}*.json"))]
