@@ -39,6 +39,7 @@ import pandas as pd
 
 from features import catalog
 from features.bgnbd import BG_COLUMNS, BGNBD, bgnbd_features, fit_at, purchase_days
+from features.dates import newest_labelled_cutoff, training_cutoffs
 from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, build_snapshots
 from features.workspace import Workspace, atomic_write
 
@@ -146,6 +147,37 @@ def season_affinity(lines: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series
     num = pd.Series(w * s).groupby(ln["customer_id"].to_numpy()).sum()
     den = pd.Series(w).groupby(ln["customer_id"].to_numpy()).sum()
     return num / den
+
+
+# ============================================================================================
+# the cutoffs the stages ask for
+# ============================================================================================
+def backtest_cutoffs(first_event, cutoff, horizon_days: int, step_days: int = 30,
+                     min_history_days: int = 60) -> list[pd.Timestamp]:
+    """The cutoffs of a backtest at ``cutoff``: its training cutoffs (``features.dates.training_cutoffs``,
+    labels ending on or before ``cutoff``), then ``cutoff`` itself."""
+    return training_cutoffs(first_event, cutoff, horizon_days, step_days, min_history_days) + [
+        pd.Timestamp(cutoff).normalize()]
+
+
+def final_training_cutoffs(first_event, as_of, horizon_days: int, step_days: int = 30,
+                           min_history_days: int = 60) -> list[pd.Timestamp]:
+    """The cutoffs the final model trains on: every ``step_days`` back from the newest labelled one."""
+    # training_cutoffs(first, E) ends at E - horizon: E = as_of - 1 day gives the newest labelled cutoff
+    return training_cutoffs(first_event, newest_labelled_cutoff(as_of, 0), horizon_days, step_days, min_history_days)
+
+
+def stage_cutoffs(first_event, as_of, horizon_days: int, step_days: int = 30,
+                  min_history_days: int = 60) -> dict[str, list[pd.Timestamp]]:
+    """The cutoff sets that ``crmml train churn`` (backtest, final model), ``crmml models promote``
+    (gate), ``crmml score`` and ``crmml serve`` ask :func:`feature_matrix` for, with their defaults."""
+    labelled = newest_labelled_cutoff(as_of, horizon_days)
+    return {
+        "train": final_training_cutoffs(first_event, as_of, horizon_days, step_days, min_history_days),
+        "backtest": backtest_cutoffs(first_event, labelled, horizon_days, step_days, min_history_days),
+        "gate": [labelled],
+        "score": [pd.Timestamp(as_of).normalize()],
+    }
 
 
 # ============================================================================================

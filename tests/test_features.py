@@ -361,7 +361,12 @@ def test_cli_writes_tables_and_summary(synthetic_ws):
                                       "--cutoffs", "2024-01-01:2024-05-01:1M", "--horizon", "60"])
     assert result.exit_code == 0, result.output
     assert "churn rate" in result.output and "champions" in result.output.lower() or "loyal" in result.output
-    snap = synthetic_ws.read_table("snapshots", kind="features")
+    from features.churn_features import feature_matrix, stored_cutoffs
+
+    wanted = [pd.Timestamp(d) for d in ("2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01", "2024-05-01",
+                                        "2024-06-01")]
+    assert set(wanted) <= set(stored_cutoffs(synthetic_ws, horizon_days=60))  # stored by `crmml features`
+    snap = feature_matrix(synthetic_ws, wanted, horizon_days=60)
     assert snap["cutoff"].nunique() == 6
     assert snap["churned"].notna().all()
     c360 = synthetic_ws.read_table("customer360", kind="features")

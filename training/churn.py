@@ -86,7 +86,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from features import catalog
-from features.churn_features import EXTRA_FEATURES, feature_matrix
+from features.churn_features import EXTRA_FEATURES, backtest_cutoffs, feature_matrix, final_training_cutoffs
 from features.dates import as_of_date, newest_labelled_cutoff, training_cutoffs
 from training import churn_metrics as cm
 from training import retention
@@ -648,7 +648,7 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
             f"cutoff {cutoff.date()} + {horizon_days} days ends after the last event ({last}): no labels to evaluate; "
             f"use a cutoff on or before {(last.normalize() - pd.Timedelta(days=horizon_days)).date()}"
         )
-    cuts = training_cutoffs(first, cutoff, horizon_days, step_days, min_history_days)
+    cuts = backtest_cutoffs(first, cutoff, horizon_days, step_days, min_history_days)[:-1]
     if len(cuts) < 2:
         raise ValueError(f"only {len(cuts)} training cutoff(s) fit between the first event ({first.date()}) and "
                          f"{cutoff.date()} - {horizon_days} days; use a later cutoff or a smaller --step-days")
@@ -812,10 +812,8 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
     say = progress or (lambda msg: log.info(msg))
     src, events = _tables(source, columns=["timestamp"])
-    first = events["timestamp"].min()
-    # training_cutoffs(first, E) ends at E - horizon: E = as_of - 1 day gives the newest labelled cutoff
-    end = newest_labelled_cutoff(as_of_date(events["timestamp"]), 0)
-    cuts = training_cutoffs(first, end, horizon_days, step_days, min_history_days)
+    cuts = final_training_cutoffs(events["timestamp"].min(), as_of_date(events["timestamp"]), horizon_days, step_days,
+                                  min_history_days)
     if len(cuts) < 2:
         raise ValueError("not enough history for two labelled cutoffs")
     say(f"building snapshots for {len(cuts)} cutoffs ({cuts[0].date()} .. {cuts[-1].date()})")

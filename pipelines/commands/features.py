@@ -1,4 +1,5 @@
-"""`crmml features`: point-in-time snapshots with churn labels, and the customer 360, into the workspace."""
+"""`crmml features`: the churn feature matrix (point-in-time features with churn labels) and the customer 360,
+stored in the workspace for the later stages to read."""
 
 from __future__ import annotations
 
@@ -78,31 +79,41 @@ def print_summary(summary: dict) -> None:
 def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None = None, horizon: int = 90,
                  eligibility_days: int = 365, engine: str = "duckdb", as_of: str | None = None,
                  include_ineligible: bool = False, customer360: bool = True) -> dict:
-    """Build and write ``snapshots`` and ``customer360`` (kind="features") and ``features_summary.json``."""
+    """Store the churn feature matrix (``features.churn_features.feature_matrix``) for the given cutoffs
+    and for those that training, the backtest, the registry gate, scoring and serving ask for; write
+    ``customer360`` (kind="features") and ``features_summary.json``."""
     import pandas as pd
 
-    from features import insight, snapshots
+    from features import churn_features, insight, snapshots
+    from features.dates import as_of_date
     from features.engines import connect
     from features.workspace import Workspace, atomic_write
 
     ws = Workspace(workspace)
     if not ws.has_table("events"):
         raise FileNotFoundError(f"no events in workspace {ws.root}; run `crmml ingest` or `crmml generate` first")
+    ev = ws.read_table("events", columns=["timestamp"])
     dates: list = []
     if cutoffs:
         dates += snapshots.parse_cutoffs(cutoffs)
     if cutoff:
         dates.append(pd.Timestamp(cutoff).normalize())
     if not dates:
-        ev = ws.read_table("events", columns=["timestamp"])
         dates = snapshots.default_cutoffs(ev, horizon_days=horizon)
     dates = sorted(set(dates))
-    con = connect(engine)
     started = time.perf_counter()
-    snap = snapshots.build_snapshots(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
-                                     engine=engine, include_ineligible=include_ineligible, con=con)
+    snap = churn_features.feature_matrix(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
+                                         engine=engine, include_ineligible=include_ineligible)
     t_snap = time.perf_counter() - started
-    ws.write_table("snapshots", snap, kind="features")
+    # the cutoff sets of the later stages (each set's BG/NBD fits chain through it): stored now, read then
+    started = time.perf_counter()
+    stages = churn_features.stage_cutoffs(ev["timestamp"].min(), as_of_date(ev["timestamp"]), horizon)
+    enough = {"train": 2, "backtest": 3}  # training needs two labelled cutoffs (see training.churn)
+    for name, cuts in stages.items():
+        if len(cuts) >= enough.get(name, 1):
+            churn_features.feature_matrix(ws, cuts, horizon_days=horizon, eligibility_days=eligibility_days,
+                                          engine=engine)
+    t_stages = time.perf_counter() - started
     summary = {
         "engine": engine,
         "horizon_days": horizon,
@@ -111,12 +122,14 @@ def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None 
         "rows": int(len(snap)),
         "focus_cutoff": str(pd.Timestamp(cutoff).date()) if cutoff else str(dates[-1].date()),
         **snapshots.summary(snap),
-        "seconds": {"snapshots": round(t_snap, 2)},
+        "stage_cutoffs": {name: [str(c.date()) for c in cuts] for name, cuts in stages.items()},
+        "seconds": {"snapshots": round(t_snap, 2), "stage_cutoffs": round(t_stages, 2)},
         "data_fingerprint": ws.data_fingerprint(),
     }
     if customer360:
         started = time.perf_counter()
-        c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=con, eligibility_days=eligibility_days)
+        c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=connect(engine),
+                                         eligibility_days=eligibility_days)
         summary["seconds"]["customer360"] = round(time.perf_counter() - started, 2)
         ws.write_table("customer360", c360, kind="features")
         summary["customer360"] = {
@@ -165,5 +178,6 @@ def register(app: typer.Typer) -> None:
             rate = "n/a" if focus["churn_rate"] is None else f"{focus['churn_rate']:.1%}"
             console.print(f"cutoff {focus['cutoff']}: {focus['customers']:,} customers, {focus['eligible']:,} eligible, "
                           f"churn rate {rate}")
-        console.print(f"wrote snapshots ({summary['rows']:,} rows)"
-                      + (", customer360" if customer360 else "") + f" to the workspace features/ folder")
+        console.print(f"stored the churn feature matrix ({summary['rows']:,} rows at the given cutoffs, and the "
+                      f"cutoffs of training, backtest, gate and scoring)"
+                      + (", customer360" if customer360 else "") + " in the workspace features/ folder")
