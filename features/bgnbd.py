@@ -1,8 +1,9 @@
 """BG/NBD, the buy-till-you-die model of purchase counts and dropout, as churn model features.
 
 A feature module (``features`` imports nothing from ``training``): the churn model's BG/NBD inputs
-(``bg_p_alive``, ``bg_expected_purchases``, ``bg_p_no_purchase``, see ``features.catalog.EXTRAS``)
-and the BG/NBD churn baseline come from here, and ``training/clv.py`` builds customer lifetime value
+(``bg_p_alive``, ``bg_expected_purchases``, ``bg_p_no_purchase``, see ``features.catalog.EXTRAS``;
+the BG/NBD churn baseline is ``bg_p_no_purchase``) come from here, joined to the other features by
+``features.churn_features.feature_matrix``, and ``training/clv.py`` builds customer lifetime value
 on the same :class:`BGNBD` and :func:`transaction_summary`.
 
 Conventions. The unit of time is a day and a "transaction" is a **purchase day** (all purchase lines of
@@ -263,32 +264,3 @@ def fit_at(days: pd.DataFrame, cutoff, init: BGNBD | None = None) -> tuple[pd.Da
     if len(summary) < 2:
         return summary, None
     return summary, BGNBD().fit(summary, init=init)
-
-
-def bgnbd_frame(
-    events: pd.DataFrame,
-    cutoffs,
-    horizon_days: int = 90,
-    days: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """BG/NBD outputs per (customer, cutoff), each cutoff fitted on its own past only
-    (:func:`bgnbd_features` columns). Each fit starts from the previous cutoff's parameters."""
-    if days is None:
-        days = purchase_days(events)
-    frames = []
-    previous = None
-    for cutoff in sorted({pd.Timestamp(c).normalize() for c in cutoffs}):
-        summary, model = fit_at(days, cutoff, init=previous)
-        if model is None:
-            continue
-        previous = model
-        frames.append(bgnbd_features(model, summary, cutoff, horizon_days))
-    if not frames:
-        return pd.DataFrame(
-            columns=["customer_id", "cutoff", "bg_p_alive", "bg_expected_purchases", "bg_p_no_purchase",
-                     "bg_frequency", "bg_T"]
-        )
-    out = pd.concat(frames, ignore_index=True)
-    out["cutoff"] = out["cutoff"].astype("datetime64[us]")
-    out["customer_id"] = out["customer_id"].astype(str)
-    return out

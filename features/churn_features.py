@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -46,6 +47,8 @@ from features.workspace import Workspace, atomic_write
 EXTRA_FEATURES: list[str] = catalog.extra_feature_names()  # model order: the behaviour extras, then BG/NBD
 BEHAVIOUR_FEATURES: list[str] = [n for n in EXTRA_FEATURES if n not in BG_COLUMNS]
 KEYS = ["customer_id", "cutoff"]
+
+log = logging.getLogger(__name__)
 
 MATRIX_DIR = "churn_matrix"  # features/churn_matrix/<fingerprint>/h<horizon>_e<eligibility>/<cutoff>.parquet
 
@@ -130,7 +133,8 @@ def season_affinity(lines: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series
     cutoff = pd.Timestamp(cutoff)
     start = cutoff - pd.Timedelta(days=365)
     mask = (lines["timestamp"] < cutoff) & (lines["timestamp"] >= start)
-    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(), ["customer_id", "item_id", "timestamp", "amount"]]
+    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(),
+                   ["customer_id", "item_id", "timestamp", "amount"]]
     if ln.empty:
         return pd.Series(dtype=float)
     same = (ln["timestamp"] < start + pd.Timedelta(days=horizon_days)).to_numpy()
@@ -238,7 +242,16 @@ class _Store:
 
 
 def _write_parquet(path: Path, df: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    _store_file(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def _store_file(path: Path, write) -> None:
+    """Store one file of the matrix atomically; a workspace that cannot be written (a read-only mount of
+    the service) only loses the cache, never the answer."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        log.warning("churn feature matrix not stored (%s): %s", path.parent, exc)
 
 
 def _behaviour_parts(src, cutoffs: list[pd.Timestamp], horizon_days: int, eligibility_days: int, engine: str,
@@ -320,7 +333,7 @@ def feature_matrix(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibi
                                    **{k: pd.Series([], dtype="float64") for k in BG_COLUMNS}})
             if store is not None:
                 values, params = store.bg(c, _init_key(previous))
-                atomic_write(params, lambda tmp: tmp.write_text(json.dumps(
+                _store_file(params, lambda tmp: tmp.write_text(json.dumps(
                     {k: getattr(model, k) for k in ("r", "alpha", "a", "b", "penalizer", "n_customers", "method_")}
                     if model is not None else {})))
                 _write_parquet(values, bg)

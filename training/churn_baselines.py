@@ -1,7 +1,7 @@
 """The simple rules a churn model must beat, and the score -> probability calibrators.
 
 Every baseline turns a snapshot frame (one row per customer and cutoff, columns as in
-``features/catalog.py`` plus the ``bg_*`` columns of ``training.clv.bgnbd_frame``) into a **risk
+``features/catalog.py`` plus the ``bg_*`` columns of ``features.churn_features.feature_matrix``) into a **risk
 score** (higher = more likely to churn):
 
 ``recency``
