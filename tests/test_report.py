@@ -461,6 +461,7 @@ def test_inputs_are_read_where_their_writers_put_them(tmp_path):
     from pipelines import score
     from pipelines.report import inputs, model_sections
 
+    assert inputs.PROBABILITY in score.OUTPUT_COLUMNS
     ws = Workspace(tmp_path / "ws")
     ws.outputs_dir.mkdir(parents=True)
     scores = pd.DataFrame({"customer_id": ["a", "b"], "churn_probability": [0.2, 0.7], "rfm_segment": ["new", "lost"]})

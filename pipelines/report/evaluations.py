@@ -78,6 +78,7 @@ def evaluation_views(obj: Any) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def model_row(table: pd.DataFrame) -> str:
+    """The row of the model itself (the others are its baselines)."""
     return next((r for r in MODEL_ROWS if r in table.index), table.index[0])
 
 
@@ -94,6 +95,7 @@ def versus(table: pd.DataFrame, metric: str, model: str, higher_better: bool = T
 
 
 def view_tables(views: dict, preferred: list[str]) -> dict[str, pd.DataFrame]:
+    """Each view as a table: the model's row first, the ``preferred`` metric columns present (else the first six)."""
     out = {}
     for view, rows in views.items():
         df = pd.DataFrame(rows).T

@@ -1,28 +1,25 @@
 """What the report reads, each input at the path its writer declares, loaded once before any section runs.
 
-=========================  =====================================================  ===========================
-input                      read from                                              written by
-=========================  =====================================================  ===========================
-``events``, ``items``      ``ws.table_path("events")``, ``("items")``             ``crmml ingest`` / ``generate``
-``customer360``            ``ws.table_path(insight.CUSTOMER360, "features")``     ``crmml features``
-                           (the rows of the report's date), else computed now
-                           with ``features.insight.build_customer360``
-``scores``                 ``pipelines.score.scores_path(ws)``                    ``crmml score``
-``churn_evaluation``       ``training.churn.evaluation_json(ws.reports_dir)``     ``crmml train/evaluate churn``
-                           and ``evaluation_plots``; else the MLflow run of the
-                           ``crmml-churn`` champion (else the newest training
-                           run of that model): its metrics and ``plots/``
-``recommender_evaluation`` ``training.recommender.evaluation_json(...)``; else    ``crmml train/evaluate
-                           MLflow as above for ``crmml-recommender``              recommender``
-``item_rules``             ``ws.table_path(interactions.ITEM_RULES, "features")``  ``crmml features``
-                           else mined from the events now
-=========================  =====================================================  ===========================
+- ``events``, ``items``: ``ws.table_path("events")``, ``ws.table_path("items")`` (``crmml ingest`` /
+  ``crmml generate``);
+- ``customer360``: the rows of the report's date in ``ws.table_path(features.insight.CUSTOMER360,
+  "features")`` (``crmml features``), else computed now with ``features.insight.build_customer360``;
+- ``scores``: ``pipelines.score.scores_path(ws)`` (``crmml score``), read by ``score.OUTPUT_COLUMNS``;
+- ``churn_evaluation``: ``training.churn.evaluation_json(ws.reports_dir)`` and ``evaluation_plots``
+  (``crmml train churn`` / ``crmml evaluate churn``), else the MLflow training run of the
+  ``training.names.CHURN`` champion (else the newest training run of that model): its metrics and
+  ``plots/``;
+- ``recommender_evaluation``: ``training.recommender.evaluation_json(ws.reports_dir)``, else MLflow as
+  above for ``training.names.RECOMMENDER``;
+- ``item_rules``: ``ws.table_path(features.interactions.ITEM_RULES, "features")``
+  (``features.interactions.write_interaction_tables``), else mined from the events now.
 
 ``value`` (net revenue of the last 365 days and the A/B/C value tiers) and ``summary`` are derived
 from these once, so that no section depends on another having run first.
 
-An absent input is a :class:`Found` whose ``value`` is None and whose ``source`` says, in one line,
-what is missing; the section that needs it shows that line instead of its content. No input is
+An absent input is a :class:`Found` whose ``value`` is None and whose ``source`` says where it was
+looked for (or, for a derived input, why there is none); ``error`` holds the reason when reading it
+failed. The section that needs it says so in one line instead of showing its content. No input is
 searched for among guessed paths.
 """
 
@@ -56,18 +53,18 @@ from training import churn, names, recommender, registry
 
 T = TypeVar("T")
 
-PROBABILITY = "churn_probability"  # the column of pipelines.score's output the report reads
-assert PROBABILITY in score.OUTPUT_COLUMNS
+PROBABILITY = "churn_probability"  # the column of pipelines.score's output (score.OUTPUT_COLUMNS) the report reads
 TOP_RULES = 15
 RULE_SUPPORTS = (0.005, 0.002, 0.001)  # mining rules now: the first support giving TOP_RULES distinct pairs
 
 
 @dataclass(frozen=True)
 class Found(Generic[T]):
-    """An input: its ``value`` and where it came from, or None and one line on what is missing."""
+    """An input: its ``value`` and where it came from, or None and where it was looked for."""
 
     value: T | None
     source: str
+    error: str = ""  # why reading it failed (one line), if it did
 
     @property
     def ok(self) -> bool:
@@ -142,7 +139,7 @@ def _guarded(what: str, load_input, *args) -> Found:
     try:
         return load_input(*args)
     except Exception as exc:  # noqa: BLE001 - one unreadable input must not sink the whole report
-        return Found(None, f"Reading {what} failed: {type(exc).__name__}: {exc}")
+        return Found(None, what, error=f"Reading {what} failed: {type(exc).__name__}: {exc}")
 
 
 def _relative(ws: Workspace, path: Path) -> str:
@@ -170,7 +167,8 @@ def load_customer360(ws: Workspace, when: pd.Timestamp) -> Found[pd.DataFrame]:
             df = insight.build_customer360(ws, as_of=when)
             src = "features.insight.build_customer360 (computed for this report)"
         except Exception as exc:  # noqa: BLE001 - the sections that need it say why it is absent
-            return Found(None, f"features.insight.build_customer360 failed: {type(exc).__name__}: {exc}")
+            return Found(None, "features.insight.build_customer360",
+                         error=f"features.insight.build_customer360 failed: {type(exc).__name__}: {exc}")
     df = df.copy()
     df["customer_id"] = df["customer_id"].astype(str)
     return Found(df, src)
@@ -201,7 +199,7 @@ def load_scores(ws: Workspace) -> Found[pd.DataFrame]:
     """The batch scores of ``crmml score`` (one row per eligible customer, ``score.OUTPUT_COLUMNS``)."""
     path = score.scores_path(ws)
     if not path.exists():
-        return Found(None, f"No churn scores: run `crmml score` ({_relative(ws, path)}) to see them here.")
+        return Found(None, _relative(ws, path))
     df = pd.read_parquet(path)
     df["customer_id"] = df["customer_id"].astype(str)
     if "reasons" in df.columns:  # Parquet gives lists back as arrays; pipelines.score stores JSON text
@@ -268,7 +266,7 @@ def load_evaluation(ws: Workspace, model_name: str) -> Found[ModelEvaluation]:
     found = mlflow_evaluation(ws, model_name)
     if found is not None:
         return found
-    return Found(None, f"No evaluation of {model_name} in {_relative(ws, path)} or in MLflow.")
+    return Found(None, f"{_relative(ws, path)} or MLflow")
 
 
 def _ordered(plots: list[Plot], model_name: str) -> list[Plot]:

@@ -49,7 +49,7 @@ def summary(summary: dict) -> Section:
 def pareto(events: pd.DataFrame, as_of: pd.Timestamp, value: Found[ValueBasis]) -> Section:
     s = Section()
     if not value.ok:
-        s.missing = value.source
+        s.missing = value.error or value.source
         return s
     window = insight.VALUE_WINDOW_DAYS
     start = as_of - pd.Timedelta(days=window)
@@ -85,7 +85,7 @@ def rfm(customer360: Found[pd.DataFrame]) -> Section:
     s = Section()
     c360, src = customer360.value, customer360.source
     if c360 is None or "rfm_segment" not in c360.columns:
-        s.missing = f"No RFM segments: the customer 360 is not available ({src or 'features/customer360.parquet'})."
+        s.missing = f"No RFM segments: the customer 360 is not available ({customer360.error or src})."
         return s
     seg = insight.segment_summary(c360, SEGMENTS)
     if seg.empty:
@@ -200,7 +200,7 @@ def rates(purchases: pd.DataFrame, as_of: pd.Timestamp) -> Section:
 def rules(item_rules: Found[pd.DataFrame], items: pd.DataFrame | None) -> Section:
     s = Section()
     if not item_rules.ok:
-        s.missing = item_rules.source
+        s.missing = item_rules.error or item_rules.source
         return s
     all_rules, src = item_rules.value, item_rules.source
     if all_rules.empty:

@@ -18,14 +18,14 @@ from training.retention import retention_list
 
 TOP_RETENTION = 20
 STAKE = "value_at_stake"  # column of pipelines.score's output and of training.retention.retention_list
-NO_SCORES = "run `crmml score` (outputs/scores.parquet)"
 
 
 def churn_risk(scores: Found[pd.DataFrame], customer360_at_scoring: Found[pd.DataFrame],
                value: Found[ValueBasis]) -> Section:
     s = Section()
     if not scores.ok or PROBABILITY not in scores.value.columns:
-        s.missing = f"No churn scores: {NO_SCORES} to see the churn risk by segment."
+        s.missing = scores.error or (f"No churn scores: run `crmml score` ({scores.source}) to see the churn risk "
+                                     "by segment.")
         return s
     frame, src = scores.value, scores.source
     d = frame[["customer_id", PROBABILITY] + [c for c in ("rfm_segment", "value_tier", STAKE)
@@ -97,8 +97,9 @@ CHURN_PLOTTED = ["auc", "pr_auc", "brier", "top_decile_lift"]
 def churn_evaluation(churn_evaluation: Found[ModelEvaluation]) -> Section:
     s = Section()
     if not churn_evaluation.ok:
-        s.missing = ("No churn evaluation: train or evaluate the churn model (`crmml train churn`, "
-                     "`crmml evaluate churn`) to compare it with its baselines.")
+        s.missing = churn_evaluation.error or (
+            "No churn evaluation: train or evaluate the churn model (`crmml train churn`, "
+            "`crmml evaluate churn`) to compare it with its baselines.")
         return s
     ev, src = churn_evaluation.value, churn_evaluation.source
     tables = view_tables(ev.views, [d[0] for d in CHURN_DISPLAY])
@@ -154,8 +155,9 @@ REC_VIEW_CAPTIONS = {
 def recommender_evaluation(recommender_evaluation: Found[ModelEvaluation]) -> Section:
     s = Section()
     if not recommender_evaluation.ok:
-        s.missing = ("No recommender evaluation: train or evaluate the recommender (`crmml train recommender`, "
-                     "`crmml evaluate recommender`) to compare it with its baselines.")
+        s.missing = recommender_evaluation.error or (
+            "No recommender evaluation: train or evaluate the recommender (`crmml train recommender`, "
+            "`crmml evaluate recommender`) to compare it with its baselines.")
         return s
     ev, src = recommender_evaluation.value, recommender_evaluation.source
     tables = view_tables(ev.views, REC_METRICS)
@@ -208,7 +210,8 @@ FORMATS = {
 def retention(scores: Found[pd.DataFrame], customer360: Found[pd.DataFrame]) -> Section:
     s = Section()
     if not scores.ok or not RETENTION_NEEDS <= set(scores.value.columns):
-        s.missing = f"No retention list: {NO_SCORES} to rank the customers at risk by value at stake."
+        s.missing = scores.error or (f"No retention list: run `crmml score` ({scores.source}) to rank the customers "
+                                     "at risk by value at stake.")
         return s
     df = retention_list(scores.value)
     src = f"training.retention.retention_list on {scores.source}"

@@ -21,8 +21,6 @@ from pipelines.report.insight import TIER_CUTS, VALUE_WINDOW_DAYS, share_of_reve
 from pipelines.report.text import label as _label
 from pipelines.report.text import money as _money
 
-TOP_RETENTION = 20
-
 # colours (colour-blind friendly where it matters)
 BLUE, LIGHT_BLUE, ORANGE, GREY, DARK = "#2563eb", "#93c5fd", "#f59e0b", "#94a3b8", "#1e293b"
 TIER_COLOURS = {"A": "#1d4ed8", "B": "#60a5fa", "C": "#cbd5e1"}
@@ -466,7 +464,7 @@ def plot_rules(rules: pd.DataFrame, top: pd.DataFrame) -> Plot:
 
 @_styled
 def plot_value_at_stake(top: pd.DataFrame, id_col: str, stake_col: str, prob_col: str | None) -> Plot:
-    d = top.head(TOP_RETENTION).iloc[::-1]
+    d = top.iloc[::-1]  # the first customer on top
     fig, ax = _figure(11, max(3.0, 0.22 * len(d) + 1.1))
     pos = np.arange(len(d))
     ax.barh(pos, d[stake_col], color="#ef4444")
