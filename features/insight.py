@@ -29,6 +29,7 @@ SEGMENTS = ("champions", "loyal", "potential_loyalists", "new", "promising", "ne
 STAGES = ("prospect", "new", "active", "at_risk", "lapsed", "won_back")
 TIER_A_SHARE, TIER_B_SHARE = 0.80, 0.95
 DISCOUNT_BELOW = 0.95  # a line is "discounted" below 95% of the item's typical price
+CUSTOMER360 = "customer360"  # features/customer360.parquet: build_customer360's table as `crmml features` writes it
 CUSTOMER360_FEATURES = (
     "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days", "orders_90d", "orders_365d",
     "spend_90d", "spend_365d", "orders_trend_90d", "gap_mean_days", "recency_gap_ratio", "return_rate",

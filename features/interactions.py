@@ -34,6 +34,7 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "weight", "timestamp", "order_id", 
 QUANTITY_COLUMNS = ("quantity", "amount")
 
 DAY = np.timedelta64(1, "D")
+ITEM_RULES = "item_rules"  # features/item_rules.parquet: the market-basket rules write_interaction_tables writes
 
 
 # -- the interactions frame ---------------------------------------------------------------------
@@ -490,5 +491,5 @@ def write_interaction_tables(workspace, event_weights: dict[str, float] | None =
     mat = build_interaction_matrix(inter)
     workspace.write_table("interactions", mat.to_frame(), kind="features")
     rules = association_rules(inter, min_support=min_support)
-    workspace.write_table("item_rules", rules, kind="features")
+    workspace.write_table(ITEM_RULES, rules, kind="features")
     return {"pairs": int(len(mat.indices)), "users": len(mat.user_ids), "items": len(mat.item_ids), "rules": len(rules)}

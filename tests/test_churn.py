@@ -266,9 +266,16 @@ def test_score_customers_and_report(evaluation, shop, tmp_path):
     assert list(scored.columns[:7]) == ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake",
                                         "clv_12m", "suggested_action"]
     assert np.allclose(np.sort(scored["churn_probability"]), np.sort(evaluation.scores["model"]["proba"]))
-    written = churn.write_report(evaluation, tmp_path)
-    html = written["html"].read_text()
-    assert "BG/NBD" in html and "recency rule" in html and "<img" in html
+    from features.workspace import Workspace
+    from pipelines.report import inputs, model_sections
+    from training import names
+
+    reports = Workspace(tmp_path / "ws")
+    written = churn.write_report(evaluation, reports.reports_dir)
+    assert set(written) == {"json", "figures"}  # no page of its own: crmml report's churn section shows them
+    section = model_sections.churn_evaluation(inputs.load_evaluation(reports, names.CHURN))
+    shown = [row[0] for table in section.tables for row in table.rows]
+    assert "bgnbd" in shown and "recency" in shown and len(section.plots) == 1 + len(written["figures"])
     assert {"roc", "precision_recall", "calibration", "gains_lift", "shap_summary"} <= set(written["figures"])
     assert all(p.stat().st_size > 10_000 for p in written["figures"].values())
 
@@ -310,7 +317,7 @@ def test_cli_evaluate_writes_the_json(shop, tmp_path):
     assert "BG/NBD" in result.output and "ROC-AUC" in result.output
     data = json.loads(out.read_text())
     assert all(set(JSON_KEYS) <= set(data[k]) for k in ("model", "recency", "rfm", "bgnbd"))
-    assert (ws.reports_dir / "churn_evaluation.html").exists()
+    assert (ws.reports_dir / "churn_evaluation.json").exists() and (ws.reports_dir / "churn_evaluation_plots").is_dir()
     bad = CliRunner().invoke(app, ["evaluate", "churn", "--workspace", str(ws.root), "--cutoff", "2024-12-01",
                                             "--no-tune", "--no-mlflow"])
     assert bad.exit_code == 1 and "no labels" in bad.output

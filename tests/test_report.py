@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
+import inspect
 import json
 import re
 import shutil
@@ -31,13 +35,29 @@ SECTIONS = [
 ALWAYS = ["Revenue concentration and value tiers", "RFM segments", "Cohort retention",
           "Repeat purchase and retention rates", "Items bought together: top association rules"]
 CHROMIUM = Path("/usr/bin/chromium")
+IMG = re.compile(r'<img\b[^>]*\bsrc="data:image/png;base64,([^"]+)"')
+H2 = re.compile(r'<section class="block" id="([^"]+)">\s*<h2><span class="num">\d+\.</span>(.*?)</h2>\s*(<p class="missing">)?',
+                re.S)
+
+
+def outline(path: Path) -> dict:
+    """What a written report shows: ``sections`` (titles), ``missing`` (titles of the sections whose input
+    was absent)."""
+    text = Path(path).read_text(encoding="utf-8")
+    sections = [(html.unescape(title), bool(miss)) for _, title, miss in H2.findall(text)]
+    return {"sections": [t for t, _ in sections], "missing": [t for t, m in sections if m]}
+
+
+def embedded_pngs(path: Path) -> list[bytes]:
+    """The PNG bytes of every ``<img>`` embedded in a report."""
+    return [base64.b64decode(b) for b in IMG.findall(Path(path).read_text(encoding="utf-8"))]
 
 
 def check_images(html_path: Path, min_images: int) -> list[bytes]:
     """Every <img> is an embedded, decodable, non-trivial PNG, also saved in the report's folder."""
     text = html_path.read_text(encoding="utf-8")
     tags = re.findall(r"<img\b[^>]*>", text)
-    pngs = rp.embedded_pngs(html_path)
+    pngs = embedded_pngs(html_path)
     assert len(tags) == len(pngs) >= min_images, "an <img> without an embedded PNG"
     assert not re.search(r'(src|href)="(https?:)?//', text), "the report must not load anything from the network"
     files = sorted(rp.report_files(html_path).glob("*.png"))
@@ -178,7 +198,7 @@ def test_report_images_and_sections(synthetic_report, synthetic_workspace):
     path = synthetic_report
     assert path == synthetic_workspace.reports_dir / "report.html"
     check_images(path, min_images=len(ALWAYS))
-    info = rp.outline(path)
+    info = outline(path)
     assert info["sections"] == SECTIONS
     plots = sections_with_plots(path)
     for title in ALWAYS:
@@ -191,7 +211,7 @@ def test_report_images_and_sections(synthetic_report, synthetic_workspace):
 def test_missing_inputs_are_one_line(synthetic_report):
     text = synthetic_report.read_text(encoding="utf-8")
     missing = re.findall(r'<p class="missing">(.*?)</p>', text, re.S)
-    info = rp.outline(synthetic_report)
+    info = outline(synthetic_report)
     assert len(missing) == len(info["missing"])
     for line in missing:
         assert "\n" not in line.strip() and len(line) < 300
@@ -235,7 +255,7 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
     path = rp.build_report(ws, tmp_path / "out" / "insight.html")
     assert path == (tmp_path / "out" / "insight.html").resolve()
     check_images(path, min_images=len(ALWAYS) + 4)
-    assert rp.outline(path)["missing"] == []
+    assert outline(path)["missing"] == []
     plots = sections_with_plots(path)
     for title in SECTIONS[1:]:
         assert plots[title] >= 1, f"{title} has no plot"
@@ -357,7 +377,7 @@ def chromium_check(report: Path, tmp_path: Path) -> None:
     found = re.search(r"data-probe=\"([^\"]*)\"", dom)
     assert found, "the page did not finish loading"
     images = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(images) == len(rp.embedded_pngs(report))
+    assert len(images) == len(embedded_pngs(report))
     for complete, width, height, shown in images:
         assert complete and width > 200 and height > 150 and shown > 200
     shot = tmp_path / "shot.png"
@@ -377,7 +397,7 @@ def test_chromium_renders_every_plot(synthetic_report, tmp_path):
 def test_report_on_real_data(real_workspace, tmp_path):
     path = rp.build_report(real_workspace, tmp_path / "real.html")
     check_images(path, min_images=len(ALWAYS))
-    info = rp.outline(path)
+    info = outline(path)
     assert info["sections"] == SECTIONS
     plots = sections_with_plots(path)
     for title in ALWAYS:
@@ -409,3 +429,63 @@ def test_views_from_mlflow_metrics():
                      "new": {"model": {"ndcg@10": 0.05}, "popular": {"ndcg@10": 0.03}}}
     churn = rp.views_from_metrics({"auc": 0.8, "baseline.recency.auc": 0.7, "baseline.rfm.auc": 0.72})
     assert churn == {"": {"model": {"auc": 0.8}, "recency": {"auc": 0.7}, "rfm": {"auc": 0.72}}}
+
+
+# ------------------------------------------------------------------------------------------------
+# the structure: declared inputs, no order between sections
+# ------------------------------------------------------------------------------------------------
+def test_sections_declare_their_inputs():
+    """Each section receives exactly the inputs it declares (fields of ReportInputs), as keyword arguments."""
+    from pipelines.report.inputs import ReportInputs
+
+    fields = {f.name for f in dataclasses.fields(ReportInputs)}
+    assert [spec.title for spec in rp.SECTIONS] == SECTIONS
+    for spec in rp.SECTIONS:
+        assert set(spec.inputs) <= fields, spec.key
+        assert list(inspect.signature(spec.build).parameters) == list(spec.inputs), spec.key
+
+
+def test_sections_do_not_depend_on_their_order(synthetic_workspace):
+    loaded, sections = rp.collect(synthetic_workspace)
+    backwards = [spec.run(loaded) for spec in reversed(rp.SECTIONS)][::-1]
+
+    def shown(s):
+        return s.key, s.title, s.takeaway, s.missing, [p.name for p in s.plots], [t.rows for t in s.tables]
+
+    assert [shown(s) for s in backwards] == [shown(s) for s in sections]
+
+
+def test_inputs_are_read_where_their_writers_put_them(tmp_path):
+    """Scores are read at pipelines.score.scores_path only: a table elsewhere is not guessed at."""
+    from features.workspace import Workspace
+    from pipelines import score
+    from pipelines.report import inputs, model_sections
+
+    assert inputs.PROBABILITY in score.OUTPUT_COLUMNS
+    ws = Workspace(tmp_path / "ws")
+    ws.outputs_dir.mkdir(parents=True)
+    scores = pd.DataFrame({"customer_id": ["a", "b"], "churn_probability": [0.2, 0.7], "rfm_segment": ["new", "lost"]})
+    scores.to_parquet(ws.outputs_dir / "churn_scores.parquet", index=False)
+    found = inputs.load_scores(ws)
+    assert not found.ok
+    absent = inputs.Found(None, "absent")
+    section = model_sections.CHURN_RISK.run(dataclasses.replace(
+        _empty_inputs(ws), scores=found, customer360_at_scoring=absent, value=absent))
+    assert section.missing.startswith("No churn scores: run `crmml score`") and not section.plots
+    scores.to_parquet(score.scores_path(ws), index=False)
+    found = inputs.load_scores(ws)
+    assert found.ok and found.source == "outputs/scores.parquet"
+    section = model_sections.CHURN_RISK.run(dataclasses.replace(
+        _empty_inputs(ws), scores=found, customer360_at_scoring=absent, value=absent))
+    assert not section.missing and len(section.plots) == 1
+
+
+def _empty_inputs(ws):
+    from pipelines.report.inputs import Found, ReportInputs
+
+    absent = Found(None, "absent")
+    ev, as_of = rp.prepare_events(handmade_events())
+    return ReportInputs(workspace=ws, as_of=as_of, events=ev, purchases=ev[ev["event_type"] == "purchase"],
+                        summary=rp.data_summary(ev), items=None, customer360=absent, value=absent, scores=absent,
+                        customer360_at_scoring=absent, churn_evaluation=absent, recommender_evaluation=absent,
+                        item_rules=absent)

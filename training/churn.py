@@ -709,8 +709,15 @@ def evaluation_json(reports_dir: str | Path) -> Path:
     return Path(reports_dir) / f"{EVALUATION_NAME}.json"
 
 
+def evaluation_plots(reports_dir: str | Path) -> Path:
+    """The folder where :func:`write_report` puts the backtest's PNG plots."""
+    return Path(reports_dir) / f"{EVALUATION_NAME}_plots"
+
+
 def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAME) -> dict:
-    """Write ``<name>.html`` + ``<name>.json`` + PNG plots under ``out_dir``; returns ``{kind: path}``."""
+    """Write ``<name>.json`` and the PNG plots in ``<name>_plots/`` under ``out_dir``; returns
+    ``{"json": path, "figures": {kind: path}}``. The page that shows them is ``crmml report``'s
+    churn evaluation section (``pipelines.report``): one report implementation."""
     from features.workspace import atomic_write
     from training import churn_plots as plots
 
@@ -734,73 +741,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
     data = ev.to_json()
     json_path = out_dir / f"{name}.json"
     atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
-    html = _report_html(ev, {k: p.relative_to(out_dir).as_posix() for k, p in paths.items()})
-    html_path = out_dir / f"{name}.html"
-    atomic_write(html_path, lambda tmp: tmp.write_text(html))
-    return {"html": html_path, "json": json_path, "figures": paths}
-
-
-def _fmt(v, f) -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f.format(v)
-
-
-def _report_html(ev: Evaluation, figs: dict) -> str:
-    from html import escape
-
-    rows = []
-    for name, m in ev.metrics.items():
-        label = {"model": "LightGBM (calibrated)", "recency": "recency rule", "rfm": "RFM score",
-                 "bgnbd": "BG/NBD"}.get(name, name)
-        cells = "".join(f"<td>{_fmt(m.get(k), f)}</td>" for k, _, f, _ in cm.DISPLAY)
-        rows.append(f"<tr{' class=model' if name == 'model' else ''}><th>{escape(label)}</th>{cells}</tr>")
-    head = "".join(f"<th>{escape(h)}</th>" for _, h, _, _ in cm.DISPLAY)
-    tiers = "".join(
-        f"<tr><th>{t['tier']}</th><td>{t['customers']}</td><td>{_fmt(t['mean_probability'], '{:.2f}')}</td>"
-        f"<td>{_fmt(t['observed_churn_rate'], '{:.2f}')}</td><td>{_fmt(t['value_at_stake'], '{:,.0f}')}</td></tr>"
-        for t in _tier_table(ev.scored)
-    )
-    top = retention.retention_list(ev.scored, top=15)
-    top_rows = "".join(
-        f"<tr><td>{r['rank']}</td><td>{escape(str(r['customer_id']))}</td><td>{r['churn_probability']:.2f}</td>"
-        f"<td>{r['risk_tier']}</td><td>{r['clv_12m']:,.0f}</td><td>{r['value_at_stake']:,.0f}</td>"
-        f"<td>{escape(r['suggested_action'])}</td><td>{escape(r['why'])}</td>"
-        f"<td>{'churned' if r.get('churned') == 1 else 'stayed'}</td></tr>"
-        for r in top.to_dict(orient="records")
-    )
-    imp = ev.model.feature_importance().head(15)
-    imp_rows = "".join(
-        f"<tr><td>{escape(r.feature)}</td><td>{r.gain / max(imp['gain'].sum(), 1e-9):.1%}</td>"
-        f"<td>{escape(retention.feature_meaning(r.feature))}</td></tr>" for r in imp.itertuples()
-    )
-    m = ev.model
-    study = m.study_summary_ or {}
-    img = "".join(f'<figure><img src="{escape(p)}" alt="{escape(k)}"><figcaption>{escape(k)}</figcaption></figure>'
-                  for k, p in figs.items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Churn evaluation {ev.cutoff.date()}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{text-align:left}}tr.model{{background:#eef3fb;font-weight:600}}
-figure{{display:inline-block;margin:.5em}}img{{max-width:560px}}.small{{color:#555;font-size:.9em}}</style></head><body>
-<h1>Churn model evaluation — cutoff {ev.cutoff.date()}, horizon {ev.horizon_days} days</h1>
-<p>{len(ev.y):,} customers eligible at the cutoff (a purchase in the 365 days before it); churn rate
-{np.mean(ev.y):.1%} (no purchase in [{ev.cutoff.date()}, +{ev.horizon_days} days)). Trained on
-{len(ev.train_cutoffs)} cutoffs from {ev.train_cutoffs[0].date()} to {ev.train_cutoffs[-1].date()}: every
-training label ends on or before the evaluation cutoff. Validation (early stopping, calibration{', tuning' if m.tune else ''}):
-cutoff {m.validation_cutoff_}; booster trained on {len(m.train_cutoffs_)} cutoffs up to {m.train_cutoffs_[-1] if m.train_cutoffs_ else '–'}.</p>
-<h2>Model vs baselines (same customers)</h2>
-<table><tr><th></th>{head}</tr>{''.join(rows)}</table>
-<p class=small>Ranking metrics use each scorer's own score; Brier, log loss and ECE (10 equal-width bins) use
-probabilities. Baseline probabilities: centered isotonic regression of the baseline score fitted on the training
-snapshots. Model: {m.calibration} calibration on the held-out validation cutoff{
-'' if not m.seasonal_shift else ', shifted by %+.2f log-odds (last year: churn rate one year before this cutoff vs one year before the validation cutoff)' % m.season_offset([ev.cutoff])[0]}.
-{'Optuna: %d trials, validation AUC %.4f (defaults %.4f).' % (study.get('n_trials', 0), study.get('best_value_auc') or 0, study.get('default_value_auc') or 0) if study else 'No hyperparameter search (defaults).'}
-Best iteration {m.best_iteration_}; parameters {escape(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.best_params_.items()}))}.</p>
-<h2>Risk tiers</h2><table><tr><th>tier</th><th>customers</th><th>mean P(churn)</th><th>observed churn</th><th>value at stake</th></tr>{tiers}</table>
-<h2>Plots</h2>{img}
-<h2>Most important features (gain)</h2><table><tr><th>feature</th><th>gain</th><th>meaning</th></tr>{imp_rows}</table>
-<h2>Retention list (top 15 by value at stake)</h2>
-<table><tr><th>#</th><th>customer</th><th>P(churn)</th><th>tier</th><th>CLV 12m</th><th>value at stake</th><th>action</th><th>why</th><th>outcome</th></tr>{top_rows}</table>
-<p class=small>Timings (s): {escape(json.dumps(ev.timings))}. {escape(' '.join(ev.notes))}</p>
-</body></html>"""
+    return {"json": json_path, "figures": paths}
 
 
 # ============================================================================================

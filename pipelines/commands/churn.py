@@ -3,7 +3,7 @@
     crmml evaluate churn --cutoff 2011-09-09 --horizon 90 --json out.json [--no-tune]
         trains on labels that end on or before the cutoff, scores the customers eligible at the
         cutoff, prints the model and the baselines side by side, writes the JSON (keys model,
-        recency, rfm, bgnbd, n_customers, churn_rate, ...) and reports/churn_evaluation.html,
+        recency, rfm, bgnbd, n_customers, churn_rate, ...) and reports/churn_evaluation.json + plots,
         and logs the run to MLflow (not registered).
 
     crmml train churn [--horizon 90] [--no-tune]
@@ -78,7 +78,6 @@ def _log_evaluation(run, ev, written: dict, prefix_model: str = "") -> None:
             run.log_metrics(m, prefix=prefix_model)
         else:
             run.log_metrics(m, prefix=f"baseline.{name}")
-    run.log_artifact(written["html"], "report")
     run.log_artifact(written["json"], "report")
     for path in written["figures"].values():
         run.log_artifact(path, "plots")
@@ -94,7 +93,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
         n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning.")] = 25,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
-        report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.html.")] = True,
+        report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
         workspace: WorkspaceOption = None,
     ):
@@ -117,7 +116,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         written = None
         if report:
             written = churn.write_report(ev, ws.reports_dir)
-            console.print(f"report: {written['html']}")
+            console.print(f"report: {written['json']}")
         if json_path is not None:
             _write_json(json_path, data)
             console.print(f"metrics: {json_path}")

@@ -131,7 +131,7 @@ def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None 
         c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=connect(engine),
                                          eligibility_days=eligibility_days)
         summary["seconds"]["customer360"] = round(time.perf_counter() - started, 2)
-        ws.write_table("customer360", c360, kind="features")
+        ws.write_table(insight.CUSTOMER360, c360, kind="features")
         summary["customer360"] = {
             "as_of": str(c360["as_of"].iloc[0]) if len(c360) else as_of,
             "customers": int(len(c360)),

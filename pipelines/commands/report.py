@@ -31,19 +31,19 @@ def register(app: typer.Typer) -> None:
         """Write the insight report: revenue Pareto and value tiers, RFM segments, cohorts, retention,
         churn risk and model evaluation, recommendation metrics, association rules, retention list."""
         from features.workspace import Workspace
-        from pipelines.report import build_report, log_report, outline, report_files
+        from pipelines.report import log_report, write
 
         ws = Workspace(workspace)
         if not ws.has_table("events"):
             console.print(f"[red]error:[/red] no events in workspace {ws.root}; run `crmml ingest` or `crmml generate` first")
             raise typer.Exit(2)
         started = time.perf_counter()
-        path = build_report(ws, out, as_of=as_of)
+        written = write(ws, out, as_of=as_of)
+        path = written.path
         seconds = time.perf_counter() - started
-        info = outline(path)
-        console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {info['images']} plots, {seconds:.1f} s)")
-        console.print(f"plots:  {report_files(path)}/")
-        for title in info["missing"]:
+        console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, {written.images} plots, {seconds:.1f} s)")
+        console.print(f"plots:  {written.files_dir}/")
+        for title in written.missing:
             console.print(f"[yellow]not available:[/yellow] {title}")
         if mlflow:
             try:
