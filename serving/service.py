@@ -26,8 +26,11 @@ get 413; invalid input gets 400/422 with a ``detail`` that says what is wrong; u
 or the documented cold-start answer. The access log is off and nothing here logs ids or bodies;
 ``/metrics`` labels carry route templates (``/customers/{id}/profile``), never ids.
 
-Models and data: see ``serving/models.py`` (champions from MLflow, BentoML store, hot reload) and
-``serving/store.py`` (online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
+The parts: ``serving/champions.py`` (champions from MLflow, BentoML store), ``serving/runtime.py``
+(the live state and its hot reload, owned by the service instance), ``serving/state.py`` (what a
+request reads), ``serving/rec_cache.py`` (recommendations, cached), ``serving/auth.py`` (the API
+key), ``serving/bentoml_patches.py`` (two BentoML middlewares, installed below), ``serving/store.py``
+(online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
 ``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``CRMML_REC_CACHE``
 (cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
 customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the loaded state out of
@@ -49,97 +52,56 @@ for _key, _value in (
 ):
     os.environ.setdefault(_key, _value)
 
-import hmac
 import json
 import logging
 import re
-import time
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import anyio
 import bentoml
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import schemas
-from training.names import CHURN, RECOMMENDER
+from serving import bentoml_patches, schemas
+from serving.auth import OPEN_PATHS, ApiKey
+from serving.bentoml_patches import REAL_PATH, route_template
+from serving.champions import describe
+from serving.runtime import API_VERSION, Runtime
 from serving.schemas import ID_PATTERN, MAX_BODY_BYTES, MAX_K
+from serving.store import dumps, join_records
+from training.names import CHURN, RECOMMENDER
 
 log = logging.getLogger("crmml.serving")
 
+# on purpose, before BentoML builds this worker's app from the service below
+bentoml_patches.install()
+
 SERVICE_NAME = "crmml"
-API_VERSION = "1.0"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/metrics"})
 JSON = "application/json"
 _ID_RE = re.compile(ID_PATTERN)
 #: batches above this many ids are answered off the event loop
 _OFFLOOP_IDS = 500
-
-def _install_cancelling_timeout() -> None:
-    """Make BentoML's per-request timeout release its timer when the request is answered.
-
-    BentoML 1.4's ``TimeoutMiddleware`` arms ``loop.call_later(timeout, ...)`` per request and never
-    cancels it. The timer keeps the request's context (and with it the request's objects) alive for
-    ``timeout`` seconds: at 1,000 requests/s, hundreds of thousands of objects that every full GC
-    pass walks, stalling all requests for 100-400 ms (seen as the p99). This subclass answers the
-    same way (504 after ``timeout``) and cancels the timer as soon as the response has started.
-    """
-    import asyncio
-
-    from bentoml._internal.server.http import traffic
-    from starlette.responses import JSONResponse
-
-    if getattr(traffic.TimeoutMiddleware, "crmml_cancels_timer", False):
-        return
-
-    class CancellingTimeoutMiddleware(traffic.TimeoutMiddleware):
-        crmml_cancels_timer = True
-
-        async def __call__(self, scope, receive, send) -> None:
-            if scope["type"] not in ("http", "websocket"):
-                return await self.app(scope, receive, send)
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
-            timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-            async def _send(message) -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-                    timer.cancel()
-                await send(message)
-
-            fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-            try:
-                await waiter
-            except asyncio.TimeoutError:
-                if fut.cancel():
-                    error = {"error": f"Not able to process the request in {self.timeout} seconds"}
-                    await JSONResponse(error, status_code=504)(scope, receive, send)
-            else:
-                await fut
-            finally:
-                timer.cancel()
-
-    traffic.TimeoutMiddleware = CancellingTimeoutMiddleware
+#: exit code of ``bentoml serve`` when the service refuses to start
+EXIT_REFUSED = 3
 
 
-_install_cancelling_timeout()
-
-
-# The one runtime of this worker process (set by CrmmlService.__init__).
-RUNTIME = None
-STARTED_AT = time.time()
+def current_runtime() -> Runtime | None:
+    """The runtime of this worker's service instance; None while the instance is being created."""
+    try:
+        return bentoml.get_current_service().runtime
+    except BentoMLException:  # "service isn't instantiated yet"
+        return None
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
-    from serving.store import dumps
-
     return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
 
@@ -151,7 +113,8 @@ def _error(status: int, detail: str, errors: list | None = None, headers: dict |
 
 
 def _state():
-    state = RUNTIME.state if RUNTIME is not None else None
+    runtime = current_runtime()
+    state = runtime.state if runtime is not None else None
     if state is None:
         raise HTTPException(503, "the service is starting: models and data are not loaded yet")
     return state
@@ -161,77 +124,6 @@ def _check_id(value: str, what: str) -> str:
     if not _ID_RE.match(value):
         raise HTTPException(422, f"{what} must be 1-64 characters of letters, digits and _ . : @ -")
     return value
-
-
-def auth_config() -> tuple[str | None, bool]:
-    """(api key or None, auth enabled). Raises if neither a key nor an explicit CRMML_AUTH=off is given."""
-    key = os.environ.get("CRMML_API_KEY") or None
-    auth_off = os.environ.get("CRMML_AUTH", "").strip().lower() in ("off", "0", "false", "no", "none")
-    if key:
-        return key, True
-    if auth_off:
-        return None, False
-    raise RuntimeError(
-        "no API key: set CRMML_API_KEY (clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'), "
-        "or set CRMML_AUTH=off for a local demo without authentication (`crmml serve` does either for you)"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# route templates for metrics (no ids in Prometheus labels)
-# --------------------------------------------------------------------------------------------
-_TEMPLATES = (
-    (re.compile(r"^/customers/[^/]+/profile/?$"), "/customers/{id}/profile"),
-    (re.compile(r"^/items/[^/]+/similar/?$"), "/items/{id}/similar"),
-    (re.compile(r"^/items/[^/]+/bought-together/?$"), "/items/{id}/bought-together"),
-)
-_KNOWN = frozenset(
-    {"/churn/score", "/recommend", "/recommend/basket", "/metadata", "/admin/reload", "/openapi.json", "/docs",
-     "/healthz", "/readyz", "/livez", "/metrics", "/"}
-)
-
-
-def route_template(path: str) -> str:
-    if path in _KNOWN:
-        return path
-    for pattern, template in _TEMPLATES:
-        if pattern.match(path):
-            return template
-    return "/{other}"
-
-
-def _install_metrics_labels() -> None:
-    """Make BentoML's HTTP metrics label requests by route template instead of the raw path.
-
-    BentoML labels ``bentoml_api_server_request_*`` with ``scope["path"]``: customer and item ids
-    would land in ``/metrics`` (personal data, unbounded label sets). Its middleware is created from
-    ``instruments.RunnerTrafficMetricsMiddleware`` when the app is built, so a subclass set there
-    sees the template; :class:`CrmmlGuard` (inside it) restores the real path before routing.
-    """
-    try:
-        from bentoml._internal.server.http import instruments
-    except ImportError:  # pragma: no cover - other BentoML layout: metrics keep raw paths
-        log.warning("BentoML metrics middleware not found; /metrics may carry raw paths")
-        return
-    base = instruments.RunnerTrafficMetricsMiddleware
-    if getattr(base, "_crmml_templated", False):
-        return
-
-    class TemplatedTrafficMetrics(base):  # type: ignore[misc, valid-type]
-        _crmml_templated = True
-
-        async def __call__(self, scope, receive, send):
-            if scope.get("type") == "http":
-                path = scope.get("path", "")
-                template = route_template(path)
-                if template != path:
-                    scope = {**scope, "path": template, "crmml.path": path}
-            await super().__call__(scope, receive, send)
-
-    instruments.RunnerTrafficMetricsMiddleware = TemplatedTrafficMetrics
-
-
-_install_metrics_labels()
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,29 +138,33 @@ class CrmmlGuard:
 
     BentoML's own /healthz and /readyz routes come before mounted apps, so the JSON probes are
     answered here. Auth happens before the body is read: an unauthenticated client cannot make
-    the service parse anything.
+    the service parse anything. ``runtime`` gives the worker's runtime (None while it starts: then
+    every route but the probes is answered 503 by the app); BentoML passes it in from
+    ``CrmmlService.add_asgi_middleware`` below.
     """
 
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
+    def __init__(self, app, runtime: Callable[[], Runtime | None], max_body: int = MAX_BODY_BYTES):
         self.app = app
+        self.runtime = runtime
         self.max_body = max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        real = scope.get("crmml.path")
+        real = scope.get(REAL_PATH)
         if real is not None:  # undo the metrics label rewrite before routing
             scope = {**scope, "path": real}
         path = scope["path"]
         if path == "/healthz":
             await self._send(send, 200, {"status": "ok"})
             return
+        runtime = self.runtime()
         if path == "/readyz":
-            await self._readyz(send)
+            await self._readyz(send, runtime)
             return
-        if path not in OPEN_PATHS and RUNTIME is not None and RUNTIME.auth:
-            problem = self._auth_problem(scope)
+        if runtime is not None:
+            problem = runtime.api_key.problem(path, scope.get("headers", ()))
             if problem is not None:
                 status, detail = problem
                 headers = [(b"www-authenticate", b'Bearer realm="crmml"')] if status == 401 else []
@@ -309,28 +205,14 @@ class CrmmlGuard:
             if not started:
                 await self._send(send, 413, {"detail": f"request body exceeds the limit of {self.max_body:,} bytes"})
 
-    def _auth_problem(self, scope) -> tuple[int, str] | None:
-        given = None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    given = token.strip()
-            elif name == b"x-api-key" and given is None:
-                given = value.decode("latin-1").strip() or None
-        if given is None:
-            return 401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), RUNTIME.api_key.encode("utf-8")):
-            return 403, "invalid API key"
-        return None
-
-    async def _readyz(self, send) -> None:
-        state = RUNTIME.state if RUNTIME is not None else None
+    @classmethod
+    async def _readyz(cls, send, runtime: Runtime | None) -> None:
+        state = runtime.state if runtime is not None else None
         if state is None:
-            await self._send(send, 503, {"ready": False, "status": "starting", "detail": "models and data not loaded yet"})
+            await cls._send(send, 503, {"ready": False, "status": "starting", "detail": "models and data not loaded yet"})
             return
         versions = {name: m.ref.version for name, m in state.models.items()}
-        await self._send(send, 200, {"ready": True, "status": "ok", "models": versions, "as_of": state.as_of})
+        await cls._send(send, 200, {"ready": True, "status": "ok", "models": versions, "as_of": state.as_of})
 
     @staticmethod
     async def _send(send, status: int, body: dict, headers: list | None = None) -> None:
@@ -443,8 +325,6 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 # -- churn ------------------------------------------------------------------------------------
 def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
-    from serving.store import join_records
-
     seen: set[str] = set()
     unique = [i for i in ids if not (i in seen or seen.add(i))]
     records = state.store.get_many("churn", unique)
@@ -597,7 +477,8 @@ async def healthz() -> dict:  # answered by CrmmlGuard; documented here
     responses={503: {"model": schemas.Readiness}}, summary="Readiness: models and data loaded (no key needed)",
 )
 async def readyz() -> dict:  # answered by CrmmlGuard; documented here
-    return {"ready": RUNTIME is not None and RUNTIME.state is not None, "status": "ok"}
+    runtime = current_runtime()
+    return {"ready": runtime is not None and runtime.state is not None, "status": "ok"}
 
 
 @api.get(
@@ -606,7 +487,7 @@ async def readyz() -> dict:  # answered by CrmmlGuard; documented here
 )
 async def metadata() -> Response:
     state = _state()
-    return _json(RUNTIME.metadata(state))
+    return Response(current_runtime().metadata(state).model_dump_json(), media_type=JSON)
 
 
 @api.post(
@@ -615,51 +496,40 @@ async def metadata() -> Response:
 )
 async def admin_reload(force: bool = Query(False, description="Rebuild even if nothing changed.")) -> Response:
     _state()
-    reloaded, detail = await anyio.to_thread.run_sync(lambda: RUNTIME.check(force=force))
-    state = RUNTIME.state
-    return _json({
-        "reloaded": reloaded, "detail": detail,
-        "models": {name: m.ref.version for name, m in state.models.items()},
-    })
-
-
-def _refuse(exc: BaseException) -> None:
-    """Fatal start-up problem: say why, and stop the BentoML supervisor instead of a restart loop.
-
-    BentoML restarts a worker whose start-up failed, forever; when this worker's parent is the
-    ``bentoml serve`` process, it is asked to shut down (SIGTERM). ``crmml serve`` runs the registry
-    checks before starting BentoML, and reads ``CRMML_REFUSAL_FILE`` afterwards to exit with code 1.
-    """
-    import signal
-    import sys
-
-    print(f"crmml: refusing to start: {exc}", file=sys.stderr, flush=True)
-    log.critical("refusing to start: %s", exc)
-    refusal = os.environ.get("CRMML_REFUSAL_FILE")
-    if refusal:  # `crmml serve` reads it and exits with code 1
-        try:
-            with open(refusal, "w") as fh:
-                fh.write(str(exc))
-        except OSError:
-            pass
-    if os.environ.get("CRMML_EXIT_ON_FATAL", "1") != "1":
-        return
-    try:
-        parent = os.getppid()
-        cmdline = open(f"/proc/{parent}/cmdline", "rb").read().replace(b"\0", b" ")
-    except OSError:
-        return
-    if b"bentoml" in cmdline and b" serve" in cmdline:
-        os.kill(parent, signal.SIGTERM)
+    runtime = current_runtime()
+    reloaded, detail = await anyio.to_thread.run_sync(lambda: runtime.check(force=force))
+    answer = schemas.ReloadResponse(
+        reloaded=reloaded, detail=detail, models={name: m.ref.version for name, m in runtime.state.models.items()}
+    )
+    return Response(answer.model_dump_json(), media_type=JSON)
 
 
 # --------------------------------------------------------------------------------------------
 # the BentoML service
 # --------------------------------------------------------------------------------------------
+def refuse(exc: BaseException) -> SystemExit:
+    """A fatal start-up problem: one line naming the cause (stderr, the log, ``CRMML_REFUSAL_FILE``).
+
+    Returns the SystemExit to raise. ``crmml serve`` sets ``CRMML_REFUSAL_FILE`` and reports the
+    reason written there.
+    """
+    reason = describe(exc)
+    print(f"crmml: refusing to start: {reason}", file=sys.stderr, flush=True)
+    log.critical("refusing to start: %s", reason)
+    refusal = os.environ.get("CRMML_REFUSAL_FILE")
+    if refusal:
+        try:
+            with open(refusal, "w") as fh:
+                fh.write(reason)
+        except OSError:
+            pass
+    return SystemExit(EXIT_REFUSED)
+
+
 @bentoml.service(
     name=SERVICE_NAME,
     workers=1,
-    traffic={"timeout": float(os.environ.get("CRMML_REQUEST_TIMEOUT", "60"))},  # see _install_cancelling_timeout
+    traffic={"timeout": float(os.environ.get("CRMML_REQUEST_TIMEOUT", "60"))},  # see bentoml_patches
     # no access log: no paths (ids) or bodies in logs
     logging={"access": {"enabled": False}},
     # OpenTelemetry spans cost ~1.8 ms per request here and nothing exports them; set
@@ -669,23 +539,37 @@ def _refuse(exc: BaseException) -> None:
 )
 @bentoml.asgi_app(api, path="/")
 class CrmmlService:
-    """Loads the champions and the online data at start-up; the mounted FastAPI app answers."""
+    """Owns this worker's :class:`~serving.runtime.Runtime` (``self.runtime``); the mounted FastAPI app answers.
 
-    def __init__(self) -> None:
-        global RUNTIME
-        from serving.models import ServingRuntime
+    Fatal start-up problems (no API key, no champion, registry down with nothing imported, model
+    files that cannot be loaded) are found by :meth:`check_start_up` in the ``bentoml serve``
+    process before any worker is spawned: it exits with code ``EXIT_REFUSED`` and one line naming
+    the cause, instead of a worker that BentoML would restart forever.
+    """
+
+    @bentoml.on_deployment
+    def check_start_up() -> None:
+        from features.workspace import Workspace
+        from serving.state import check_servable
 
         try:
-            runtime = ServingRuntime.from_env()
+            ApiKey.from_env()
+            check_servable(Workspace(os.environ.get("CRMML_WORKSPACE") or None))
+        except Exception as exc:
+            raise refuse(exc) from None
+
+    def __init__(self) -> None:
+        try:
+            runtime = Runtime.from_env()
             runtime.start()
-        except Exception as exc:  # NoModelError, no API key, no data, a model that cannot answer...
-            _refuse(exc)
+        except Exception as exc:  # what check_start_up could not see (e.g. the data changed since)
+            refuse(exc)
             raise
-        RUNTIME = runtime
-        RUNTIME.start_polling()
+        self.runtime = runtime
+        self.runtime.start_polling()
 
     def __is_ready__(self) -> bool:
-        return RUNTIME is not None and RUNTIME.state is not None
+        return self.runtime.state is not None
 
 
-CrmmlService.add_asgi_middleware(CrmmlGuard)  # type: ignore[attr-defined]
+CrmmlService.add_asgi_middleware(CrmmlGuard, runtime=current_runtime)  # type: ignore[attr-defined]

@@ -479,7 +479,7 @@ def test_registry_unreachable_serves_the_last_imported_versions(shop):
 
     # make sure this workspace's BentoML store holds imports of the champions (as any earlier start does)
     subprocess.run(
-        [sys.executable, "-c", "from features.workspace import Workspace; from serving.models import resolve_champions; "
+        [sys.executable, "-c", "from features.workspace import Workspace; from serving.champions import resolve_champions; "
          f"resolve_champions(Workspace({str(shop['ws'].root)!r}))"],
         cwd=REPO, env=_base_env(shop["ws"].root), check=True, capture_output=True, timeout=300,
     )
