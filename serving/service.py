@@ -348,7 +348,7 @@ def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
 @api.post(
     "/churn/score",
     response_model=schemas.ChurnScoreResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "None of the ids is known."}, **_errors(400, 401, 403, 413, 422, 503)},
+    responses={404: {"model": schemas.ChurnNotFound, "description": "None of the ids is known."}, **_errors(400, 401, 403, 413, 422, 503)},
     summary="Churn scores with reasons for up to 10,000 customers",
     tags=["churn"],
 )

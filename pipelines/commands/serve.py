@@ -13,6 +13,10 @@ What it does before running ``bentoml serve serving.service:CrmmlService`` in th
 * pre-flight: resolves ``crmml-churn@champion`` and ``crmml-recommender@champion`` in the registry
   and imports them into the BentoML store (or finds the last imported ones when the registry is
   unreachable). If nothing can be served it prints why and exits with code 1 instead of starting.
+
+Start-up problems the service finds itself (model files that cannot be loaded, a model that cannot
+answer) are printed as one line, ``crmml serve: the service refused to start: <reason>``, and
+``crmml serve`` exits non-zero (``bentoml serve``'s code, e.g. 3, or 1).
 """
 
 from __future__ import annotations
