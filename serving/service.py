@@ -26,6 +26,14 @@ get 413; invalid input gets 400/422 with a ``detail`` that says what is wrong; u
 or the documented cold-start answer. The access log is off and nothing here logs ids or bodies;
 ``/metrics`` labels carry route templates (``/customers/{id}/profile``), never ids.
 
+Responses: the hot routes write their JSON by hand (pre-encoded store records, no pydantic per
+request); ``tests/test_service.py`` checks every route's body against its declared ``response_model``.
+``/metadata`` and ``/admin/reload`` are built through their pydantic models.
+
+Refusing to start: no API key, no champion, a registry that is down with nothing imported, or model
+files that cannot be loaded are found before any worker starts (``CrmmlService.check_start_up``):
+``bentoml serve`` prints ``crmml: refusing to start: <reason>`` and exits with code 3.
+
 The parts: ``serving/champions.py`` (champions from MLflow, BentoML store), ``serving/runtime.py``
 (the live state and its hot reload, owned by the service instance), ``serving/state.py`` (what a
 request reads), ``serving/rec_cache.py`` (recommendations, cached), ``serving/auth.py`` (the API
