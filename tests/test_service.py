@@ -133,7 +133,7 @@ def test_redis_store_layout_against_a_fake_client():
 
 
 def test_route_templates_keep_ids_out_of_metrics():
-    from serving.service import route_template
+    from serving.bentoml_patches import route_template
 
     assert route_template("/customers/C0001/profile") == "/customers/{id}/profile"
     assert route_template("/items/I9/similar") == "/items/{id}/similar"
