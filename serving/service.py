@@ -142,7 +142,7 @@ class CrmmlService:
             runtime = Runtime.from_env()
             runtime.start()
         except Exception as exc:  # what check_start_up could not see (e.g. the data changed since)
-            refuse(exc)
+            refuse(exc)  # BentoML restarts a failed worker; `crmml serve` stops it when the reason appears
             raise
         self.runtime = runtime
         self.runtime.start_polling()
