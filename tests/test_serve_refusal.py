@@ -19,7 +19,8 @@ from serving.champions import describe
 def _run(child: str) -> tuple[int, str, float]:
     out = io.StringIO()
     started = time.monotonic()
-    code = run_service([sys.executable, "-c", child], {"PATH": ""}, Console(file=out, width=200), poll_seconds=0.1)
+    code = run_service([sys.executable, "-c", child], {"PATH": ""}, Console(file=out, width=200), poll_seconds=0.1,
+                       grace_seconds=2.0)
     return code, out.getvalue(), time.monotonic() - started
 
 

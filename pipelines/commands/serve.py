@@ -117,7 +117,7 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     raise typer.Exit(run_service(serve_command(port), env, console))
 
 
-def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5) -> int:
+def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5, grace_seconds: float = 5.0) -> int:
     """Run ``bentoml serve`` in the foreground; non-zero with the service's reason if it refused to start.
 
     The service writes the one-line reason of a fatal start-up problem to ``CRMML_REFUSAL_FILE``:
@@ -153,7 +153,12 @@ def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5) -
                 code = proc.wait(timeout=poll_seconds)
                 break
             except subprocess.TimeoutExpired:
-                if reason():  # a worker refused: stop the restart loop
+                if reason():  # refused: bentoml serve exits by itself, or a worker refused (restart loop)
+                    try:
+                        code = proc.wait(timeout=grace_seconds)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
                     proc.terminate()
                     try:
                         proc.wait(timeout=30)
