@@ -338,7 +338,7 @@ def markdown(results: dict | list[dict]) -> str:
         "and the cache are loaded (a full GC pass no longer walks the ~500,000 long-lived objects), and a "
         "timeout middleware that cancels its timer when the answer starts (BentoML 1.4's keeps a 60 s timer "
         "per request, and with it the request's objects, so at 1,000 requests/s every full GC pass walked "
-        "hundreds of thousands of them: `serving/service.py`, `_install_cancelling_timeout`)."
+        "hundreds of thousands of them: `serving/bentoml_patches.py`, `CancellingTimeoutMiddleware`)."
     )
     lines += [f"- {n}" for n in notes] + ["", MARK_END, ""]
     return "\n".join(lines)

@@ -96,6 +96,12 @@ class ChurnScoreResponse(BaseModel):
     )
 
 
+class ChurnNotFound(ErrorResponse):
+    """404 of ``/churn/score``: none of the ids is known."""
+
+    unknown_ids: list[str] = Field(default_factory=list, description="The first 100 unknown ids.")
+
+
 # --------------------------------------------------------------------------------------------
 # customer profile
 # --------------------------------------------------------------------------------------------

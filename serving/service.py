@@ -26,8 +26,20 @@ get 413; invalid input gets 400/422 with a ``detail`` that says what is wrong; u
 or the documented cold-start answer. The access log is off and nothing here logs ids or bodies;
 ``/metrics`` labels carry route templates (``/customers/{id}/profile``), never ids.
 
-Models and data: see ``serving/models.py`` (champions from MLflow, BentoML store, hot reload) and
-``serving/store.py`` (online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
+Responses: the hot routes write their JSON by hand (pre-encoded store records, no pydantic per
+request); ``tests/test_service.py`` checks every route's body against its declared ``response_model``.
+``/metadata`` and ``/admin/reload`` are built through their pydantic models.
+
+Refusing to start: no API key, no champion, a registry that is down with nothing imported, or model
+files that cannot be loaded are found before any worker starts (``CrmmlService.check_start_up``):
+``bentoml serve`` prints ``crmml: refusing to start: <reason>`` and exits with code 3.
+
+The parts: ``serving/api.py`` (the FastAPI routes), ``serving/guard.py`` (probes, API key, body
+size, in front of the routes), ``serving/champions.py`` (champions from MLflow, BentoML store), ``serving/runtime.py``
+(the live state and its hot reload, owned by the service instance), ``serving/state.py`` (what a
+request reads), ``serving/rec_cache.py`` (recommendations, cached), ``serving/auth.py`` (the API
+key), ``serving/bentoml_patches.py`` (two BentoML middlewares, installed below), ``serving/store.py``
+(online store). Environment: ``CRMML_WORKSPACE``, ``CRMML_API_KEY``,
 ``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``CRMML_REC_CACHE``
 (cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
 customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the loaded state out of
@@ -49,617 +61,54 @@ for _key, _value in (
 ):
     os.environ.setdefault(_key, _value)
 
-import hmac
-import json
 import logging
-import re
-import time
-from typing import Any
+import sys
 
-import anyio
 import bentoml
-from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import schemas
-from training.names import CHURN, RECOMMENDER
-from serving.schemas import ID_PATTERN, MAX_BODY_BYTES, MAX_K
+from serving import bentoml_patches
+from serving.api import api, current_runtime
+from serving.auth import ApiKey
+from serving.champions import describe
+from serving.guard import CrmmlGuard
+from serving.runtime import Runtime
 
 log = logging.getLogger("crmml.serving")
 
+# on purpose, before BentoML builds this worker's app from the service below
+bentoml_patches.install()
+
 SERVICE_NAME = "crmml"
-API_VERSION = "1.0"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/metrics"})
-JSON = "application/json"
-_ID_RE = re.compile(ID_PATTERN)
-#: batches above this many ids are answered off the event loop
-_OFFLOOP_IDS = 500
-
-def _install_cancelling_timeout() -> None:
-    """Make BentoML's per-request timeout release its timer when the request is answered.
-
-    BentoML 1.4's ``TimeoutMiddleware`` arms ``loop.call_later(timeout, ...)`` per request and never
-    cancels it. The timer keeps the request's context (and with it the request's objects) alive for
-    ``timeout`` seconds: at 1,000 requests/s, hundreds of thousands of objects that every full GC
-    pass walks, stalling all requests for 100-400 ms (seen as the p99). This subclass answers the
-    same way (504 after ``timeout``) and cancels the timer as soon as the response has started.
-    """
-    import asyncio
-
-    from bentoml._internal.server.http import traffic
-    from starlette.responses import JSONResponse
-
-    if getattr(traffic.TimeoutMiddleware, "crmml_cancels_timer", False):
-        return
-
-    class CancellingTimeoutMiddleware(traffic.TimeoutMiddleware):
-        crmml_cancels_timer = True
-
-        async def __call__(self, scope, receive, send) -> None:
-            if scope["type"] not in ("http", "websocket"):
-                return await self.app(scope, receive, send)
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
-            timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-            async def _send(message) -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-                    timer.cancel()
-                await send(message)
-
-            fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-            try:
-                await waiter
-            except asyncio.TimeoutError:
-                if fut.cancel():
-                    error = {"error": f"Not able to process the request in {self.timeout} seconds"}
-                    await JSONResponse(error, status_code=504)(scope, receive, send)
-            else:
-                await fut
-            finally:
-                timer.cancel()
-
-    traffic.TimeoutMiddleware = CancellingTimeoutMiddleware
-
-
-_install_cancelling_timeout()
-
-
-# The one runtime of this worker process (set by CrmmlService.__init__).
-RUNTIME = None
-STARTED_AT = time.time()
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
-    from serving.store import dumps
-
-    return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
-
-
-def _error(status: int, detail: str, errors: list | None = None, headers: dict | None = None) -> Response:
-    body: dict[str, Any] = {"detail": detail}
-    if errors:
-        body["errors"] = errors
-    return _json(body, status, headers)
-
-
-def _state():
-    state = RUNTIME.state if RUNTIME is not None else None
-    if state is None:
-        raise HTTPException(503, "the service is starting: models and data are not loaded yet")
-    return state
-
-
-def _check_id(value: str, what: str) -> str:
-    if not _ID_RE.match(value):
-        raise HTTPException(422, f"{what} must be 1-64 characters of letters, digits and _ . : @ -")
-    return value
-
-
-def auth_config() -> tuple[str | None, bool]:
-    """(api key or None, auth enabled). Raises if neither a key nor an explicit CRMML_AUTH=off is given."""
-    key = os.environ.get("CRMML_API_KEY") or None
-    auth_off = os.environ.get("CRMML_AUTH", "").strip().lower() in ("off", "0", "false", "no", "none")
-    if key:
-        return key, True
-    if auth_off:
-        return None, False
-    raise RuntimeError(
-        "no API key: set CRMML_API_KEY (clients send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'), "
-        "or set CRMML_AUTH=off for a local demo without authentication (`crmml serve` does either for you)"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# route templates for metrics (no ids in Prometheus labels)
-# --------------------------------------------------------------------------------------------
-_TEMPLATES = (
-    (re.compile(r"^/customers/[^/]+/profile/?$"), "/customers/{id}/profile"),
-    (re.compile(r"^/items/[^/]+/similar/?$"), "/items/{id}/similar"),
-    (re.compile(r"^/items/[^/]+/bought-together/?$"), "/items/{id}/bought-together"),
-)
-_KNOWN = frozenset(
-    {"/churn/score", "/recommend", "/recommend/basket", "/metadata", "/admin/reload", "/openapi.json", "/docs",
-     "/healthz", "/readyz", "/livez", "/metrics", "/"}
-)
-
-
-def route_template(path: str) -> str:
-    if path in _KNOWN:
-        return path
-    for pattern, template in _TEMPLATES:
-        if pattern.match(path):
-            return template
-    return "/{other}"
-
-
-def _install_metrics_labels() -> None:
-    """Make BentoML's HTTP metrics label requests by route template instead of the raw path.
-
-    BentoML labels ``bentoml_api_server_request_*`` with ``scope["path"]``: customer and item ids
-    would land in ``/metrics`` (personal data, unbounded label sets). Its middleware is created from
-    ``instruments.RunnerTrafficMetricsMiddleware`` when the app is built, so a subclass set there
-    sees the template; :class:`CrmmlGuard` (inside it) restores the real path before routing.
-    """
-    try:
-        from bentoml._internal.server.http import instruments
-    except ImportError:  # pragma: no cover - other BentoML layout: metrics keep raw paths
-        log.warning("BentoML metrics middleware not found; /metrics may carry raw paths")
-        return
-    base = instruments.RunnerTrafficMetricsMiddleware
-    if getattr(base, "_crmml_templated", False):
-        return
-
-    class TemplatedTrafficMetrics(base):  # type: ignore[misc, valid-type]
-        _crmml_templated = True
-
-        async def __call__(self, scope, receive, send):
-            if scope.get("type") == "http":
-                path = scope.get("path", "")
-                template = route_template(path)
-                if template != path:
-                    scope = {**scope, "path": template, "crmml.path": path}
-            await super().__call__(scope, receive, send)
-
-    instruments.RunnerTrafficMetricsMiddleware = TemplatedTrafficMetrics
-
-
-_install_metrics_labels()
-
-
-# --------------------------------------------------------------------------------------------
-# the guard: health, auth, body size (pure ASGI, before routing)
-# --------------------------------------------------------------------------------------------
-class BodyTooLarge(Exception):
-    pass
-
-
-class CrmmlGuard:
-    """ASGI middleware of the service: answers /healthz and /readyz, checks the API key and the body size.
-
-    BentoML's own /healthz and /readyz routes come before mounted apps, so the JSON probes are
-    answered here. Auth happens before the body is read: an unauthenticated client cannot make
-    the service parse anything.
-    """
-
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        real = scope.get("crmml.path")
-        if real is not None:  # undo the metrics label rewrite before routing
-            scope = {**scope, "path": real}
-        path = scope["path"]
-        if path == "/healthz":
-            await self._send(send, 200, {"status": "ok"})
-            return
-        if path == "/readyz":
-            await self._readyz(send)
-            return
-        if path not in OPEN_PATHS and RUNTIME is not None and RUNTIME.auth:
-            problem = self._auth_problem(scope)
-            if problem is not None:
-                status, detail = problem
-                headers = [(b"www-authenticate", b'Bearer realm="crmml"')] if status == 401 else []
-                await self._send(send, status, {"detail": detail}, headers)
-                return
-        length = None
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    await self._send(send, 400, {"detail": "invalid Content-Length header"})
-                    return
-        if length is not None and length > self.max_body:
-            await self._send(send, 413, {"detail": f"request body of {length:,} bytes exceeds the limit of {self.max_body:,} bytes"})
-            return
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise BodyTooLarge()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._send(send, 413, {"detail": f"request body exceeds the limit of {self.max_body:,} bytes"})
-
-    def _auth_problem(self, scope) -> tuple[int, str] | None:
-        given = None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    given = token.strip()
-            elif name == b"x-api-key" and given is None:
-                given = value.decode("latin-1").strip() or None
-        if given is None:
-            return 401, "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), RUNTIME.api_key.encode("utf-8")):
-            return 403, "invalid API key"
-        return None
-
-    async def _readyz(self, send) -> None:
-        state = RUNTIME.state if RUNTIME is not None else None
-        if state is None:
-            await self._send(send, 503, {"ready": False, "status": "starting", "detail": "models and data not loaded yet"})
-            return
-        versions = {name: m.ref.version for name, m in state.models.items()}
-        await self._send(send, 200, {"ready": True, "status": "ok", "models": versions, "as_of": state.as_of})
-
-    @staticmethod
-    async def _send(send, status: int, body: dict, headers: list | None = None) -> None:
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-                + list(headers or []),
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-
-# --------------------------------------------------------------------------------------------
-# the FastAPI app
-# --------------------------------------------------------------------------------------------
-ERRORS = {
-    400: {"model": schemas.ErrorResponse, "description": "Malformed request (e.g. invalid JSON)."},
-    401: {"model": schemas.ErrorResponse, "description": "Missing API key."},
-    403: {"model": schemas.ErrorResponse, "description": "Wrong API key."},
-    413: {"model": schemas.ErrorResponse, "description": "Body larger than 2 MiB."},
-    422: {"model": schemas.ErrorResponse, "description": "Invalid field (limits, id format, unknown field)."},
-    503: {"model": schemas.ErrorResponse, "description": "Not ready yet."},
-}
-
-
-def _errors(*codes: int) -> dict:
-    return {code: ERRORS[code] for code in codes}
-
-
-api = FastAPI(
-    title="crmml",
-    version=API_VERSION,
-    description=(
-        "Churn warnings, recommendations and customer insight. Send the API key as "
-        "`Authorization: Bearer KEY` or `X-API-Key: KEY` (every route except /healthz, /readyz, /metrics)."
-    ),
-    docs_url="/docs",
-    redoc_url=None,
-    openapi_url="/openapi.json",
-)
-
-
-def _openapi() -> dict:
-    if api.openapi_schema is None:
-        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
-        for path, ops in schema.get("paths", {}).items():
-            if path in OPEN_PATHS:
-                continue
-            for op in ops.values():
-                op["security"] = [{"bearer": []}, {"apiKey": []}]
-        api.openapi_schema = schema
-    return api.openapi_schema
-
-
-api.openapi = _openapi  # type: ignore[method-assign]
-
-
-def _loc(loc) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) or "body"
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")  # a wrapped body: say so first
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return _error(400, "request body is not valid JSON")
-    items = []
-    for e in errors[:20]:
-        msg = str(e.get("msg", "invalid"))
-        if e.get("type") == "missing" and e.get("loc") == ("body",):
-            msg = "a JSON body is required"
-        elif e.get("type") == "string_pattern_mismatch":
-            msg = "must be 1-64 characters of letters, digits and _ . : @ -"
-        elif e.get("type") == "extra_forbidden":
-            msg = "unknown field (fields go at the top level of the body)"
-        items.append({"loc": [p for p in e.get("loc", ()) if isinstance(p, (str, int))], "msg": msg, "type": str(e.get("type", ""))})
-    first = items[0] if items else {"loc": [], "msg": "invalid request"}
-    detail = f"{_loc(first['loc'])}: {first['msg']}"
-    if len(errors) > 1:
-        detail += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return _error(422, detail, items)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body went over the limit while FastAPI read it
-        return _error(413, f"request body exceeds the limit of {MAX_BODY_BYTES:,} bytes")
-    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return _error(exc.status_code, detail, headers=getattr(exc, "headers", None))
-
-
-@api.exception_handler(Exception)
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    # the exception's type and where it happened, not its message (it could quote an id)
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
-    log.error("internal error on %s: %s at %s", route_template(request.url.path), type(exc).__name__, where)
-    return _error(500, "internal error (logged on the server)")
-
-
-# -- churn ------------------------------------------------------------------------------------
-def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
-    from serving.store import join_records
-
-    seen: set[str] = set()
-    unique = [i for i in ids if not (i in seen or seen.add(i))]
-    records = state.store.get_many("churn", unique)
-    found = [r for r in records if r is not None]
-    unknown = [i for i, r in zip(unique, records) if r is None]
-    if not found:
-        return 404, json.dumps({
-            "detail": f"none of the {len(unique)} customer id(s) is known (as of {state.as_of})",
-            "unknown_ids": unknown[:100],
-        }).encode()
-    head = (
-        b'{"model_version":' + json.dumps(state.models[CHURN].ref.version).encode()
-        + b',"as_of":' + json.dumps(state.as_of).encode()
-        + b',"count":' + str(len(found)).encode()
-        + b',"unknown_ids":' + json.dumps(unknown).encode()
-        + b',"scores":'
-    )
-    return 200, head + join_records(found) + b"}"
-
-
-@api.post(
-    "/churn/score",
-    response_model=schemas.ChurnScoreResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "None of the ids is known."}, **_errors(400, 401, 403, 413, 422, 503)},
-    summary="Churn scores with reasons for up to 10,000 customers",
-    tags=["churn"],
-)
-async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
-    state = _state()
-    if len(body.customer_ids) > _OFFLOOP_IDS:
-        status, payload = await anyio.to_thread.run_sync(_churn_body, state, body.customer_ids)
-    else:
-        status, payload = _churn_body(state, body.customer_ids)
-    return Response(payload, status_code=status, media_type=JSON)
-
-
-@api.get(
-    "/customers/{customer_id}/profile",
-    response_model=schemas.CustomerProfile,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
-    summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
-    tags=["customers"],
-)
-async def customer_profile(customer_id: str = Path(..., max_length=64)) -> Response:
-    _check_id(customer_id, "customer id")
-    state = _state()
-    record = state.store.get("profile", customer_id)
-    if record is None:
-        raise HTTPException(404, f"unknown customer (no record as of {state.as_of})")
-    return Response(record, media_type=JSON)
-
-
-# -- recommendations --------------------------------------------------------------------------
-def _items(items: list[dict]) -> list[dict]:
-    out = []
-    for n, it in enumerate(items, 1):
-        row = {"item_id": it["item_id"], "score": it.get("score"), "source": it.get("source", "model"), "rank": n}
-        if "confidence" in it:
-            row.update(support=it.get("support"), confidence=it.get("confidence"), lift=it.get("lift"))
-        out.append(row)
-    return out
-
-
-@api.post(
-    "/recommend",
-    response_model=schemas.RecommendResponse,
-    responses=_errors(400, 401, 403, 413, 422, 503),
-    summary="Top-k items for a customer (unknown customers get the cold-start answer, flagged)",
-    tags=["recommendations"],
-)
-async def recommend(body: schemas.RecommendRequest) -> Response:
-    state = _state()
-    filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
-    try:
-        items, cold = state.rec.for_customer(body.customer_id, body.k, body.exclude_seen, filters)
-    except ValueError as exc:  # a filter the model cannot apply
-        raise HTTPException(422, f"filters: {exc}") from None
-    return _json({
-        "customer_id": body.customer_id, "k": body.k, "cold_start": cold, "items": _items(items),
-        "model_version": state.models[RECOMMENDER].ref.version,
-    })
-
-
-@api.post(
-    "/recommend/basket",
-    response_model=schemas.BasketResponse,
-    responses=_errors(400, 401, 403, 413, 422, 503),
-    summary="Top-k items for an anonymous basket or session",
-    tags=["recommendations"],
-)
-async def recommend_basket(body: schemas.BasketRequest) -> Response:
-    state = _state()
-    filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
-    try:
-        items, cold, unknown = state.rec.for_basket(body.item_ids, body.k, filters)
-    except ValueError as exc:
-        raise HTTPException(422, f"filters: {exc}") from None
-    return _json({
-        "k": body.k, "cold_start": cold, "items": _items(items), "unknown_item_ids": unknown,
-        "model_version": state.models[RECOMMENDER].ref.version,
-    })
-
-
-def _item_list(kind: str, item_id: str, k: int) -> Response:
-    _check_id(item_id, "item id")
-    state = _state()
-    items = state.rec.similar(item_id, k) if kind == "similar" else state.rec.bought_together(item_id, k)
-    if items is None:
-        raise HTTPException(404, "unknown item")
-    return _json({
-        "item_id": item_id, "k": k, "kind": kind, "items": _items(items),
-        "model_version": state.models[RECOMMENDER].ref.version,
-    })
-
-
-@api.get(
-    "/items/{item_id}/similar",
-    response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
-    summary="Items similar to an item",
-    tags=["recommendations"],
-)
-async def similar_items(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
-) -> Response:
-    return _item_list("similar", item_id, k)
-
-
-@api.get(
-    "/items/{item_id}/bought-together",
-    response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
-    summary="Items frequently bought together with an item",
-    tags=["recommendations"],
-)
-async def bought_together(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
-) -> Response:
-    return _item_list("bought_together", item_id, k)
-
-
-# -- operations -------------------------------------------------------------------------------
-@api.get("/healthz", response_model=schemas.Health, tags=["operations"], summary="Liveness (no key needed)")
-async def healthz() -> dict:  # answered by CrmmlGuard; documented here
-    return {"status": "ok"}
-
-
-@api.get(
-    "/readyz", response_model=schemas.Readiness, tags=["operations"],
-    responses={503: {"model": schemas.Readiness}}, summary="Readiness: models and data loaded (no key needed)",
-)
-async def readyz() -> dict:  # answered by CrmmlGuard; documented here
-    return {"ready": RUNTIME is not None and RUNTIME.state is not None, "status": "ok"}
-
-
-@api.get(
-    "/metadata", response_model=schemas.Metadata, responses=_errors(401, 403, 503),
-    summary="Model versions, training data lineage, as-of date, reload status", tags=["operations"],
-)
-async def metadata() -> Response:
-    state = _state()
-    return _json(RUNTIME.metadata(state))
-
-
-@api.post(
-    "/admin/reload", response_model=schemas.ReloadResponse, responses=_errors(401, 403, 503),
-    summary="Re-check the registry champions and the workspace data now; reload if changed", tags=["operations"],
-)
-async def admin_reload(force: bool = Query(False, description="Rebuild even if nothing changed.")) -> Response:
-    _state()
-    reloaded, detail = await anyio.to_thread.run_sync(lambda: RUNTIME.check(force=force))
-    state = RUNTIME.state
-    return _json({
-        "reloaded": reloaded, "detail": detail,
-        "models": {name: m.ref.version for name, m in state.models.items()},
-    })
-
-
-def _refuse(exc: BaseException) -> None:
-    """Fatal start-up problem: say why, and stop the BentoML supervisor instead of a restart loop.
-
-    BentoML restarts a worker whose start-up failed, forever; when this worker's parent is the
-    ``bentoml serve`` process, it is asked to shut down (SIGTERM). ``crmml serve`` runs the registry
-    checks before starting BentoML, and reads ``CRMML_REFUSAL_FILE`` afterwards to exit with code 1.
-    """
-    import signal
-    import sys
-
-    print(f"crmml: refusing to start: {exc}", file=sys.stderr, flush=True)
-    log.critical("refusing to start: %s", exc)
-    refusal = os.environ.get("CRMML_REFUSAL_FILE")
-    if refusal:  # `crmml serve` reads it and exits with code 1
-        try:
-            with open(refusal, "w") as fh:
-                fh.write(str(exc))
-        except OSError:
-            pass
-    if os.environ.get("CRMML_EXIT_ON_FATAL", "1") != "1":
-        return
-    try:
-        parent = os.getppid()
-        cmdline = open(f"/proc/{parent}/cmdline", "rb").read().replace(b"\0", b" ")
-    except OSError:
-        return
-    if b"bentoml" in cmdline and b" serve" in cmdline:
-        os.kill(parent, signal.SIGTERM)
+#: exit code of ``bentoml serve`` when the service refuses to start
+EXIT_REFUSED = 3
 
 
 # --------------------------------------------------------------------------------------------
 # the BentoML service
 # --------------------------------------------------------------------------------------------
+def refuse(exc: BaseException) -> SystemExit:
+    """A fatal start-up problem: one line naming the cause (stderr, the log, ``CRMML_REFUSAL_FILE``).
+
+    Returns the SystemExit to raise. ``crmml serve`` sets ``CRMML_REFUSAL_FILE`` and reports the
+    reason written there.
+    """
+    reason = describe(exc)
+    print(f"crmml: refusing to start: {reason}", file=sys.stderr, flush=True)
+    log.critical("refusing to start: %s", reason)
+    refusal = os.environ.get("CRMML_REFUSAL_FILE")
+    if refusal:
+        try:
+            with open(refusal, "w") as fh:
+                fh.write(reason)
+        except OSError:
+            pass
+    return SystemExit(EXIT_REFUSED)
+
+
 @bentoml.service(
     name=SERVICE_NAME,
     workers=1,
-    traffic={"timeout": float(os.environ.get("CRMML_REQUEST_TIMEOUT", "60"))},  # see _install_cancelling_timeout
+    traffic={"timeout": float(os.environ.get("CRMML_REQUEST_TIMEOUT", "60"))},  # see bentoml_patches
     # no access log: no paths (ids) or bodies in logs
     logging={"access": {"enabled": False}},
     # OpenTelemetry spans cost ~1.8 ms per request here and nothing exports them; set
@@ -669,23 +118,37 @@ def _refuse(exc: BaseException) -> None:
 )
 @bentoml.asgi_app(api, path="/")
 class CrmmlService:
-    """Loads the champions and the online data at start-up; the mounted FastAPI app answers."""
+    """Owns this worker's :class:`~serving.runtime.Runtime` (``self.runtime``); the mounted FastAPI app answers.
 
-    def __init__(self) -> None:
-        global RUNTIME
-        from serving.models import ServingRuntime
+    Fatal start-up problems (no API key, no champion, registry down with nothing imported, model
+    files that cannot be loaded) are found by :meth:`check_start_up` in the ``bentoml serve``
+    process before any worker is spawned: it exits with code ``EXIT_REFUSED`` and one line naming
+    the cause, instead of a worker that BentoML would restart forever.
+    """
+
+    @bentoml.on_deployment
+    def check_start_up() -> None:
+        from features.workspace import Workspace
+        from serving.state import check_servable
 
         try:
-            runtime = ServingRuntime.from_env()
+            ApiKey.from_env()
+            check_servable(Workspace(os.environ.get("CRMML_WORKSPACE") or None))
+        except Exception as exc:
+            raise refuse(exc) from None
+
+    def __init__(self) -> None:
+        try:
+            runtime = Runtime.from_env()
             runtime.start()
-        except Exception as exc:  # NoModelError, no API key, no data, a model that cannot answer...
-            _refuse(exc)
+        except Exception as exc:  # what check_start_up could not see (e.g. the data changed since)
+            refuse(exc)  # BentoML restarts a failed worker; `crmml serve` stops it when the reason appears
             raise
-        RUNTIME = runtime
-        RUNTIME.start_polling()
+        self.runtime = runtime
+        self.runtime.start_polling()
 
     def __is_ready__(self) -> bool:
-        return RUNTIME is not None and RUNTIME.state is not None
+        return self.runtime.state is not None
 
 
-CrmmlService.add_asgi_middleware(CrmmlGuard)  # type: ignore[attr-defined]
+CrmmlService.add_asgi_middleware(CrmmlGuard, runtime=current_runtime)  # type: ignore[attr-defined]

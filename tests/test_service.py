@@ -133,7 +133,7 @@ def test_redis_store_layout_against_a_fake_client():
 
 
 def test_route_templates_keep_ids_out_of_metrics():
-    from serving.service import route_template
+    from serving.bentoml_patches import route_template
 
     assert route_template("/customers/C0001/profile") == "/customers/{id}/profile"
     assert route_template("/items/I9/similar") == "/items/{id}/similar"
@@ -356,6 +356,45 @@ def test_basket_and_items(shop, client):
 
 
 @pytest.mark.slow
+def test_every_response_matches_its_declared_model(shop, server, client):
+    """The routes write their JSON by hand (pre-encoded records, no pydantic on the hot path): check the shapes."""
+    import httpx
+
+    from serving import schemas
+
+    cid, item = shop["customer"], shop["item"]
+    cases = [
+        (schemas.ChurnScoreResponse, client.post("/churn/score", json={"customer_ids": [cid, "NOBODY-1"]})),
+        (schemas.ChurnScoreResponse, client.post("/churn/score", json={"customer_ids": shop["customers"]})),
+        (schemas.CustomerProfile, client.get(f"/customers/{cid}/profile")),
+        (schemas.RecommendResponse, client.post("/recommend", json={"customer_id": cid, "k": 5})),
+        (schemas.RecommendResponse, client.post("/recommend", json={"customer_id": cid, "k": 3})),  # cached
+        (schemas.RecommendResponse, client.post("/recommend", json={"customer_id": "NEW-CUSTOMER-1", "k": 4})),
+        (schemas.BasketResponse, client.post("/recommend/basket", json={"item_ids": [item, "NO-SUCH-ITEM"], "k": 5})),
+        (schemas.ItemListResponse, client.get(f"/items/{item}/similar", params={"k": 4})),
+        (schemas.ItemListResponse, client.get(f"/items/{item}/bought-together", params={"k": 4})),
+        (schemas.Metadata, client.get("/metadata")),
+        (schemas.Health, httpx.get(server.url + "/healthz")),
+        (schemas.Readiness, httpx.get(server.url + "/readyz")),
+        (schemas.ChurnNotFound, client.post("/churn/score", json={"customer_ids": ["NOBODY-1"]})),
+        (schemas.ErrorResponse, client.get("/customers/NOBODY-1/profile")),
+        (schemas.ErrorResponse, client.get("/items/NO-SUCH-ITEM/similar")),
+        (schemas.ErrorResponse, client.post("/recommend", json={"customer_id": "C1", "k": 0})),
+        (schemas.ErrorResponse, httpx.get(server.url + "/metadata")),
+    ]
+    for model, r in cases:
+        assert r.headers["content-type"].startswith("application/json"), (model.__name__, r.headers)
+        body = r.json()
+        model.model_validate(body)  # raises on a missing field or a wrong type
+        if isinstance(body, dict) and model is not schemas.Readiness:  # /readyz adds models and as_of
+            assert set(body) <= set(model.model_fields), (model.__name__, set(body) - set(model.model_fields))
+    for score in cases[1][1].json()["scores"]:
+        assert set(score) <= set(schemas.ChurnScore.model_fields), set(score) - set(schemas.ChurnScore.model_fields)
+    reload_answer = client.post("/admin/reload")
+    schemas.ReloadResponse.model_validate(reload_answer.json())
+
+
+@pytest.mark.slow
 def test_bad_requests_get_4xx_with_a_reason(server, client):
     cases = [
         ("/recommend", {"customer_id": "C1", "k": 0}, 422, "k"),
@@ -479,7 +518,7 @@ def test_registry_unreachable_serves_the_last_imported_versions(shop):
 
     # make sure this workspace's BentoML store holds imports of the champions (as any earlier start does)
     subprocess.run(
-        [sys.executable, "-c", "from features.workspace import Workspace; from serving.models import resolve_champions; "
+        [sys.executable, "-c", "from features.workspace import Workspace; from serving.champions import resolve_champions; "
          f"resolve_champions(Workspace({str(shop['ws'].root)!r}))"],
         cwd=REPO, env=_base_env(shop["ws"].root), check=True, capture_output=True, timeout=300,
     )
@@ -528,3 +567,36 @@ def test_service_refuses_to_start_without_a_key(shop, tmp_path):
         srv.stop()
     text = srv.tail(100_000)
     assert "refusing to start" in text and "CRMML_API_KEY" in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_truncated_model_file_refuses_with_a_reason_and_a_non_zero_exit(shop, tmp_path):
+    """Issue #16, finding 3: a truncated churn_model.joblib in the BentoML store."""
+    import shutil
+
+    from features.workspace import Workspace
+
+    subprocess.run(  # this workspace's store holds imports of the champions (as any earlier start does)
+        [sys.executable, "-c", "from features.workspace import Workspace; from serving.champions import resolve_champions; "
+         f"resolve_champions(Workspace({str(shop['ws'].root)!r}))"],
+        cwd=REPO, env=_base_env(shop["ws"].root), check=True, capture_output=True, timeout=300,
+    )
+    root = tmp_path / "broken"
+    shutil.copytree(shop["ws"].root, root)
+    ws = Workspace(root)
+    broken = list((root / "bentoml" / "models" / "crmml-churn").rglob("*.joblib"))
+    assert broken, "no churn model file in the copied BentoML store"
+    for path in broken:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    srv = Server(ws.root, tmp_path / "broken.log", {"CRMML_API_KEY": KEY}, ("--reload-seconds", "0"))
+    try:
+        code = srv.proc.wait(timeout=240)
+    finally:
+        srv.stop()
+    out = srv.tail(100_000)
+    assert code != 0, out[-3000:]
+    lines = [line for line in out.splitlines() if "refused to start:" in line]
+    assert lines, out[-3000:]
+    reason = lines[-1].split("refused to start:", 1)[1].strip()
+    assert "crmml-churn" in reason and "cannot be loaded" in reason, reason

@@ -2,8 +2,11 @@
 
 import asyncio
 
-import serving.service  # noqa: F401  (installs the middleware)
 from bentoml._internal.server.http import traffic
+
+from serving import bentoml_patches
+
+bentoml_patches.install()
 
 
 async def _call(middleware, app_delay: float) -> tuple[list[dict], int]:

@@ -563,6 +563,11 @@ class Recommender(BaseEstimator):
             for r, (i, s, src) in enumerate(zip(items, scores, sources))
         ]
 
+    @property
+    def user_index_(self) -> dict:
+        """Customer id -> row of the fitted interaction matrix: the customers with a history here."""
+        return self.state_.matrix.user_index
+
     def recommend_one(
         self, user_id: str, k: int = 10, exclude_seen: bool = True, filters: dict | None = None, segment: str | None = None
     ) -> list[dict]:

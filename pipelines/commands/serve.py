@@ -13,6 +13,10 @@ What it does before running ``bentoml serve serving.service:CrmmlService`` in th
 * pre-flight: resolves ``crmml-churn@champion`` and ``crmml-recommender@champion`` in the registry
   and imports them into the BentoML store (or finds the last imported ones when the registry is
   unreachable). If nothing can be served it prints why and exits with code 1 instead of starting.
+
+Start-up problems the service finds itself (model files that cannot be loaded, a model that cannot
+answer) are printed as one line, ``crmml serve: the service refused to start: <reason>``, and
+``crmml serve`` exits non-zero (``bentoml serve``'s code, e.g. 3, or 1).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def preflight(workspace: Path, env: dict) -> list[str]:
     """Resolve and import the champions as the service will; returns lines to print. Raises NoModelError."""
     os.environ.update({k: v for k, v in env.items() if k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY")})
     from features.workspace import Workspace
-    from serving.models import resolve_champions
+    from serving.champions import resolve_champions
     from features.dates import workspace_as_of as as_of_date
 
     ws = Workspace(workspace)
@@ -113,12 +117,14 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     raise typer.Exit(run_service(serve_command(port), env, console))
 
 
-def run_service(cmd: list[str], env: dict, console) -> int:
-    """Run ``bentoml serve`` in the foreground; 1 if the service refused to start, else its exit code.
+def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5, grace_seconds: float = 5.0) -> int:
+    """Run ``bentoml serve`` in the foreground; non-zero with the service's reason if it refused to start.
 
-    BentoML's supervisor exits 0 when it is stopped, also when the service stopped it because it
-    refused to start (no champion, no key, a model that cannot answer): the service then writes its
-    reason to ``CRMML_REFUSAL_FILE``. SIGINT/SIGTERM are passed on to the supervisor.
+    The service writes the one-line reason of a fatal start-up problem to ``CRMML_REFUSAL_FILE``:
+    found before any worker starts (no key, no champion, model files that cannot be loaded),
+    ``bentoml serve`` exits with ``EXIT_REFUSED``; found in the worker, BentoML would restart it
+    over and over, so the service started here is stopped as soon as the reason appears.
+    SIGINT/SIGTERM are passed on to ``bentoml serve``.
     """
     import signal
     import subprocess
@@ -126,6 +132,7 @@ def run_service(cmd: list[str], env: dict, console) -> int:
 
     fd, refusal = tempfile.mkstemp(prefix="crmml_refusal_")
     os.close(fd)
+    refusal_file = Path(refusal)
     env = {**env, "CRMML_REFUSAL_FILE": refusal}
     proc = subprocess.Popen(cmd, env=env)
 
@@ -133,19 +140,41 @@ def run_service(cmd: list[str], env: dict, console) -> int:
         if proc.poll() is None:
             proc.send_signal(signum)
 
+    def reason() -> str:
+        try:
+            return refusal_file.read_text().strip()
+        except OSError:
+            return ""
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = proc.wait()
-        while code is None:  # pragma: no cover
-            code = proc.wait()
+        while True:
+            try:
+                code = proc.wait(timeout=poll_seconds)
+                break
+            except subprocess.TimeoutExpired:
+                if reason():  # refused: bentoml serve exits by itself, or a worker refused (restart loop)
+                    try:
+                        code = proc.wait(timeout=grace_seconds)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    code = None
+                    break
+        why = reason()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        reason = Path(refusal).read_text().strip() if Path(refusal).exists() else ""
-        Path(refusal).unlink(missing_ok=True)
-    if reason:
-        console.print(f"[bold red]crmml serve: the service refused to start:[/] {reason}", soft_wrap=True)
-        return 1
+        refusal_file.unlink(missing_ok=True)
+    if why:
+        console.print(f"[bold red]crmml serve: the service refused to start:[/] {why}", soft_wrap=True)
+        return code or 1
     return code
 
 

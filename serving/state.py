@@ -1,0 +1,170 @@
+"""The served state: everything one request needs, built whole at start-up and on each reload.
+
+:func:`build_state` loads the champions (reusing the unchanged ones of the previous state), the
+online data (reused when its stamp did not change), scores every customer in one batch into the
+online store, and wraps the recommender in a :class:`~serving.rec_cache.RecommenderAdapter`. A
+:class:`ServingState` is never changed after it is built: requests keep the object they read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.workspace import Workspace
+from serving import store as st
+from serving.champions import ChampionRef, LoadedModel, ModelLoadError, describe, load_champion, now, resolve_champions
+from serving.rec_cache import RecommenderAdapter
+from training.names import CHURN, RECOMMENDER
+
+log = logging.getLogger("crmml.serving")
+
+
+def score_all(churn: LoadedModel, data) -> Any:
+    """Churn scores with reasons for every customer of ``data`` in one vectorised batch.
+
+    ``training.churn.score_customers`` scores the features of every customer seen before the as-of
+    date (``prepare_frame(..., include_ineligible=True)``) with the champion's ``ChurnModel``. The
+    nightly batch output (``outputs/scores``) is not reused: it covers eligible customers only and
+    may come from another champion; the service answers for every customer it knows.
+    """
+    from training.churn import score_customers
+
+    model = churn.impl
+    frame = data.scoring_frame(int(model.horizon_days))
+    return score_customers(model, frame, data.clv)
+
+
+# --------------------------------------------------------------------------------------------
+# the served state
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ServingState:
+    """Everything one request needs; built whole and never changed after (readers keep a reference)."""
+
+    models: dict[str, LoadedModel]
+    store: st.OnlineStore
+    rec: RecommenderAdapter
+    data: st.CustomerData  # kept to reuse on a model-only reload
+    as_of: str
+    data_stamp: tuple
+    loaded_at: str
+    load_seconds: float
+    warnings: list[str]
+    warm_order: list = field(default_factory=list)  # known customers, most recent buyers first
+    retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
+
+    def go_live(self) -> None:
+        """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap."""
+        if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
+            self.rec.warm_done = True
+            freeze_heap()
+            return
+
+        def warm_then_freeze():
+            self.rec.warm(self.warm_order, self.retired)
+            if not self.retired.is_set():
+                freeze_heap()  # its one full collection pauses requests: before "done", not during traffic
+            self.rec.warm_done = True
+
+        threading.Thread(target=warm_then_freeze, name="crmml-warm", daemon=True).start()
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (models, online data, libraries) out of the cyclic GC's reach.
+
+    The worker holds millions of long-lived objects (MLflow, pandas, LightGBM, the state); a full
+    collection over them stalls every request for hundreds of milliseconds, which is what the p99
+    showed. ``gc.freeze()`` puts them in the permanent generation: later collections only look at
+    new objects. Before freezing, the previous freeze is undone and a full collection runs, so the
+    cyclic garbage of a replaced state is still reclaimed (one pause per reload, not per request).
+    ``CRMML_GC_FREEZE=0`` turns this off.
+    """
+    import gc
+
+    if os.environ.get("CRMML_GC_FREEZE", "1") in ("0", "false", "off"):
+        return
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
+
+
+def _warm_order(c360) -> list:
+    if c360 is None or "customer_id" not in c360.columns:
+        return []
+    if "recency_days" in c360.columns:
+        c360 = c360.sort_values("recency_days", kind="stable", na_position="last")
+    return c360["customer_id"].astype(str).tolist()
+
+
+def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:
+    """Load models (reusing unchanged ones), online data (reused if unchanged) and encode the store."""
+    started = time.perf_counter()
+    models: dict[str, LoadedModel] = {}
+    for name, ref in refs.items():
+        old = previous.models.get(name) if previous is not None else None
+        if old is not None and old.ref.bentoml_tag == ref.bentoml_tag:
+            models[name] = LoadedModel(ref=ref, pyfunc=old.pyfunc, impl=old.impl)
+        else:
+            models[name] = load_champion(ref)
+    stamp = st.data_stamp(ws)
+    if previous is not None and previous.data_stamp == stamp:
+        data = previous.data
+    else:
+        data = st.load_customer_data(ws)
+        stamp = data.stamp
+    same_churn = previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
+    if same_churn and data is previous.data and previous.models[CHURN].ref.version == refs[CHURN].version:
+        store = previous.store
+    else:
+        scores = score_all(models[CHURN], data)
+        store = st.build_customer_store(scores, data.c360, refs[CHURN].version, data.as_of_str)
+    same_rec = previous is not None and previous.models[RECOMMENDER].ref.bentoml_tag == refs[RECOMMENDER].bentoml_tag
+    rec = previous.rec if same_rec else answering_recommender(models[RECOMMENDER])  # keeps its cache
+    return ServingState(
+        models=models,
+        store=store,
+        rec=rec,
+        data=data,
+        as_of=data.as_of_str,
+        data_stamp=stamp,
+        loaded_at=now(),
+        load_seconds=round(time.perf_counter() - started, 3),
+        warnings=list(warnings),
+        warm_order=_warm_order(data.c360),
+    )
+
+
+def answering_recommender(model: LoadedModel, cache_size: int | None = None) -> RecommenderAdapter:
+    """The adapter of a loaded recommender champion, after one call on every route's code path.
+
+    A model that cannot answer (e.g. pickled by a different version of the code) fails here, at
+    load, instead of answering 500 later: start-up refuses, a reload keeps the old state.
+    """
+    rec = RecommenderAdapter(model.impl, cache_size)
+    try:
+        rec.smoke()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{model.ref.name} v{model.ref.version} cannot answer requests ({describe(exc)}); not serving it"
+        ) from exc
+    return rec
+
+
+def check_servable(ws: Workspace) -> list[str]:
+    """Resolve, import and load the champions as start-up will, and try the recommender; returns warnings.
+
+    Raises what start-up would: NoModelError (no champion, or registry down and nothing imported),
+    ModelLoadError (model files that cannot be loaded or a model that cannot answer). Run by the
+    service before any worker is spawned; the models are dropped again (the worker loads its own).
+    """
+    refs, warnings = resolve_champions(ws)
+    models = {name: load_champion(ref) for name, ref in refs.items()}
+    answering_recommender(models[RECOMMENDER], cache_size=0)
+    return warnings
