@@ -1,9 +1,10 @@
-"""`crmml features`: point-in-time snapshots with churn labels, and the customer 360, into the workspace."""
+"""`crmml features`: point-in-time snapshots with churn labels, and the customer 360, into the workspace.
+
+The work is done by ``features.build.build_features``; this module parses the options and prints.
+"""
 
 from __future__ import annotations
 
-import json
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from pipelines.commands.options import WorkspaceOption
 
 console = Console()
@@ -75,60 +77,6 @@ def print_summary(summary: dict) -> None:
     console.print(life)
 
 
-def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None = None, horizon: int = 90,
-                 eligibility_days: int = 365, engine: str = "duckdb", as_of: str | None = None,
-                 include_ineligible: bool = False, customer360: bool = True) -> dict:
-    """Build and write ``snapshots`` and ``customer360`` (kind="features") and ``features_summary.json``."""
-    import pandas as pd
-
-    from features import insight, snapshots
-    from features.engines import connect
-    from features.workspace import Workspace, atomic_write
-
-    ws = Workspace(workspace)
-    if not ws.has_table("events"):
-        raise FileNotFoundError(f"no events in workspace {ws.root}; run `crmml ingest` or `crmml generate` first")
-    dates: list = []
-    if cutoffs:
-        dates += snapshots.parse_cutoffs(cutoffs)
-    if cutoff:
-        dates.append(pd.Timestamp(cutoff).normalize())
-    if not dates:
-        ev = ws.read_table("events", columns=["timestamp"])
-        dates = snapshots.default_cutoffs(ev, horizon_days=horizon)
-    dates = sorted(set(dates))
-    con = connect(engine)
-    started = time.perf_counter()
-    snap = snapshots.build_snapshots(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
-                                     engine=engine, include_ineligible=include_ineligible, con=con)
-    t_snap = time.perf_counter() - started
-    ws.write_table("snapshots", snap, kind="features")
-    summary = {
-        "engine": engine,
-        "horizon_days": horizon,
-        "eligibility_days": eligibility_days,
-        "include_ineligible": include_ineligible,
-        "rows": int(len(snap)),
-        "focus_cutoff": str(pd.Timestamp(cutoff).date()) if cutoff else str(dates[-1].date()),
-        **snapshots.summary(snap),
-        "seconds": {"snapshots": round(t_snap, 2)},
-        "data_fingerprint": ws.data_fingerprint(),
-    }
-    if customer360:
-        started = time.perf_counter()
-        c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=con, eligibility_days=eligibility_days)
-        summary["seconds"]["customer360"] = round(time.perf_counter() - started, 2)
-        ws.write_table("customer360", c360, kind="features")
-        summary["customer360"] = {
-            "as_of": str(c360["as_of"].iloc[0]) if len(c360) else as_of,
-            "customers": int(len(c360)),
-            "sizes": insight.segment_sizes(c360),
-        }
-    path = ws.features_dir / "features_summary.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str)))
-    return summary
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def features(
@@ -153,9 +101,11 @@ def register(app: typer.Typer) -> None:
         if show_catalog:
             console.print(_catalog_table())
             return
+        from features.build import build_features
+
         try:
-            summary = run_features(workspace, cutoff, cutoffs, horizon, eligibility_days, engine.value, as_of,
-                                   include_ineligible, customer360)
+            summary = build_features(workspace, cutoff, cutoffs, horizon, eligibility_days, engine.value, as_of,
+                                     include_ineligible, customer360)
         except (FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
