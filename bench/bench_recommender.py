@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "recommender.json"))
     args = ap.parse_args(argv)
 
-    from pipelines.commands.recommender import load_inputs
+    from training.recommender_inputs import load_inputs
     from training.recommender import evaluate_time_split
 
     ws = real_workspace(args.workspace)

@@ -41,6 +41,11 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_write_json(path: Path, data) -> None:
+    """``data`` as indented JSON at ``path`` (non-JSON values as ``str``), written with :func:`atomic_write`."""
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

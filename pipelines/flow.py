@@ -78,44 +78,30 @@ def run_ingest(ctx) -> dict:
 
 
 def run_features(ctx) -> dict:
-    from pipelines.commands.features import run_features as build
+    from features.build import build_features
 
-    summary = build(ctx["workspace"].root, horizon=_params(ctx).horizon)
+    summary = build_features(ctx["workspace"].root, horizon=_params(ctx).horizon)
     return {"rows": summary["rows"], "customer360": summary.get("customer360", {}).get("customers")}
 
 
 def run_train_churn(ctx) -> dict:
-    from pipelines.commands.churn import train_churn_model
+    from training.churn_training import train_churn_model
 
     p = _params(ctx)
-    return train_churn_model(ctx["workspace"], horizon=p.horizon, tune=p.tune)
+    return train_churn_model(ctx["workspace"], horizon=p.horizon, tune=p.tune, progress=ctx.get("progress"))
 
 
 def run_train_recommender(ctx) -> dict:
-    from pipelines.commands.recommender import train_recommender_model
+    from training.recommender_training import train_recommender_model
 
-    return train_recommender_model(ctx["workspace"], tune=_params(ctx).tune)
+    return train_recommender_model(ctx["workspace"], tune=_params(ctx).tune, progress=ctx.get("progress"))
 
 
 def run_promote(ctx) -> dict:
     """Put each new challenger through the gate against the champion, on the newest window."""
-    from training import registry
+    from training.promotion import promote_challengers
 
-    ws = ctx["workspace"]
-    mlc = registry.client(ws)
-    out = {}
-    for name in (registry.CHURN, registry.RECOMMENDER):
-        champion = registry.alias_version(mlc, name, registry.CHAMPION)
-        challenger = registry.alias_version(mlc, name, registry.CHALLENGER)
-        if challenger in (None, champion):  # a first version is champion at once
-            out[name] = {"decision": "initial", "champion": str(champion)}
-            continue
-        evaluate, _ = registry.gate_evaluator(ws, name)
-        decision = registry.promote(ws, name, evaluate=evaluate)
-        out[name] = {"decision": decision.decision,
-                     "champion": str(registry.alias_version(mlc, name, registry.CHAMPION)),
-                     "challenger": str(challenger), "reasons": decision.reasons}
-    return out
+    return promote_challengers(ctx["workspace"])
 
 
 def run_score(ctx) -> dict:

@@ -377,7 +377,7 @@ def test_pyfunc_round_trip(fitted, tmp_path, monkeypatch):
 @pytest.mark.realdata
 def test_real_data_protocol_at_2011_09_09(real_workspace):
     """UCI Online Retail, cutoff 2011-09-09, 90-day window, k=10 (the issue's targets)."""
-    from pipelines.commands.recommender import load_inputs
+    from training.recommender_inputs import load_inputs
     from training.recommender import evaluate_time_split
 
     interactions, items, users = load_inputs(real_workspace)

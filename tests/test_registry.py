@@ -342,3 +342,30 @@ def test_cli_list_compare_promote_rollback(ws):
         out = runner.invoke(app, pre + args + w, env={"COLUMNS": "200"})
         assert out.exit_code == 1, (args, out.output)
         assert message in out.output and "Traceback" not in out.output
+
+
+def test_promotion_injects_each_models_evaluator(ws, monkeypatch):
+    """training.promotion hands registry.promote the evaluator of the model (plain imports, no strings)."""
+    from training import churn, promotion, recommender
+    from training.names import MODEL_NAMES
+
+    assert promotion.GATE_EVALUATORS == {CHURN: churn.gate_evaluator, RECOMMENDER: recommender.gate_evaluator}
+    assert set(promotion.GATE_EVALUATORS) == set(MODEL_NAMES)
+    fn, note = promotion.gate_evaluator(ws, "crmml-nope")
+    assert fn is None and "no evaluator" in note
+
+    train(ws, {"auc": 0.80, "brier": 0.15})
+    train(ws, {"auc": 0.70, "brier": 0.15}, seed=1)  # recorded figures would refuse it
+    seen = []
+
+    def factory(workspace):
+        assert workspace is ws
+        return lambda uri: seen.append(uri) or {"auc": 0.9 if uri.endswith("/2") else 0.8, "brier": 0.15,
+                                                "window": "2011-09-09"}
+
+    monkeypatch.setitem(promotion.GATE_EVALUATORS, CHURN, factory)
+    out = promotion.promote_challengers(ws)
+    assert seen == [f"models:/{CHURN}/2", f"models:/{CHURN}/1"]
+    assert out[CHURN]["decision"] == "promoted" and out[CHURN]["champion"] == "2"
+    assert out[RECOMMENDER]["decision"] == "initial"
+    assert aliases(ws) == {"champion": "2"}

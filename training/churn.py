@@ -718,7 +718,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
     """Write ``<name>.json`` and the PNG plots in ``<name>_plots/`` under ``out_dir``; returns
     ``{"json": path, "figures": {kind: path}}``. The page that shows them is ``crmml report``'s
     churn evaluation section (``pipelines.report``): one report implementation."""
-    from features.workspace import atomic_write
+    from features.workspace import atomic_write, atomic_write_json
     from training import churn_plots as plots
 
     out_dir = Path(out_dir)
@@ -740,7 +740,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
         paths[key] = path
     data = ev.to_json()
     json_path = out_dir / f"{name}.json"
-    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+    atomic_write_json(json_path, data)
     return {"json": json_path, "figures": paths}
 
 

@@ -878,7 +878,7 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
     left out). Champion and challenger go through the same window. Returns the ``all`` view's
     metrics (``ndcg@10``, ``coverage``, ...), ``new.ndcg@10`` and ``window``.
     """
-    from pipelines.commands.recommender import load_inputs, newest_cutoff
+    from training.recommender_inputs import load_inputs, newest_window_cutoff
     from training.recommender_pyfunc import load_recommender
 
     cache: dict = {}
@@ -889,7 +889,7 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
             cache["inputs"] = load_inputs(workspace)
         interactions, items, users = cache["inputs"]
         window = int(getattr(model, "rank_window_days", 90))
-        cutoff = newest_cutoff(interactions, window)
+        cutoff = newest_window_cutoff(interactions, window)
         if cutoff is None:
             raise ValueError("the interactions have no timestamps: no time window to evaluate on")
         params = {**model.get_params(), "show_progress": False}

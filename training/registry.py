@@ -65,9 +65,8 @@ Gate
 
 Reading: ``list_models(ws)`` -> rows (name, version, aliases, key metric, created, run id, gate
 decision); ``compare(ws, name)`` -> champion vs challenger side by side plus what the gate would
-say; ``model_uri(name, alias)`` -> ``models:/NAME@alias``. ``gate_evaluator(ws, name)`` finds
-the evaluation function for the CLI: ``training.churn.gate_evaluator(ws)`` /
-``training.recommender.gate_evaluator(ws)`` returning ``Callable[[model_uri], dict]``.
+say; ``model_uri(name, alias)`` -> ``models:/NAME@alias``. This module knows no model's code: the
+evaluation function of a model is passed in by the caller (``training.promotion.gate_evaluator``).
 User-facing failures (unknown model or version, nothing to roll back to) raise ``RegistryError``.
 
 ``mlflow`` is imported lazily so that importing this module stays cheap for the CLI.
@@ -76,7 +75,6 @@ User-facing failures (unknown model or version, nothing to roll back to) raise `
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import platform
@@ -99,13 +97,7 @@ KEY_PACKAGES = (
     "threadpoolctl", "lifetimes", "shap", "ibis-framework", "duckdb", "pandera", "bentoml", "matplotlib",
 )
 
-# Where the CLI finds the function that evaluates a model URI on the newest window:
-# "<module>:<factory>" with factory(workspace) -> Callable[[model_uri], dict].
-EVALUATORS = {
-    CHURN: "training.churn:gate_evaluator",
-    RECOMMENDER: "training.recommender:gate_evaluator",
-}
-
+#: a model URI -> its metrics (and optionally "window") on an evaluation window; see ``training.promotion``
 Evaluate = Callable[[str], dict]
 
 
@@ -927,22 +919,9 @@ def compare(
     }
 
 
-def gate_evaluator(workspace: Workspace | str | Path | None, name: str) -> tuple[Evaluate | None, str]:
-    """(evaluate function or None, note): the newest-window evaluator the training module offers."""
-    target = EVALUATORS.get(name)
-    if target is None:
-        return None, f"no evaluator is known for {name}"
-    module_name, attr = target.split(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        return None, f"{target} is not available ({type(exc).__name__}: {exc})"
-    return factory(_ws(workspace)), f"evaluated now with {target}"
-
-
 __all__ = [
     "CHALLENGER", "CHAMPION", "CHURN", "RECOMMENDER", "EXPERIMENT", "POLICIES", "Decision", "GatePolicy",
-    "RegistryError", "TrainingRun", "client", "compare", "configure", "ensure_experiment", "gate_evaluator",
+    "RegistryError", "TrainingRun", "client", "compare", "configure", "ensure_experiment", "Evaluate",
     "git_info", "list_models", "model_uri", "package_versions", "pip_requirements", "policy_for", "promote",
     "rollback", "safe_key", "tracking_uri", "training_run",
 ]

@@ -11,11 +11,12 @@
         and the baselines, plots, report), then the final model on every labelled snapshot; saved
         under <workspace>/models/churn, logged to MLflow and registered as challenger (the first
         version becomes champion) with the backtest's out-of-time metrics.
+
+The work is done by ``training.churn_training``; this module parses the options and prints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from pipelines.commands.options import WorkspaceOption
 
 console = Console()
@@ -34,7 +36,8 @@ def _wide() -> Console:
     return Console(width=max(console.width, 120))
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """Progress of a long step, timestamped."""
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
 
 
@@ -65,22 +68,13 @@ def metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from features.workspace import atomic_write
-
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
-
-
-def _log_evaluation(run, ev, written: dict, prefix_model: str = "") -> None:
-    """Metrics (model + baselines), figures and the report of an Evaluation into a registry run."""
-    for name, m in ev.metrics.items():
-        if name == "model":
-            run.log_metrics(m, prefix=prefix_model)
-        else:
-            run.log_metrics(m, prefix=f"baseline.{name}")
-    run.log_artifact(written["json"], "report")
-    for path in written["figures"].values():
-        run.log_artifact(path, "plots")
+def print_backtest(result: dict) -> None:
+    """The backtest of a ``train_churn_model`` summary: model and baselines side by side, or why it was skipped."""
+    if result.get("backtest_skipped"):
+        console.print(f"[yellow]backtest skipped:[/] {result['backtest_skipped']}")
+    if result.get("backtest_cutoff"):
+        _wide().print(metrics_table(result["metrics"], f"Backtest at {result['backtest_cutoff']} "
+                                                      f"(+{result['horizon_days']} days)"))
 
 
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
@@ -98,48 +92,29 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         workspace: WorkspaceOption = None,
     ):
         """Train on labels ending on or before CUTOFF, score the customers eligible at CUTOFF, compare with baselines."""
-        import pandas as pd
-
         from features.workspace import Workspace
-        from training import churn
+        from training.churn_training import evaluate_churn_model
 
         ws = Workspace(workspace)
         try:
-            ev = churn.evaluate_protocol(ws, pd.Timestamp(cutoff), horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                         step_days=step_days, progress=_say)
+            done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
+                                        step_days=step_days, report=report, json_path=json_path, mlflow=mlflow,
+                                        progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
+        ev = done.evaluation
         _wide().print(metrics_table(ev.metrics, f"Churn at {ev.cutoff.date()} (+{horizon} days): "
                                                 f"{len(ev.y):,} customers, churn rate {ev.y.mean():.1%}"))
-        data = ev.to_json()
-        written = None
         if report:
-            written = churn.write_report(ev, ws.reports_dir)
-            console.print(f"report: {written['json']}")
-        if json_path is not None:
-            _write_json(json_path, data)
-            console.print(f"metrics: {json_path}")
-        if mlflow:
-            from training import registry, retention
-
-            with registry.training_run(
-                ws, registry.CHURN, run_name=f"churn-evaluate-{ev.cutoff.date()}",
-                params={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon, "tune": tune,
-                        "n_trials": n_trials if tune else 0, "step_days": step_days,
-                        **{f"lgb.{k}": v for k, v in ev.model.best_params_.items()}},
-                lineage={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon,
-                         "train_cutoffs": data["protocol"]["train_cutoffs"]},
-                feature_docs=retention.feature_docs(ev.model.feature_names_),
-                tags={"kind": "evaluation"},
-            ) as run:
-                if written is None:
-                    written = churn.write_report(ev, ws.reports_dir)
-                _log_evaluation(run, ev, written)
-            console.print(f"MLflow run {run.run_id} (evaluation, not registered)")
-        t = data["timings_s"]
+            console.print(f"report: {done.written['json']}")
+        if done.json_path is not None:
+            console.print(f"metrics: {done.json_path}")
+        if done.run_id is not None:
+            console.print(f"MLflow run {done.run_id} (evaluation, not registered)")
+        t = done.data["timings_s"]
         console.print(f"[dim]timings: features {t.get('features')} s, model {t.get('model_fit')} s, "
-                      f"total {t.get('total')} s[/]")
+                        f"total {t.get('total')} s[/]")
 
     @train_app.command("churn")
     def train_churn(
@@ -156,13 +131,16 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     ):
         """Train the churn model on every labelled snapshot, log it to MLflow and register it as challenger."""
         from features.workspace import Workspace
+        from training.churn_training import train_churn_model
 
         try:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
-                                       step_days=step_days, backtest=backtest, register_model=register_model)
+                                       step_days=step_days, backtest=backtest, register_model=register_model,
+                                       progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
+        print_backtest(result)
         table = Table(title="crmml-churn")
         table.add_column("")
         table.add_column("value", justify="right")
@@ -177,72 +155,3 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             table.add_row("registered version", str(result["version"]))
         table.add_row("time", f"{result['seconds']:.0f} s")
         console.print(table)
-
-
-def train_churn_model(ws, horizon: int = 90, tune: bool = True, n_trials: int = 25, step_days: int = 30,
-                      backtest: bool = True, register_model: bool = True) -> dict:
-    """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
-    snapshot, log both to MLflow and register the model as challenger. Returns a JSON-able summary."""
-    import pandas as pd
-
-    from features import dates
-    from training import churn, registry, retention
-    from training.churn_pyfunc import log_churn
-
-    started = time.perf_counter()
-    ev = None
-    written = None
-    if backtest:
-        cutoff = dates.newest_labelled_cutoff(dates.workspace_as_of(ws), horizon)
-        _say(f"backtest at the newest labelled cutoff {cutoff.date()}")
-        try:
-            ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                         step_days=step_days, progress=_say)
-        except ValueError as exc:
-            console.print(f"[yellow]backtest skipped:[/] {exc}")
-        if ev is not None:
-            _wide().print(metrics_table(ev.metrics, f"Backtest at {ev.cutoff.date()} (+{horizon} days)"))
-            written = churn.write_report(ev, ws.reports_dir)
-    _say("final model on every labelled snapshot")
-    params = dict(ev.model.best_params_) if (ev is not None and tune) else None
-    # reuse the backtest's tuned parameters instead of searching twice
-    model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
-                                    step_days=step_days, model_kwargs={"params": params} if params else None,
-                                    progress=_say)
-    model_dir = ws.root / "models" / "churn"
-    model.save(model_dir)
-    metrics = dict(ev.metrics["model"]) if ev is not None else dict(model.validation_metrics_)
-    lineage = {
-        "horizon_days": horizon,
-        "cutoffs": info["cutoffs"],
-        "n_rows": info["n_rows"],
-        "validation_cutoff": model.validation_cutoff_,
-        "metrics_source": f"backtest at {ev.cutoff.date()}" if ev is not None else "validation cutoff",
-    }
-    run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
-                  "step_days": step_days, "best_iteration": model.best_iteration_,
-                  "calibration": model.calibration,
-                  **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
-    with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
-                               feature_docs=retention.feature_docs(model.feature_names_)) as run:
-        run.log_metrics(metrics)
-        run.log_metrics(model.validation_metrics_, prefix="validation")
-        if ev is not None:
-            _log_evaluation(run, ev, written, prefix_model="backtest.model")
-        run.log_dict(model.summary(), "model/summary.json")
-        model_info = log_churn(model, info["example"])
-        if register_model:
-            run.register(model_info, metrics)
-    return {
-        "primary_metric": "auc",
-        "metrics": json.loads(json.dumps(ev.metrics if ev is not None else {"model": metrics}, default=float)),
-        "backtest_cutoff": str(ev.cutoff.date()) if ev is not None else None,
-        "n_rows": info["n_rows"],
-        "cutoffs": info["cutoffs"],
-        "validation_cutoff": str(model.validation_cutoff_),
-        "validation_auc": float(model.validation_metrics_["auc"]),
-        "model_dir": str(model_dir),
-        "run_id": run.run_id,
-        "version": str(run.model_version) if register_model else None,
-        "seconds": round(time.perf_counter() - started, 1),
-    }

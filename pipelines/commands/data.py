@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.contract import SchemaError
-from features.workspace import Workspace
 from pipelines.commands.options import WorkspaceOption
 
 console = Console()
@@ -62,6 +60,8 @@ def register(app: typer.Typer) -> None:
     ):
         """Read source files, validate every row, and write the canonical tables to the workspace."""
         from features import ingest as ing
+        from features.contract import SchemaError
+        from features.workspace import Workspace
 
         column_names = names.split(",") if names else None
         sep = "\t" if sep in ("\\t", "tab") else sep
@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
         """Generate the embedded synthetic shop (with its ground truth) into the workspace."""
         from features import ingest as ing
         from features import synthetic
+        from features.workspace import Workspace
 
         ws = Workspace(workspace)
         started = time.perf_counter()

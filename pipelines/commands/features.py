@@ -1,10 +1,11 @@
 """`crmml features`: the churn feature matrix (point-in-time features with churn labels) and the customer 360,
-stored in the workspace for the later stages to read."""
+stored in the workspace for the later stages to read.
+
+The work is done by ``features.build.build_features``; this module parses the options and prints.
+"""
 
 from __future__ import annotations
 
-import json
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from pipelines.commands.options import WorkspaceOption
 
 console = Console()
@@ -76,72 +78,6 @@ def print_summary(summary: dict) -> None:
     console.print(life)
 
 
-def run_features(workspace=None, cutoff: str | None = None, cutoffs: str | None = None, horizon: int = 90,
-                 eligibility_days: int = 365, engine: str = "duckdb", as_of: str | None = None,
-                 include_ineligible: bool = False, customer360: bool = True) -> dict:
-    """Store the churn feature matrix (``features.churn_features.feature_matrix``) for the given cutoffs
-    and for those that training, the backtest, the registry gate, scoring and serving ask for; write
-    ``customer360`` (kind="features") and ``features_summary.json``."""
-    import pandas as pd
-
-    from features import churn_features, insight, snapshots
-    from features.dates import as_of_date
-    from features.engines import connect
-    from features.workspace import Workspace, atomic_write
-
-    ws = Workspace(workspace)
-    if not ws.has_table("events"):
-        raise FileNotFoundError(f"no events in workspace {ws.root}; run `crmml ingest` or `crmml generate` first")
-    ev = ws.read_table("events", columns=["timestamp"])
-    dates: list = []
-    if cutoffs:
-        dates += snapshots.parse_cutoffs(cutoffs)
-    if cutoff:
-        dates.append(pd.Timestamp(cutoff).normalize())
-    if not dates:
-        dates = snapshots.default_cutoffs(ev, horizon_days=horizon)
-    dates = sorted(set(dates))
-    started = time.perf_counter()
-    snap = churn_features.feature_matrix(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
-                                         engine=engine, include_ineligible=include_ineligible)
-    t_snap = time.perf_counter() - started
-    # the cutoff sets of the later stages (each set's BG/NBD fits chain through it): stored now, read then
-    started = time.perf_counter()
-    stages = churn_features.stage_cutoffs(ev["timestamp"].min(), as_of_date(ev["timestamp"]), horizon)
-    enough = {"train": 2, "backtest": 3}  # training needs two labelled cutoffs (see training.churn)
-    for name, cuts in stages.items():
-        if len(cuts) >= enough.get(name, 1):
-            churn_features.feature_matrix(ws, cuts, horizon_days=horizon, eligibility_days=eligibility_days,
-                                          engine=engine)
-    t_stages = time.perf_counter() - started
-    summary = {
-        "engine": engine,
-        "horizon_days": horizon,
-        "eligibility_days": eligibility_days,
-        "include_ineligible": include_ineligible,
-        "rows": int(len(snap)),
-        "focus_cutoff": str(pd.Timestamp(cutoff).date()) if cutoff else str(dates[-1].date()),
-        **snapshots.summary(snap),
-        "stage_cutoffs": {name: [str(c.date()) for c in cuts] for name, cuts in stages.items()},
-        "seconds": {"snapshots": round(t_snap, 2), "stage_cutoffs": round(t_stages, 2)},
-        "data_fingerprint": ws.data_fingerprint(),
-    }
-    if customer360:
-        started = time.perf_counter()
-        c360 = insight.build_customer360(ws, as_of=as_of, engine=engine, con=connect(engine),
-                                         eligibility_days=eligibility_days)
-        summary["seconds"]["customer360"] = round(time.perf_counter() - started, 2)
-        ws.write_table(insight.CUSTOMER360, c360, kind="features")
-        summary["customer360"] = {
-            "as_of": str(c360["as_of"].iloc[0]) if len(c360) else as_of,
-            "customers": int(len(c360)),
-            "sizes": insight.segment_sizes(c360),
-        }
-    path = ws.features_dir / "features_summary.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str)))
-    return summary
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def features(
@@ -166,9 +102,11 @@ def register(app: typer.Typer) -> None:
         if show_catalog:
             console.print(_catalog_table())
             return
+        from features.build import build_features
+
         try:
-            summary = run_features(workspace, cutoff, cutoffs, horizon, eligibility_days, engine.value, as_of,
-                                   include_ineligible, customer360)
+            summary = build_features(workspace, cutoff, cutoffs, horizon, eligibility_days, engine.value, as_of,
+                                     include_ineligible, customer360)
         except (FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None

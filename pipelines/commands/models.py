@@ -5,8 +5,8 @@
     crmml models promote NAME [--version V] [--force] [--tolerance T] [--recorded]
     crmml models rollback NAME                champion back to the previous champion
 
-`promote` evaluates champion and challenger on the newest window when the model's training module
-offers an evaluator (``training.churn.gate_evaluator`` / ``training.recommender.gate_evaluator``),
+`promote` evaluates champion and challenger on the newest window with the evaluator of the model
+(``training.promotion.gate_evaluator``, passed to ``training.registry.promote``) when there is one,
 else it compares the metrics recorded at training (``--recorded`` forces that). A refused promotion
 is a normal outcome (exit code 0); errors (unknown model or version) exit with code 1.
 """
@@ -100,8 +100,10 @@ def register(app: typer.Typer) -> None:
         ws = _workspace(workspace)
         fn = None
         if evaluate:
+            from training.promotion import gate_evaluator
+
             guarded(console, registry.list_models, ws, name)
-            fn, note = registry.gate_evaluator(ws, name)
+            fn, note = gate_evaluator(ws, name)
             console.print(f"[dim]{note}[/]")
         result = guarded(console, registry.compare, ws, name, fn, tolerance)
         champ, chall = result["champion"], result["challenger"]
@@ -142,7 +144,9 @@ def register(app: typer.Typer) -> None:
         guarded(console, registry.list_models, ws, name)  # unknown model: fail before any evaluation
         fn = None
         if not recorded:
-            fn, note = registry.gate_evaluator(ws, name)
+            from training.promotion import gate_evaluator
+
+            fn, note = gate_evaluator(ws, name)
             if fn is None:
                 console.print(f"[dim]{note}; comparing the metrics recorded at training[/]")
         d = guarded(console, registry.promote, ws, name, version, fn, force, tolerance)

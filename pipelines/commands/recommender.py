@@ -15,13 +15,12 @@
         registered as challenger (the first version becomes champion).
 
 Interactions come from the workspace's ``interactions`` table (generic ratings/clicks) when it has
-one, else from its ``events`` with weights view 0.2, cart 0.6, purchase 1 (returns are left out:
-returning a unit of a wholesale line is not a dislike of the item).
+one, else from its ``events`` (``training.recommender_inputs``). The work is done by
+``training.recommender_training``; this module parses the options and prints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -30,26 +29,16 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from pipelines.commands.options import WorkspaceOption
 
 console = Console()
-#: event weights of the recommender's interactions (relative to a purchase)
-EVENT_WEIGHTS = {"view": 0.2, "cart": 0.6, "purchase": 1.0}
 SHOWN = ("ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty")
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """Progress of a long step, timestamped."""
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
-
-
-def load_inputs(ws) -> tuple:
-    """(interactions, items or None, users or None) of a workspace."""
-    from features.interactions import load_interactions
-
-    interactions = load_interactions(ws, EVENT_WEIGHTS)
-    items = ws.read_table("items") if ws.has_table("items") else None
-    users = ws.read_table("customers") if ws.has_table("customers") else None
-    return interactions, items, users
 
 
 def metrics_table(result: dict, view: str) -> Table:
@@ -74,99 +63,15 @@ def metrics_table(result: dict, view: str) -> Table:
     return table
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from features.workspace import atomic_write
-
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
-
-
-def evaluate_recommender(ws, cutoff, window: int = 90, k: int = 10, tune: bool = False) -> dict:
-    """The evaluation protocol on a workspace (see ``training.recommender.evaluate_time_split``)."""
-    from training.recommender import evaluate_time_split
-
-    interactions, items, users = load_inputs(ws)
-    return evaluate_time_split(interactions, cutoff, window_days=window, k=k, items=items, users=users,
-                               params={"show_progress": True}, tune=tune)
-
-
-def newest_cutoff(interactions, window: int):
-    """The cutoff whose window ends with the data: last day - window."""
-    import pandas as pd
-
-    if "timestamp" not in interactions.columns:
-        return None
-    from features.dates import as_of_date, newest_labelled_cutoff
-
-    return newest_labelled_cutoff(as_of_date(interactions["timestamp"]), window)
-
-
-def train_recommender_model(ws, tune: bool = False, window: int = 90, k: int = 10, backtest: bool = True,
-                            register_model: bool = True, mlflow: bool = True) -> dict:
-    """Backtest, fit on everything, save, log to MLflow and register; returns a summary dict
-    (``primary_metric``, ``metrics`` {model and baselines: metrics}, ``saved``, ``run_id``, ...)."""
-    import joblib
-
-    from features.workspace import Workspace, atomic_write
-    from training.recommender import Recommender, evaluate_time_split, evaluation_json
-
-    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
-    started = time.perf_counter()
-    interactions, items, users = load_inputs(ws)
-    result = None
-    cutoff = newest_cutoff(interactions, window)
-    if backtest and cutoff is not None:
-        _say(f"backtest: fit before {cutoff.date()}, evaluate on the next {window} days")
-        try:
-            result = evaluate_time_split(interactions, cutoff, window_days=window, k=k, items=items, users=users,
-                                         params={"show_progress": True}, tune=tune)
-        except ValueError as exc:
-            console.print(f"[yellow]backtest skipped:[/] {exc}")
-        if result is not None:
-            console.print(metrics_table(result, "all"))
-            console.print(metrics_table(result, "new"))
-            _write_json(evaluation_json(ws.reports_dir), result)
-    _say("final model on all the data")
-    model = Recommender().fit(interactions, items=items, users=users, tune=tune)
-    model_dir = ws.root / "models" / "recommender"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    saved = model_dir / "recommender.joblib"
-    atomic_write(saved, lambda tmp: joblib.dump(model, tmp))
-    metrics = dict(result["all"]["model"]) if result is not None else {}
-    if result is not None and "model" in result.get("new", {}):
-        metrics.update({f"new.{key}": v for key, v in result["new"]["model"].items()})
-    summary = {
-        "primary_metric": f"ndcg@{k}",
-        "metrics": result["all"] if result is not None else {},
-        "metrics_new": result["new"] if result is not None else {},
-        "n_users": result["n_users"] if result is not None else None,
-        "fit_seconds": round(model.fit_seconds_, 1),
-        "saved": str(saved),
-        "users": int(model.state_.matrix.shape[0]),
-        "items": int(len(model.item_ids_)),
-    }
-    if mlflow:
-        from training import registry
-        from training.recommender_pyfunc import log_recommender
-
-        params = {key: (",".join(v) if isinstance(v, tuple) else v) for key, v in model.get_params().items()}
-        lineage = {"window_days": window, "k": k, "backtest_cutoff": str(cutoff.date()) if cutoff is not None else None,
-                   "n_interactions": int(len(interactions)),
-                   "metrics_source": f"backtest at {cutoff.date()}" if result is not None else "none"}
-        with registry.training_run(ws, registry.RECOMMENDER, params={**params, "tune": tune}, lineage=lineage,
-                                   feature_docs=model.feature_docs()) as run:
-            if result is not None:
-                for view in ("all", "new"):
-                    for name, m in result[view].items():
-                        prefix = ("" if name == "model" else f"baseline.{name}") if view == "all" else f"{view}.{name}"
-                        run.log_metrics(m, prefix=prefix)
-                run.log_dict(result, f"evaluation/{evaluation_json('').name}")
-            info = log_recommender(model)
-            if register_model and result is not None:
-                run.register(info, metrics)
-        summary["run_id"] = run.run_id
-        summary["model_version"] = getattr(run, "model_version", None)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    return summary
+def print_backtest(summary: dict) -> None:
+    """The backtest of a ``train_recommender_model`` summary (both views), or why it was skipped."""
+    if summary.get("backtest_skipped"):
+        console.print(f"[yellow]backtest skipped:[/] {summary['backtest_skipped']}")
+    if summary.get("backtest_cutoff"):
+        result = {"all": summary["metrics"], "new": summary["metrics_new"], "k": summary["k"],
+                  "n_users": summary["n_users"], "n_users_new": summary["n_users_new"]}
+        console.print(metrics_table(result, "all"))
+        console.print(metrics_table(result, "new"))
 
 
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
@@ -183,20 +88,19 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         import pandas as pd
 
         from features.workspace import Workspace
-        from training.recommender import evaluation_json
+        from training.recommender_training import evaluate_recommender
 
         ws = Workspace(workspace)
         started = time.perf_counter()
         try:
-            result = evaluate_recommender(ws, pd.Timestamp(cutoff), window=window, k=k, tune=tune)
+            result = evaluate_recommender(ws, pd.Timestamp(cutoff), window=window, k=k, tune=tune,
+                                          json_path=json_path)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
         console.print(metrics_table(result, "all"))
         console.print(metrics_table(result, "new"))
-        _write_json(evaluation_json(ws.reports_dir), result)
         if json_path is not None:
-            _write_json(json_path, result)
             console.print(f"metrics: {json_path}")
         console.print(f"[dim]fit {result['fit_seconds']} s, total {time.perf_counter() - started:.0f} s[/]")
 
@@ -214,14 +118,16 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     ):
         """Fit the recommender on all the data in the workspace, save it, log it to MLflow, register it."""
         from features.workspace import Workspace
+        from training.recommender_training import train_recommender_model
 
         ws = Workspace(workspace)
         try:
             summary = train_recommender_model(ws, tune=tune, window=window, k=k, backtest=backtest,
-                                              register_model=register_model, mlflow=mlflow)
+                                              register_model=register_model, mlflow=mlflow, progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
+        print_backtest(summary)
         table = Table(title="crmml-recommender")
         table.add_column("")
         table.add_column("value", justify="right")

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.commands import churn, recommender
 from pipelines.commands.data import Source
 from pipelines.commands.options import WorkspaceOption
-from pipelines.score import scores_path
 
 console = Console()
 
@@ -65,15 +65,22 @@ def register(app: typer.Typer) -> None:
             def on_start(step):
                 progress.update(task, description=f"[bold]{step.name}[/]")
 
+            def say(msg: str) -> None:
+                progress.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}")
+
+            backtests = {"train_churn": churn.print_backtest, "train_recommender": recommender.print_backtest}
+
             def on_end(result):
+                if result.status == "ran" and result.name in backtests:
+                    backtests[result.name](result.summary)
                 note = {"ran": "[green]done[/]", "cached": "[dim]cached[/]", "failed": "[red]failed[/]"}
                 progress.console.print(f"  {result.name:<18} {note.get(result.status, result.status)}"
                                        f"  {result.seconds:6.1f} s")
                 progress.advance(task)
 
             try:
-                results = flow.pipeline(ws, steps).run({"params": params, "workspace": ws}, force_from=from_step,
-                                                       on_start=on_start, on_end=on_end)
+                results = flow.pipeline(ws, steps).run({"params": params, "workspace": ws, "progress": say},
+                                                       force_from=from_step, on_start=on_start, on_end=on_end)
             except StepFailed as exc:
                 console.print(f"[bold red]{exc}[/]")
                 console.print("Earlier steps' outputs and the model registry are as they were before this step.")
@@ -117,9 +124,11 @@ def register(app: typer.Typer) -> None:
 
 def example_requests(ws, url: str) -> list[str]:
     """A working curl for each endpoint, with a real customer and item of this workspace."""
-    scores = scores_path(ws)
     import pandas as pd
 
+    from pipelines.score import scores_path
+
+    scores = scores_path(ws)
     customer = str(pd.read_parquet(scores, columns=["customer_id"])["customer_id"].iloc[0])
     items = ws.read_table("events", columns=["item_id"])["item_id"].dropna().value_counts().index[:2].tolist()
     post = f"curl -s -X POST {url}"

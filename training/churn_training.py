@@ -1,0 +1,168 @@
+"""The churn model's use cases: evaluate it against its baselines, and backtest-train-register it.
+
+``evaluate_churn_model`` is ``crmml evaluate churn``: the protocol of ``training.churn.evaluate_protocol``
+at one cutoff, its report (``training.churn.write_report``), optionally a JSON copy and an MLflow run
+that is not registered. ``train_churn_model`` is ``crmml train churn`` and the pipeline's
+``train_churn`` step: the same protocol at the newest fully-labelled cutoff (the out-of-time metrics
+the registry keeps), then the final model on every labelled snapshot, saved under
+:func:`model_dir`, logged to MLflow and registered as challenger.
+
+Both report progress through ``progress(message)`` and return their results as data; printing is
+the caller's job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from features import dates
+from features.workspace import Workspace, atomic_write_json
+from training import churn, registry, retention
+from training.churn_pyfunc import log_churn
+
+Progress = Callable[[str], None]
+
+
+def model_dir(ws: Workspace) -> Path:
+    """Where :func:`train_churn_model` saves the final model (``ChurnModel.save``)."""
+    return ws.root / "models" / "churn"
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def log_evaluation(run: registry.TrainingRun, ev: churn.Evaluation, written: dict, prefix_model: str = "") -> None:
+    """Metrics (model + baselines), figures and the report of an Evaluation into a registry run."""
+    for name, m in ev.metrics.items():
+        if name == "model":
+            run.log_metrics(m, prefix=prefix_model)
+        else:
+            run.log_metrics(m, prefix=f"baseline.{name}")
+    run.log_artifact(written["json"], "report")
+    for path in written["figures"].values():
+        run.log_artifact(path, "plots")
+
+
+@dataclass
+class ChurnEvaluationRun:
+    """What ``evaluate_churn_model`` produced."""
+
+    evaluation: churn.Evaluation
+    data: dict  # evaluation.to_json()
+    written: dict | None  # write_report's {kind: path}, None without a report
+    json_path: Path | None  # the extra JSON copy, when asked for
+    run_id: str | None  # the MLflow run (evaluation, not registered), None without MLflow
+
+
+def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 25,
+                         step_days: int = 30, report: bool = True, json_path: str | Path | None = None,
+                         mlflow: bool = True, progress: Progress | None = None) -> ChurnEvaluationRun:
+    """Train on labels ending on or before ``cutoff``, score the customers eligible at it, compare with the
+    baselines; write the report (``training.churn.evaluation_json``) and log the run to MLflow as asked."""
+    say = progress or _quiet
+    ev = churn.evaluate_protocol(ws, pd.Timestamp(cutoff), horizon_days=horizon, tune=tune, n_trials=n_trials,
+                                 step_days=step_days, progress=say)
+    data = ev.to_json()
+    written = churn.write_report(ev, ws.reports_dir) if report else None
+    if json_path is not None:
+        atomic_write_json(json_path, data)
+    run_id = None
+    if mlflow:
+        with registry.training_run(
+            ws, registry.CHURN, run_name=f"churn-evaluate-{ev.cutoff.date()}",
+            params={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon, "tune": tune,
+                    "n_trials": n_trials if tune else 0, "step_days": step_days,
+                    **{f"lgb.{k}": v for k, v in ev.model.best_params_.items()}},
+            lineage={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon,
+                     "train_cutoffs": data["protocol"]["train_cutoffs"]},
+            feature_docs=retention.feature_docs(ev.model.feature_names_),
+            tags={"kind": "evaluation"},
+        ) as run:
+            if written is None:  # MLflow keeps the report even when no copy is wanted in reports/
+                written = churn.write_report(ev, ws.reports_dir)
+            log_evaluation(run, ev, written)
+        run_id = run.run_id
+    return ChurnEvaluationRun(evaluation=ev, data=data, written=written,
+                              json_path=Path(json_path) if json_path is not None else None, run_id=run_id)
+
+
+def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 25, step_days: int = 30,
+                      backtest: bool = True, register_model: bool = True, progress: Progress | None = None) -> dict:
+    """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
+    snapshot, log both to MLflow and register the model as challenger.
+
+    Returns a JSON-able summary: ``primary_metric`` ("auc"), ``metrics`` (model and baselines of the
+    backtest, or the model's validation metrics without one), ``backtest_cutoff``, ``backtest_skipped``
+    (why, when the backtest could not run), ``horizon_days``, ``n_rows``, ``cutoffs``,
+    ``validation_cutoff``, ``validation_auc``, ``model_dir``, ``run_id``, ``version``, ``seconds``.
+    """
+    say = progress or _quiet
+    started = time.perf_counter()
+    ev = None
+    written = None
+    skipped = None
+    if backtest:
+        cutoff = dates.newest_labelled_cutoff(dates.workspace_as_of(ws), horizon)
+        say(f"backtest at the newest labelled cutoff {cutoff.date()}")
+        try:
+            ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
+                                         step_days=step_days, progress=say)
+        except ValueError as exc:
+            skipped = str(exc)  # the caller says so; the final model is still trained
+        if ev is not None:
+            written = churn.write_report(ev, ws.reports_dir)
+    say("final model on every labelled snapshot")
+    params = dict(ev.model.best_params_) if (ev is not None and tune) else None
+    # reuse the backtest's tuned parameters instead of searching twice
+    model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
+                                    step_days=step_days, model_kwargs={"params": params} if params else None,
+                                    progress=say)
+    saved = model_dir(ws)
+    model.save(saved)
+    metrics = dict(ev.metrics["model"]) if ev is not None else dict(model.validation_metrics_)
+    lineage = {
+        "horizon_days": horizon,
+        "cutoffs": info["cutoffs"],
+        "n_rows": info["n_rows"],
+        "validation_cutoff": model.validation_cutoff_,
+        "metrics_source": f"backtest at {ev.cutoff.date()}" if ev is not None else "validation cutoff",
+    }
+    run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
+                  "step_days": step_days, "best_iteration": model.best_iteration_,
+                  "calibration": model.calibration,
+                  **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
+    with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
+                               feature_docs=retention.feature_docs(model.feature_names_)) as run:
+        run.log_metrics(metrics)
+        run.log_metrics(model.validation_metrics_, prefix="validation")
+        if ev is not None:
+            log_evaluation(run, ev, written, prefix_model="backtest.model")
+        run.log_dict(model.summary(), "model/summary.json")
+        model_info = log_churn(model, info["example"])
+        if register_model:
+            run.register(model_info, metrics)
+    return {
+        "primary_metric": "auc",
+        "metrics": json.loads(json.dumps(ev.metrics if ev is not None else {"model": metrics}, default=float)),
+        "backtest_cutoff": str(ev.cutoff.date()) if ev is not None else None,
+        "backtest_skipped": skipped,
+        "horizon_days": horizon,
+        "n_rows": info["n_rows"],
+        "cutoffs": info["cutoffs"],
+        "validation_cutoff": str(model.validation_cutoff_),
+        "validation_auc": float(model.validation_metrics_["auc"]),
+        "model_dir": str(saved),
+        "run_id": run.run_id,
+        "version": str(run.model_version) if register_model else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+__all__ = ["ChurnEvaluationRun", "evaluate_churn_model", "log_evaluation", "model_dir", "train_churn_model"]
