@@ -120,6 +120,12 @@ def run_report(ctx) -> dict:
     return {"html": str(path)}
 
 
+def _report_path(ws: Workspace) -> Path:
+    from pipelines.report import report_path
+
+    return report_path(ws)
+
+
 def steps() -> list[Step]:
     return [
         Step("ingest", run_ingest, ingest_inputs, code=("features",)),
@@ -134,7 +140,7 @@ def steps() -> list[Step]:
              after=("features", "promote"), code=("pipelines",),
              outputs=lambda ctx: [scores_path(ctx["workspace"])]),
         Step("report", run_report, after=("score",), code=("pipelines",),
-             outputs=lambda ctx: [ctx["workspace"].reports_dir / "report.html"]),
+             outputs=lambda ctx: [_report_path(ctx["workspace"])]),
     ]
 
 

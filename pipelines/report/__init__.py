@@ -57,6 +57,11 @@ from pipelines.report.text import reason_text
 
 REPORT_NAME = "report.html"
 
+
+def report_path(ws: Workspace) -> Path:
+    """Where ``crmml report`` writes the page by default."""
+    return ws.reports_dir / REPORT_NAME
+
 SECTIONS: tuple[SectionSpec, ...] = (  # the page's order; no section reads another's results
     SUMMARY, PARETO, RFM, COHORTS, RATES, CHURN_RISK, CHURN_EVALUATION, RECOMMENDER_EVALUATION, RULES, RETENTION,
 )
@@ -102,7 +107,7 @@ def collect(workspace, as_of=None) -> tuple[ReportInputs, list[Section]]:
 def write(workspace, out_path: str | Path | None = None, as_of=None) -> Report:
     """Write the HTML report (plots embedded) and its PNG folder; returns what was written."""
     ws = _workspace(workspace)
-    out = Path(out_path) if out_path is not None else ws.reports_dir / REPORT_NAME
+    out = Path(out_path) if out_path is not None else report_path(ws)
     out = out.resolve()
     loaded, sections = collect(ws, as_of)
     files = report_files(out)
