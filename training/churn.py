@@ -294,13 +294,20 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
     seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from
-        the scored one. When ``X`` has a ``cutoff`` column and the training frame holds cutoffs one year
-        before both the scored and the validation cutoff (within 20 days), the log-odds are shifted by
-        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn rate
-        between the two seasons (capped at +-1). Only labels of training cutoffs are used.
+        the scored one. When the training frame holds a cutoff one year before the validation cutoff
+        (within 20 days), the fitted model reads each row's ``cutoff`` and, where it also knows the
+        churn rate one year before that cutoff, shifts the log-odds by
+        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn
+        rate between the two seasons (capped at +-1). Only labels of training cutoffs are used.
 
-    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``categories_``, ``best_iteration_``,
-    ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``validation_metrics_``, ``study_summary_``.
+    Inputs: ``feature_names_in_`` lists every column ``predict_proba`` reads: the features
+    (``feature_names_``) and, when the seasonal shift applies, ``cutoff``. A missing one is an
+    error; any other column of ``X`` is ignored, so the same rows score the same whatever else
+    the frame carries.
+
+    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
+    ``best_iteration_``, ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``cutoff_rates_``,
+    ``validation_metrics_``, ``study_summary_``.
     """
 
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
@@ -459,7 +466,6 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             if self._is_categorical(name, X):
                 counts = X[name].astype("string").value_counts()
                 self.categories_[name] = [str(v) for v in counts.index[:50]]
-        self.n_features_in_ = len(self.feature_names_)
         M = self._matrix(X)
         ids = X["customer_id"] if "customer_id" in X.columns else pd.Series(np.arange(len(X)))
         train, val, split_info = self._split(cut, ids)
@@ -503,6 +509,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         if cut is not None and cut.nunique() >= 2:
             rates = pd.Series(yv).groupby(pd.to_datetime(cut).to_numpy()).mean()
             self.cutoff_rates_ = {str(pd.Timestamp(k).date()): float(v) for k, v in rates.items()}
+        self.feature_names_in_ = self._declared_inputs()
+        self.n_features_in_ = len(self.feature_names_in_)
         self.n_train_rows_ = int(train.sum())
         self.n_validation_rows_ = int(val.sum())
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
@@ -554,10 +562,32 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self._check()
         return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.best_iteration_)
 
+    def _declared_inputs(self) -> np.ndarray:
+        """The columns the fitted model reads: its features, and ``cutoff`` when the seasonal shift
+        can apply at all (a rate is known one year before the validation cutoff)."""
+        reads_cutoff = bool(self.seasonal_shift) and self._season_reference_rate() is not None
+        return np.asarray(self.feature_names_ + (["cutoff"] if reads_cutoff else []), dtype=object)
+
+    def _inputs(self) -> np.ndarray:
+        # models pickled before the inputs were declared at fit get them derived the same way
+        names = getattr(self, "feature_names_in_", None)
+        return self._declared_inputs() if names is None else names
+
+    def _check_inputs(self, X: pd.DataFrame) -> None:
+        """A ValueError naming the declared inputs other than the features that ``X`` lacks (the
+        features themselves are checked by ``_matrix``)."""
+        missing = [c for c in self._inputs() if c not in self.feature_names_ and c not in X.columns]
+        if missing:
+            raise ValueError(f"X lacks the column(s) {missing} that this model reads (feature_names_in_): "
+                             "the snapshot date of each row sets its seasonal shift")
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Calibrated ``[P(stay), P(churn)]`` per row (with the seasonal shift when it applies)."""
+        """Calibrated ``[P(stay), P(churn)]`` per row, from the columns in ``feature_names_in_`` only
+        (with the seasonal shift of each row's ``cutoff`` when the model reads it)."""
+        self._check()
+        self._check_inputs(X)
         p = self.calibrator_.predict(self.decision_function(X))
-        if self.seasonal_shift and "cutoff" in X.columns:
+        if "cutoff" in self._inputs():
             delta = self.season_offset(X["cutoff"])
             if np.any(delta != 0):
                 z = np.log(p / (1 - p)) + delta
@@ -572,16 +602,20 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 best, dist = rate, d
         return best
 
+    def _season_reference_rate(self) -> float | None:
+        """The churn rate one year before the validation cutoff (None when unknown: no shift)."""
+        if not self.validation_cutoff_:
+            return None
+        return self._rate_near(pd.Timestamp(self.validation_cutoff_) - pd.Timedelta(days=365))
+
     def season_offset(self, cutoffs) -> np.ndarray:
         """Log-odds shift per row for its cutoff (0 where last year's rates are not known)."""
         c = pd.to_datetime(pd.Series(np.asarray(cutoffs)))
         out = np.zeros(len(c))
-        if not self.validation_cutoff_:
-            return out
-        year = pd.Timedelta(days=365)
-        r0 = self._rate_near(pd.Timestamp(self.validation_cutoff_) - year)
+        r0 = self._season_reference_rate()
         if r0 is None:
             return out
+        year = pd.Timedelta(days=365)
         for value in c.dropna().unique():
             r1 = self._rate_near(pd.Timestamp(value) - year)
             if r1 is not None:
