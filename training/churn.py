@@ -9,6 +9,10 @@ Model (:class:`ChurnModel`, scikit-learn style: ``fit``, ``predict_proba``, ``ex
     calibrated on the held-out cutoff (centered isotonic regression, or Platt), so that 0.7 means
     about 70% of such customers leave. Hyperparameters come from a small Optuna (TPE) search on the
     same time split (``tune=True``, ``n_trials``), or fixed defaults (``tune=False``).
+    Because the calibration is fitted on the validation season, the log-odds of a row scored in
+    another season are shifted by last year's change of the churn rate between the two seasons
+    (``seasonal_shift``); the row's ``cutoff`` is then a declared input of the model
+    (``feature_names_in_``), and no other column than the declared ones changes a score.
 
 Features
     The catalog features (``features/catalog.py``) plus :data:`EXTRA_FEATURES`: time-decayed
@@ -28,45 +32,9 @@ Evaluation protocol (:func:`evaluate_protocol`, ``crmml evaluate churn``)
 Reasons, tiers, value and actions: ``training/retention.py``; :func:`score_customers` puts them
 together for the pipelines and the service.
 
-Measured (UCI Online Retail, ``crmml evaluate churn --cutoff 2011-09-09 --horizon 90``, 4,313 eligible
-customers, churn rate 49.5%): ROC-AUC model 0.771 untuned / 0.768 tuned (25-trial budget, 10 min),
-BG/NBD 0.764, RFM 0.748, recency 0.706. The issue's target of 0.80 is **not** reached. The
-evaluation window (Sep-Dec 2011) is the Christmas peak: a quarter of the eligible customers last
-bought a year earlier and 30% of them come back, which no earlier training window shows (the data
-start in Dec 2009, so the only earlier autumn has no year-ago history); the validation cutoff
-(2011-06-11, churn 64%) is not like it either, which is also why the tuned search does not help.
-Feature sets, regularisation, monotone constraints, per-cutoff rank features, refitting on the
-validation cutoff, BG/NBD offsets and rank blends with BG/NBD all stayed within
-0.765-0.772. With the seasonal shift the model's ECE is 0.077 (0.142 without) and its Brier
-0.200, the best of the four scorers.
-
-Second round (issue #4; untuned, each variant also scored at the evaluation cutoffs 2011-06-11 and
-2011-03-13, where the current model gives 0.801 and 0.772 against BG/NBD 0.806 and 0.779, RFM
-0.791 and 0.770, recency 0.747 and 0.714). None was kept, because none gained at every cutoff:
-
-* basket content, strictly before the cutoff: items' "buyers come back within the horizon" rate
-  (smoothed target encoding on purchase days whose follow-up window ends before the cutoff),
-  items' "lapsed buyers return within a year" rate, peer activity (share of the other buyers of
-  the customer's items who bought in the last 30/60 days, or came back after 120+ days), median
-  quantity per line and unit price: 0.762-0.768 at 2011-09-09, 0.800-0.802 at 2011-06-11;
-* regularity: active 91-day quarters, their share since the first purchase, a purchase in each
-  of the last four quarters; share of purchase days in the coming weeks of any earlier year,
-  Sep-Dec share: 0.767-0.770 / 0.799-0.805 / 0.771-0.774;
-* all of the above together: 0.774 / 0.795 / 0.771 (ECE 0.051 / 0.072 / 0.082: better calibrated,
-  no better ranked);
-* weighting the training cutoffs of the same season one year earlier (x3, x8): 0.765 / 0.801-0.805;
-* a fixed number of trees instead of early stopping: 150 trees 0.769 / 0.786, 400 trees
-  0.759 / 0.778 (worse).
-
-Ceiling check (a diagnostic, not a protocol: it learns from the evaluation labels): LightGBM
-cross-validated (5 folds) on the 4,313 customers of 2011-09-09 themselves reaches only 0.778 with
-the current features, and 0.778-0.780 with everything above plus a TruncatedSVD(16) of the
-customer x item matrix, an out-of-fold logistic regression on the bag of items, hour, weekday,
-orders per day, Christmas-item spend share and days since the last return (0.814 at 2011-06-11).
-So 0.80 at 2011-09-09 is above what these customers' histories predict, whatever the training
-seasons; the loss is in the lapsed: the 1,002 customers who last bought 280-365 days before the
-cutoff (churn 71%) are ranked at AUC 0.57 by the model and by BG/NBD alike. The customers table
-of the UCI data holds only the country (already a catalog feature) and the first purchase.
+Measured results on the UCI Online Retail data (the ROC-AUC of the model and the baselines, the
+feature and training variants that were tried and not kept, a ceiling check) are in
+``docs/experiments.md``.
 """
 
 from __future__ import annotations
@@ -290,7 +258,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     params: LightGBM parameters overriding :data:`DEFAULT_PARAMS` (and the tuned ones).
     calibration: ``"isotonic"`` (centered isotonic regression) or ``"sigmoid"`` (Platt).
     monotone: constrain features whose catalog direction is known (more/less risk) to act monotonically.
-    features: the feature columns to use (default: catalog + :data:`EXTRA_FEATURES` present in ``X``).
+    features: the feature columns to use (default: the catalog features and :data:`EXTRA_FEATURES`
+        present in ``X`` at fit, then its other numeric columns that are neither keys nor labels).
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
     seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from

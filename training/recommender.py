@@ -20,6 +20,11 @@ How ``fit`` works
 3. The generators are refitted on all the data; ``recommend`` ranks with ``all`` when
    ``exclude_seen=False`` and with ``new`` when ``exclude_seen=True``.
 
+With ``fit(tune=True)`` the generators' hyperparameters (:data:`TUNING_GRID`) are first chosen
+on an inner validation split; the chosen values are recorded in ``best_params_`` and used by that
+fit, while the constructor's parameters stay as given (scikit-learn's contract: ``clone`` gives
+the untuned model).
+
 Without enough labelled users for a ranker (tiny data, ``use_ranker=False``), candidates are
 ordered by reciprocal-rank fusion of the generators: ``sum_g 1 / (60 + rank_g)``.
 
