@@ -787,8 +787,8 @@ class Recommender(BaseEstimator):
                 continue
             best = None
             for setting in settings:
-                probe = Recommender(**{**self.get_params(), **chosen, **setting, "generators": (name,),
-                                       "use_ranker": False, "show_progress": False})
+                probe = type(self)(**{**self.get_params(), **chosen, **setting, "generators": (name,),
+                                   "use_ranker": False, "show_progress": False})
                 probe.fit(train, items=catalogue)
                 score = 0.0
                 for view, truth, excl in (("all", truth_all, False), ("new", truth_new, True)):
