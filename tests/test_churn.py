@@ -127,6 +127,41 @@ def test_tuning_runs_a_small_time_based_search():
     assert model.study_summary_["best_value_auc"] >= model.study_summary_["default_value_auc"]
 
 
+def test_predictions_read_only_the_declared_inputs():
+    """Extra columns never change a score; ``cutoff`` counts only when the model declares it."""
+    from training import ChurnModel
+
+    test = _toy_frame(seed=1, cutoffs=("2024-09-01",))
+    extra = test.assign(churned=1.0 - test["churned"], note="x", spend_2025=123.0, eligible=False)
+    # no cutoff one year before the validation cutoff: no seasonal shift, so the cutoff is no input
+    plain = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50}).fit(_toy_frame())
+    assert list(plain.feature_names_in_) == plain.feature_names_ and plain.n_features_in_ == len(plain.feature_names_)
+    p = plain.predict_proba(test)
+    assert np.array_equal(plain.predict_proba(test.drop(columns=["cutoff"])), p)
+    assert np.array_equal(plain.predict_proba(extra), p)
+    # cutoffs a year before the validation one and the scored one: the model declares ``cutoff``
+    frame = _toy_frame(cutoffs=("2023-06-01", "2023-09-01", "2024-02-01", "2024-03-01", "2024-04-01",
+                                "2024-05-01", "2024-06-01"))
+    seasonal = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50}).fit(frame)
+    assert list(seasonal.feature_names_in_) == seasonal.feature_names_ + ["cutoff"]
+    delta = seasonal.season_offset(test["cutoff"])
+    assert np.all(delta != 0)
+    with pytest.raises(ValueError, match="cutoff"):
+        seasonal.predict_proba(test.drop(columns=["cutoff"]))
+    # the score is the calibrated probability shifted by the season offset of each row's cutoff
+    q = seasonal.predict_proba(test)[:, 1]
+    p0 = seasonal.calibrator_.predict(seasonal.decision_function(test))
+    eps = seasonal.calibrator_.eps
+    expected = np.clip(1 / (1 + np.exp(-(np.log(p0 / (1 - p0)) + delta))), eps, 1 - eps)
+    assert np.allclose(q, expected)
+    assert np.array_equal(seasonal.predict_proba(extra)[:, 1], q)
+    # no seasonal shift asked for: the cutoff is no input either
+    off = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50},
+                     seasonal_shift=False).fit(frame)
+    assert "cutoff" not in list(off.feature_names_in_)
+    assert np.array_equal(off.predict_proba(test.drop(columns=["cutoff"])), off.predict_proba(test))
+
+
 # ------------------------------------------------------------------------------------------ calibration
 def test_seasonal_shift_uses_last_years_rates():
     from training import ChurnModel
@@ -372,3 +407,25 @@ def test_pyfunc_logs_registers_and_loads(tmp_path):
     from training.churn import gate_evaluator
 
     assert callable(gate_evaluator(ws))
+
+
+def test_pyfunc_passes_the_declared_cutoff_through(tmp_path):
+    """A model that reads ``cutoff`` logs it in its signature, so the pyfunc scores like the model."""
+    import mlflow
+
+    from features.workspace import Workspace
+    from training import ChurnModel, registry
+    from training.churn_pyfunc import log_churn
+
+    ws = Workspace(tmp_path / "ws")
+    frame = _toy_frame(n_customers=300, cutoffs=("2023-06-01", "2023-09-01", "2024-02-01", "2024-03-01",
+                                                 "2024-04-01", "2024-05-01", "2024-06-01"))
+    model = ChurnModel(horizon_days=30, tune=False, n_jobs=1).fit(frame)
+    assert "cutoff" in list(model.feature_names_in_)
+    example = _toy_frame(n_customers=20, seed=2, cutoffs=("2024-09-01",))
+    with registry.training_run(ws, registry.CHURN, params={"tune": False}) as run:
+        info = log_churn(model, example)
+    assert "cutoff" in info.signature.inputs.input_names()
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(example.assign(unrelated=1.0))
+    assert np.allclose(out["churn_probability"], model.predict_proba(example)[:, 1])
+    assert run.run_id

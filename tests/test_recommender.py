@@ -394,3 +394,46 @@ def test_real_data_protocol_at_2011_09_09(real_workspace):
     # the issue's reference figures for this protocol
     assert out["all"]["popularity"]["ndcg@10"] == pytest.approx(0.114, abs=0.01)
     assert out["all"]["buy_again"]["ndcg@10"] == pytest.approx(0.350, abs=0.02)
+
+
+def test_tuning_records_best_params_and_leaves_the_constructor_params_alone():
+    """fit(tune=True) keeps scikit-learn's contract: the chosen values go to ``best_params_``, the
+    constructor parameters stay as given, and a clone set to them fits the same model untuned."""
+    from sklearn.base import clone
+
+    from training.recommender import TUNING_GRID
+
+    inter = synthetic_interactions(n_users=150)
+    rec = Recommender(generators=("als", "ease", "popular"), als_iterations=3, ranker_n_estimators=20,
+                      show_progress=False)
+    before = rec.get_params()
+    rec.fit(inter, tune=True)
+    assert rec.get_params() == before
+    assert clone(rec).get_params() == before
+    assert set(rec.best_params_) == {"als_factors", "als_alpha", "ease_l2"}
+    assert rec.best_params_["als_factors"] in (32, 64, 128) and rec.best_params_["ease_l2"] in (100.0, 500.0, 2000.0)
+    for name in ("als", "ease"):  # each generator's best-scoring setting was chosen
+        rows = rec.tuning_[rec.tuning_["generator"] == name]
+        top = rows.loc[rows["score"].idxmax()]
+        keys = list(TUNING_GRID[name][0])
+        assert {k: top[k] for k in keys} == {k: rec.best_params_[k] for k in keys}
+    # the same seed gives the same model: the tuned fit equals an untuned fit with the chosen values
+    again = clone(rec).set_params(**rec.best_params_).fit(inter)
+    assert again.best_params_ == {}
+    users = ["u1", "u4", "u9"]
+    pd.testing.assert_frame_equal(rec.recommend(users, k=5, exclude_seen=False),
+                                  again.recommend(users, k=5, exclude_seen=False))
+
+
+def test_generators_store_their_params_as_given_and_validate_in_fit():
+    """scikit-learn's contract: ``__init__`` only stores; a bad value is reported by ``fit``."""
+    from training.candidates import ALSGenerator, FitData, ItemKNNGenerator
+
+    inter = synthetic_interactions(n_users=30)
+    rec = Recommender(generators=("popular",), use_ranker=False, show_progress=False).fit(inter)
+    data = FitData(matrix=rec.state_.matrix, interactions=inter, user_segment=rec.state_.user_segment, n_segments=0,
+                   item_category=rec.item_category_, n_categories=0)
+    for gen, message in ((ALSGenerator(kind="svd"), "kind must be"), (ItemKNNGenerator(similarity="jaccard"), "similarity must be")):
+        assert gen.name in ("svd", "jaccard")  # stored as given
+        with pytest.raises(ValueError, match=message):
+            gen.fit(data)

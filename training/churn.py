@@ -9,6 +9,10 @@ Model (:class:`ChurnModel`, scikit-learn style: ``fit``, ``predict_proba``, ``ex
     calibrated on the held-out cutoff (centered isotonic regression, or Platt), so that 0.7 means
     about 70% of such customers leave. Hyperparameters come from a small Optuna (TPE) search on the
     same time split (``tune=True``, ``n_trials``), or fixed defaults (``tune=False``).
+    Because the calibration is fitted on the validation season, the log-odds of a row scored in
+    another season are shifted by last year's change of the churn rate between the two seasons
+    (``seasonal_shift``); the row's ``cutoff`` is then a declared input of the model
+    (``feature_names_in_``), and no other column than the declared ones changes a score.
 
 Features
     The catalog features (``features/catalog.py``) plus :data:`EXTRA_FEATURES`: time-decayed
@@ -28,45 +32,9 @@ Evaluation protocol (:func:`evaluate_protocol`, ``crmml evaluate churn``)
 Reasons, tiers, value and actions: ``training/retention.py``; :func:`score_customers` puts them
 together for the pipelines and the service.
 
-Measured (UCI Online Retail, ``crmml evaluate churn --cutoff 2011-09-09 --horizon 90``, 4,313 eligible
-customers, churn rate 49.5%): ROC-AUC model 0.771 untuned / 0.768 tuned (25-trial budget, 10 min),
-BG/NBD 0.764, RFM 0.748, recency 0.706. The issue's target of 0.80 is **not** reached. The
-evaluation window (Sep-Dec 2011) is the Christmas peak: a quarter of the eligible customers last
-bought a year earlier and 30% of them come back, which no earlier training window shows (the data
-start in Dec 2009, so the only earlier autumn has no year-ago history); the validation cutoff
-(2011-06-11, churn 64%) is not like it either, which is also why the tuned search does not help.
-Feature sets, regularisation, monotone constraints, per-cutoff rank features, refitting on the
-validation cutoff, BG/NBD offsets and rank blends with BG/NBD all stayed within
-0.765-0.772. With the seasonal shift the model's ECE is 0.077 (0.142 without) and its Brier
-0.200, the best of the four scorers.
-
-Second round (issue #4; untuned, each variant also scored at the evaluation cutoffs 2011-06-11 and
-2011-03-13, where the current model gives 0.801 and 0.772 against BG/NBD 0.806 and 0.779, RFM
-0.791 and 0.770, recency 0.747 and 0.714). None was kept, because none gained at every cutoff:
-
-* basket content, strictly before the cutoff: items' "buyers come back within the horizon" rate
-  (smoothed target encoding on purchase days whose follow-up window ends before the cutoff),
-  items' "lapsed buyers return within a year" rate, peer activity (share of the other buyers of
-  the customer's items who bought in the last 30/60 days, or came back after 120+ days), median
-  quantity per line and unit price: 0.762-0.768 at 2011-09-09, 0.800-0.802 at 2011-06-11;
-* regularity: active 91-day quarters, their share since the first purchase, a purchase in each
-  of the last four quarters; share of purchase days in the coming weeks of any earlier year,
-  Sep-Dec share: 0.767-0.770 / 0.799-0.805 / 0.771-0.774;
-* all of the above together: 0.774 / 0.795 / 0.771 (ECE 0.051 / 0.072 / 0.082: better calibrated,
-  no better ranked);
-* weighting the training cutoffs of the same season one year earlier (x3, x8): 0.765 / 0.801-0.805;
-* a fixed number of trees instead of early stopping: 150 trees 0.769 / 0.786, 400 trees
-  0.759 / 0.778 (worse).
-
-Ceiling check (a diagnostic, not a protocol: it learns from the evaluation labels): LightGBM
-cross-validated (5 folds) on the 4,313 customers of 2011-09-09 themselves reaches only 0.778 with
-the current features, and 0.778-0.780 with everything above plus a TruncatedSVD(16) of the
-customer x item matrix, an out-of-fold logistic regression on the bag of items, hour, weekday,
-orders per day, Christmas-item spend share and days since the last return (0.814 at 2011-06-11).
-So 0.80 at 2011-09-09 is above what these customers' histories predict, whatever the training
-seasons; the loss is in the lapsed: the 1,002 customers who last bought 280-365 days before the
-cutoff (churn 71%) are ranked at AUC 0.57 by the model and by BG/NBD alike. The customers table
-of the UCI data holds only the country (already a catalog feature) and the first purchase.
+Measured results on the UCI Online Retail data (the ROC-AUC of the model and the baselines, the
+feature and training variants that were tried and not kept, a ceiling check) are in
+``docs/experiments.md``.
 """
 
 from __future__ import annotations
@@ -140,17 +108,25 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     params: LightGBM parameters overriding :data:`DEFAULT_PARAMS` (and the tuned ones).
     calibration: ``"isotonic"`` (centered isotonic regression) or ``"sigmoid"`` (Platt).
     monotone: constrain features whose catalog direction is known (more/less risk) to act monotonically.
-    features: the feature columns to use (default: catalog + :data:`EXTRA_FEATURES` present in ``X``).
+    features: the feature columns to use (default: the catalog features and :data:`EXTRA_FEATURES`
+        present in ``X`` at fit, then its other numeric columns that are neither keys nor labels).
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
     seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from
-        the scored one. When ``X`` has a ``cutoff`` column and the training frame holds cutoffs one year
-        before both the scored and the validation cutoff (within 20 days), the log-odds are shifted by
-        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn rate
-        between the two seasons (capped at +-1). Only labels of training cutoffs are used.
+        the scored one. When the training frame holds a cutoff one year before the validation cutoff
+        (within 20 days), the fitted model reads each row's ``cutoff`` and, where it also knows the
+        churn rate one year before that cutoff, shifts the log-odds by
+        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn
+        rate between the two seasons (capped at +-1). Only labels of training cutoffs are used.
 
-    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``categories_``, ``best_iteration_``,
-    ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``validation_metrics_``, ``study_summary_``.
+    Inputs: ``feature_names_in_`` lists every column ``predict_proba`` reads: the features
+    (``feature_names_``) and, when the seasonal shift applies, ``cutoff``. A missing one is an
+    error; any other column of ``X`` is ignored, so the same rows score the same whatever else
+    the frame carries.
+
+    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
+    ``best_iteration_``, ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``cutoff_rates_``,
+    ``validation_metrics_``, ``study_summary_``.
     """
 
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
@@ -310,7 +286,6 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             if self._is_categorical(name, X):
                 counts = X[name].astype("string").value_counts()
                 self.categories_[name] = [str(v) for v in counts.index[:50]]
-        self.n_features_in_ = len(self.feature_names_)
         M = self._matrix(X)
         ids = X["customer_id"] if "customer_id" in X.columns else pd.Series(np.arange(len(X)))
         train, val, split_info = self._split(cut, ids)
@@ -354,6 +329,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         if cut is not None and cut.nunique() >= 2:
             rates = pd.Series(yv).groupby(pd.to_datetime(cut).to_numpy()).mean()
             self.cutoff_rates_ = {str(pd.Timestamp(k).date()): float(v) for k, v in rates.items()}
+        self.feature_names_in_ = self._declared_inputs()
+        self.n_features_in_ = len(self.feature_names_in_)
         self.n_train_rows_ = int(train.sum())
         self.n_validation_rows_ = int(val.sum())
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
@@ -405,10 +382,32 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self._check()
         return self.booster_.predict(self._matrix(X), raw_score=True, num_iteration=self.best_iteration_)
 
+    def _declared_inputs(self) -> np.ndarray:
+        """The columns the fitted model reads: its features, and ``cutoff`` when the seasonal shift
+        can apply at all (a rate is known one year before the validation cutoff)."""
+        reads_cutoff = bool(self.seasonal_shift) and self._season_reference_rate() is not None
+        return np.asarray(self.feature_names_ + (["cutoff"] if reads_cutoff else []), dtype=object)
+
+    def _inputs(self) -> np.ndarray:
+        # models pickled before the inputs were declared at fit get them derived the same way
+        names = getattr(self, "feature_names_in_", None)
+        return self._declared_inputs() if names is None else names
+
+    def _check_inputs(self, X: pd.DataFrame) -> None:
+        """A ValueError naming the declared inputs other than the features that ``X`` lacks (the
+        features themselves are checked by ``_matrix``)."""
+        missing = [c for c in self._inputs() if c not in self.feature_names_ and c not in X.columns]
+        if missing:
+            raise ValueError(f"X lacks the column(s) {missing} that this model reads (feature_names_in_): "
+                             "the snapshot date of each row sets its seasonal shift")
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Calibrated ``[P(stay), P(churn)]`` per row (with the seasonal shift when it applies)."""
+        """Calibrated ``[P(stay), P(churn)]`` per row, from the columns in ``feature_names_in_`` only
+        (with the seasonal shift of each row's ``cutoff`` when the model reads it)."""
+        self._check()
+        self._check_inputs(X)
         p = self.calibrator_.predict(self.decision_function(X))
-        if self.seasonal_shift and "cutoff" in X.columns:
+        if "cutoff" in self._inputs():
             delta = self.season_offset(X["cutoff"])
             if np.any(delta != 0):
                 z = np.log(p / (1 - p)) + delta
@@ -423,16 +422,20 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 best, dist = rate, d
         return best
 
+    def _season_reference_rate(self) -> float | None:
+        """The churn rate one year before the validation cutoff (None when unknown: no shift)."""
+        if not self.validation_cutoff_:
+            return None
+        return self._rate_near(pd.Timestamp(self.validation_cutoff_) - pd.Timedelta(days=365))
+
     def season_offset(self, cutoffs) -> np.ndarray:
         """Log-odds shift per row for its cutoff (0 where last year's rates are not known)."""
         c = pd.to_datetime(pd.Series(np.asarray(cutoffs)))
         out = np.zeros(len(c))
-        if not self.validation_cutoff_:
-            return out
-        year = pd.Timedelta(days=365)
-        r0 = self._rate_near(pd.Timestamp(self.validation_cutoff_) - year)
+        r0 = self._season_reference_rate()
         if r0 is None:
             return out
+        year = pd.Timedelta(days=365)
         for value in c.dropna().unique():
             r1 = self._rate_near(pd.Timestamp(value) - year)
             if r1 is not None:

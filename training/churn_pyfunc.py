@@ -1,6 +1,7 @@
 """The churn model as an MLflow pyfunc, and ``log_churn`` to log it in the active run.
 
-The pyfunc takes a snapshot frame (the model's feature columns, plus optionally ``customer_id``) and
+The pyfunc takes a snapshot frame (the columns in the model's ``feature_names_in_``: its features
+and, when it applies a seasonal shift, ``cutoff``; plus optionally ``customer_id``) and
 returns one row per customer: ``customer_id`` (when given), ``churn_probability``, ``risk_tier`` and
 ``reasons`` (JSON text: a list of ``{feature, value, contribution, sentence}``). The fitted
 :class:`training.churn.ChurnModel` travels as a joblib artifact; the ``training`` and ``features``
@@ -64,7 +65,9 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
     from training.registry import pip_requirements
 
     cols = ["customer_id"] if "customer_id" in input_example.columns else []
-    cols += [c for c in model.feature_names_ if c in input_example.columns]
+    # every column the model reads (its features, and the snapshot ``cutoff`` when the seasonal
+    # shift applies), so that the signature lets them through to predict_proba
+    cols += [c for c in model.feature_names_in_ if c in input_example.columns]
     example = input_example[cols].head(5).reset_index(drop=True)
     # object columns with pandas NA -> plain strings/None so the schema is clean
     for c in example.columns:

@@ -20,6 +20,11 @@ How ``fit`` works
 3. The generators are refitted on all the data; ``recommend`` ranks with ``all`` when
    ``exclude_seen=False`` and with ``new`` when ``exclude_seen=True``.
 
+With ``fit(tune=True)`` the generators' hyperparameters (:data:`TUNING_GRID`) are first chosen
+on an inner validation split; the chosen values are recorded in ``best_params_`` and used by that
+fit, while the constructor's parameters stay as given (scikit-learn's contract: ``clone`` gives
+the untuned model).
+
 Without enough labelled users for a ranker (tiny data, ``use_ranker=False``), candidates are
 ordered by reciprocal-rank fusion of the generators: ``sum_g 1 / (60 + rank_g)``.
 
@@ -81,6 +86,14 @@ DEFAULT_GENERATORS = ("buy_again", "als", "bm25", "ease", "cooc", "popular", "tr
 FILTER_KEYS = ("include_categories", "exclude_categories", "exclude_items", "allowed_items", "min_price", "max_price")
 RRF_K = 60.0
 CHUNK = 512
+#: the hyperparameter grid of ``fit(tune=True)``: per generator, the settings tried (constructor names)
+TUNING_GRID = {
+    "als": [dict(als_factors=f, als_alpha=a) for f in (32, 64, 128) for a in (1.0, 3.0, 10.0)],
+    "bm25": [dict(knn_neighbours=n) for n in (50, 100, 200)],
+    "ease": [dict(ease_l2=l2) for l2 in (100.0, 500.0, 2000.0)],
+    "buy_again": [dict(buy_again_half_life_days=h) for h in (30.0, 90.0, 180.0, 365.0)],
+    "cooc": [dict(cooc_neighbours=n) for n in (20, 50, 100)],
+}
 EVALUATION_NAME = "recommender_evaluation"  # reports/recommender_evaluation.json: the backtest against each generator
 
 
@@ -148,7 +161,13 @@ class _State:
 
 class Recommender(BaseEstimator):
     """Top-N recommendations from implicit ALS, item-kNN, EASE, co-occurrence, buy-again and
-    popularity candidates, re-ranked by LightGBM LambdaRank. See the module docstring."""
+    popularity candidates, re-ranked by LightGBM LambdaRank. See the module docstring.
+
+    Learned: ``state_`` (the generators fitted on all the data), ``rankers_`` and ``ranker_info_``,
+    the catalogue (``item_ids_``, ``item_index_``, ``item_price_``, ``item_category_``,
+    ``category_names_``, ``segment_names_``), ``best_params_`` (the hyperparameters chosen by
+    ``fit(tune=True)``, ``{}`` without tuning) and ``tuning_`` (the tuning grid with its scores).
+    """
 
     def __init__(
         self,
@@ -213,38 +232,44 @@ class Recommender(BaseEstimator):
         self.show_progress = show_progress
 
     # ------------------------------------------------------------------ generators
-    def _make_generator(self, name: str) -> CandidateGenerator:
+    def _make_generator(self, name: str, params: dict) -> CandidateGenerator:
+        """A fresh generator ``name`` configured from ``params`` (this fit's hyperparameters)."""
+        p = params
         if name == "buy_again":
             return BuyAgainGenerator(value="buy_again")
         if name in ("als", "bpr"):
             return ALSGenerator(
-                kind=name, factors=self.als_factors, regularization=self.als_regularization, alpha=self.als_alpha,
-                iterations=self.als_iterations, random_state=self.random_state,
+                kind=name, factors=p["als_factors"], regularization=p["als_regularization"], alpha=p["als_alpha"],
+                iterations=p["als_iterations"], random_state=p["random_state"],
             )
         if name in ("bm25", "cosine"):
-            return ItemKNNGenerator(similarity=name, neighbours=self.knn_neighbours)
+            return ItemKNNGenerator(similarity=name, neighbours=p["knn_neighbours"])
         if name == "ease":
-            return EASEGenerator(l2=self.ease_l2, max_items=self.ease_max_items)
+            return EASEGenerator(l2=p["ease_l2"], max_items=p["ease_max_items"])
         if name == "cooc":
-            return CooccurrenceGenerator(neighbours=self.cooc_neighbours, min_count=self.cooc_min_count)
+            return CooccurrenceGenerator(neighbours=p["cooc_neighbours"], min_count=p["cooc_min_count"])
         if name == "popular":
-            return PopularityGenerator(window_days=self.popularity_window_days)
+            return PopularityGenerator(window_days=p["popularity_window_days"])
         if name == "trending":
-            return TrendingGenerator(recent_days=self.trending_days)
+            return TrendingGenerator(recent_days=p["trending_days"])
         if name == "popular_segment":
-            return SegmentPopularityGenerator(window_days=self.popularity_window_days)
+            return SegmentPopularityGenerator(window_days=p["popularity_window_days"])
         if name == "seasonal":
             return SeasonalGenerator(value="season")
         raise ValueError(f"unknown generator {name!r}")
 
-    def _half_lives(self) -> dict[str, float | None]:
-        return {"decayed": self.history_half_life_days, "buy_again": self.buy_again_half_life_days}
+    @staticmethod
+    def _half_lives(params: dict) -> dict[str, float | None]:
+        return {"decayed": params["history_half_life_days"], "buy_again": params["buy_again_half_life_days"]}
 
-    def _fit_state(self, df: pd.DataFrame, now, progress=None) -> _State:
-        """Fit every generator on ``df`` (anchored at ``now``) over the model's user and item maps."""
+    def _fit_state(self, df: pd.DataFrame, now, params: dict, progress=None) -> _State:
+        """Fit every generator on ``df`` (anchored at ``now``) over the model's user and item maps.
+
+        ``params``: the hyperparameters of this fit (the constructor's, with ``best_params_`` over
+        them after tuning), passed explicitly so that ``fit`` never rewrites the constructor's."""
         users = np.asarray(sorted(df["user_id"].unique()), dtype=object)
         matrix = build_interaction_matrix(
-            df, now=now, half_life_days=self._half_lives(), user_ids=users, item_ids=self.item_ids_,
+            df, now=now, half_life_days=self._half_lives(params), user_ids=users, item_ids=self.item_ids_,
             age_windows=history_windows(self.rank_window_days),
         )
         user_segment = np.array([self._segment_of(u) for u in users], dtype=np.int64)
@@ -255,7 +280,7 @@ class Recommender(BaseEstimator):
         gens = []
         for name in self.generators:
             t = time.perf_counter()
-            gens.append(self._make_generator(name).fit(data))
+            gens.append(self._make_generator(name, params).fit(data))
             log.debug("fitted %s in %.1fs", name, time.perf_counter() - t)
             if progress is not None:
                 progress.advance()
@@ -265,7 +290,7 @@ class Recommender(BaseEstimator):
         user_baskets = user_baskets.astype(np.float64)
         segment_pop = next((g for g in gens if g.name == "popular_segment"), None)
         if segment_pop is None:  # always there for cold-start answers
-            segment_pop = SegmentPopularityGenerator(window_days=self.popularity_window_days).fit(data)
+            segment_pop = SegmentPopularityGenerator(window_days=params["popularity_window_days"]).fit(data)
         return _State(
             matrix=matrix, generators=gens, items=ItemStats.from_data(data, self.item_price_, self.rank_window_days),
             user_segment=user_segment, user_baskets=user_baskets, segment_popularity=segment_pop,
@@ -287,7 +312,10 @@ class Recommender(BaseEstimator):
         ``items`` (item_id, optional category, price) feeds filters and the new-item fallback;
         ``users`` (user_id or customer_id, and a segment column: ``segment_col``, else
         ``segment``, else ``country``) feeds the new-customer fallback. ``tune=True`` first
-        searches hyperparameters on an inner time-based (or random) validation split.
+        searches the generators' hyperparameters on an inner time-based (or random) validation
+        split (:meth:`tune`); the chosen values are kept in ``best_params_`` and used for this fit
+        only, so ``get_params()`` is the same after ``fit`` as before and ``clone`` gives the
+        untuned model (``clone(rec).set_params(**rec.best_params_)`` the tuned one).
         """
         t0 = time.perf_counter()
         unknown = [g for g in self.generators if g not in GENERATOR_NAMES]
@@ -299,8 +327,10 @@ class Recommender(BaseEstimator):
         self._set_catalogue(df, items, users)
         self.has_time_ = "timestamp" in df.columns
         self.now_ = df["timestamp"].max() if self.has_time_ else None
+        self.best_params_ = {}
         if tune:
-            self.tuning_ = self.tune(df)
+            self.tuning_, self.best_params_ = self.tune(df)
+        params = {**self.get_params(), **self.best_params_}
         splits = self._ranker_splits(df) if self.use_ranker else []
         self.rankers_ = {}
         self.ranker_info_ = {}
@@ -313,7 +343,7 @@ class Recommender(BaseEstimator):
             if splits:
                 rows = {"all": ([], [], []), "new": ([], [], [])}
                 for inner_train, labels, inner_now in splits:
-                    inner = self._fit_state(inner_train, inner_now, adv)
+                    inner = self._fit_state(inner_train, inner_now, params, adv)
                     for mode, (xs, ys, gs) in self._training_rows(inner, inner_train, labels).items():
                         rows[mode][0].extend(xs)
                         rows[mode][1].extend(ys)
@@ -325,7 +355,7 @@ class Recommender(BaseEstimator):
                         self.rankers_[mode] = booster
                     self.ranker_info_[mode] = {**info, "windows": [str(n) if n is not None else "random" for *_, n in splits]}
                     adv.advance()
-            self.state_ = self._fit_state(df, self.now_, adv)
+            self.state_ = self._fit_state(df, self.now_, params, adv)
         self.feature_names_ = feature_names(list(self.generators))
         pop = self._generator("popular")
         self.popular_order_ = pop.order_ if pop is not None else np.argsort(-self.state_.items.users, kind="stable")
@@ -741,38 +771,30 @@ class Recommender(BaseEstimator):
         return feature_docs(list(self.generators), self.rank_window_days)
 
     # ------------------------------------------------------------------ tuning
-    def tune(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Pick hyperparameters on an inner validation split (time-based, else random per user).
+    def tune(self, df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+        """Pick generator hyperparameters on an inner validation split (time-based, else random per user).
 
-        Each generator's own nDCG@10 (mean of the all-purchases and new-items views) is measured
-        on the validation window for a small grid; the best setting of each is kept
-        (``set_params``). Returns the grid with its scores.
+        For each tuned generator (in :data:`TUNING_GRID` order) and each setting of its grid, a
+        one-generator probe ``Recommender`` (no ranker; the settings already chosen for earlier
+        generators included) is fitted on the training part over this model's catalogue, and
+        scored by its own nDCG@10 on the validation window (the all-purchases view plus the
+        new-items view, except for ``buy_again``); the best setting of each generator is kept.
+        Needs the catalogue of a fit in progress (``fit(tune=True)`` calls it). Does not change
+        this model's parameters: returns the grid with its scores and the chosen values.
         """
-        grid = {
-            "als": [dict(als_factors=f, als_alpha=a) for f in (32, 64, 128) for a in (1.0, 3.0, 10.0)],
-            "bm25": [dict(knn_neighbours=n) for n in (50, 100, 200)],
-            "ease": [dict(ease_l2=l2) for l2 in (100.0, 500.0, 2000.0)],
-            "buy_again": [dict(buy_again_half_life_days=h) for h in (30.0, 90.0, 180.0, 365.0)],
-            "cooc": [dict(cooc_neighbours=n) for n in (20, 50, 100)],
-        }
         train, test = self._inner_split_for_tuning(df)
         truth_all, truth_new = holdout_truth(train, test)
-        results = []
-        now = train["timestamp"].max() if "timestamp" in train.columns else None
-        for name, settings in grid.items():
+        users = truth_all["user_id"].unique()
+        catalogue = self._catalogue_frame()
+        results, chosen = [], {}
+        for name, settings in TUNING_GRID.items():
             if name not in self.generators:
                 continue
             best = None
             for setting in settings:
-                probe = self.__class__(**{**self.get_params(), **setting, "generators": (name,), "use_ranker": False, "show_progress": False})
-                probe._set_catalogue(df, None, None)
-                probe.item_ids_ = self.item_ids_
-                probe.item_index_ = self.item_index_
-                probe.item_price_ = self.item_price_
-                probe.item_category_ = self.item_category_
-                probe.category_names_ = self.category_names_
-                probe.state_ = probe._fit_state(train, now)
-                users = truth_all["user_id"].unique()
+                probe = type(self)(**{**self.get_params(), **chosen, **setting, "generators": (name,),
+                                   "use_ranker": False, "show_progress": False})
+                probe.fit(train, items=catalogue)
                 score = 0.0
                 for view, truth, excl in (("all", truth_all, False), ("new", truth_new, True)):
                     if name == "buy_again" and view == "new":
@@ -782,8 +804,14 @@ class Recommender(BaseEstimator):
                 results.append({"generator": name, **setting, "score": score})
                 if best is None or score > best[1]:
                     best = (setting, score)
-            self.set_params(**best[0])
-        return pd.DataFrame(results)
+            chosen.update(best[0])
+        return pd.DataFrame(results), chosen
+
+    def _catalogue_frame(self) -> pd.DataFrame:
+        """The fitted catalogue as an ``items`` table (item_id, price, category): fitting another
+        model with it gives that model the same item columns, prices and categories."""
+        names = np.asarray(self.category_names_ + [None], dtype=object)
+        return pd.DataFrame({"item_id": self.item_ids_, "price": self.item_price_, "category": names[self.item_category_]})
 
     def _inner_split_for_tuning(self, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if "timestamp" in df.columns:

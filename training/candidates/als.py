@@ -36,8 +36,6 @@ class ALSGenerator(CandidateGenerator):
         value: str = "decayed",
         random_state: int = 0,
     ):
-        if kind not in ("als", "bpr"):
-            raise ValueError(f"kind must be 'als' or 'bpr', not {kind!r}")
         self.kind = kind
         self.factors = factors
         self.regularization = regularization
@@ -55,6 +53,8 @@ class ALSGenerator(CandidateGenerator):
         from implicit.cpu.als import AlternatingLeastSquares
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
+        if self.kind not in ("als", "bpr"):
+            raise ValueError(f"kind must be 'als' or 'bpr', not {self.kind!r}")
         x = _confidence(data.matrix.csr(self.value))
         if self.kind == "als":
             model = AlternatingLeastSquares(

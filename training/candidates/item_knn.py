@@ -18,8 +18,6 @@ class ItemKNNGenerator(CandidateGenerator):
     positive_only = True
 
     def __init__(self, similarity: str = "bm25", neighbours: int = 100, K1: float = 1.2, B: float = 0.75, value: str = "decayed"):
-        if similarity not in ("bm25", "cosine"):
-            raise ValueError(f"similarity must be 'bm25' or 'cosine', not {similarity!r}")
         self.similarity = similarity
         self.neighbours = neighbours
         self.K1 = K1
@@ -33,6 +31,8 @@ class ItemKNNGenerator(CandidateGenerator):
     def fit(self, data: FitData) -> ItemKNNGenerator:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
+        if self.similarity not in ("bm25", "cosine"):
+            raise ValueError(f"similarity must be 'bm25' or 'cosine', not {self.similarity!r}")
         if self.similarity == "bm25":
             model = BM25Recommender(K=self.neighbours, K1=self.K1, B=self.B, num_threads=data.num_threads)
         else:
