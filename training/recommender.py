@@ -920,7 +920,7 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
         cutoff = newest_window_cutoff(interactions, window)
         if cutoff is None:
             raise ValueError("the interactions have no timestamps: no time window to evaluate on")
-        params = {**model.get_params(), "show_progress": False}
+        params = {**model.get_params(), **getattr(model, "best_params_", {}), "show_progress": False}
         result = evaluate_time_split(interactions, cutoff, window_days=window, k=10, items=items, users=users,
                                      params=params, baselines=())
         out = dict(result["all"]["model"])

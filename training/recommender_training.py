@@ -103,7 +103,9 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         "items": int(len(model.item_ids_)),
     }
     if mlflow:
-        params = {key: (",".join(v) if isinstance(v, tuple) else v) for key, v in model.get_params().items()}
+        # the constructor's parameters, then what tuning chose (recorded in best_params_, never set back)
+        chosen = {**model.get_params(), **{f"best.{k}": v for k, v in model.best_params_.items()}}
+        params = {key: (",".join(v) if isinstance(v, tuple) else v) for key, v in chosen.items()}
         lineage = {"window_days": window, "k": k, "backtest_cutoff": str(cutoff.date()) if cutoff is not None else None,
                    "n_interactions": int(len(interactions)),
                    "metrics_source": f"backtest at {cutoff.date()}" if result is not None else "none"}
