@@ -5,6 +5,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 INSTALLER ?= uv
+PORT ?= 3000
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
@@ -41,7 +42,7 @@ $(TEST_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 setup: $(RUN_STAMP)
 
 run: $(RUN_STAMP)
-	$(BIN)/crmml run --serve --customers 2000
+	$(BIN)/crmml run --serve --customers 2000 --port $(PORT)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
