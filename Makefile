@@ -1,7 +1,7 @@
 # Two commands do all the set-up: `make run` and `make test`.
 # `make run` installs what running needs (the project alone); `make test` adds the `dev` and `spark`
 # extras (test tools, PySpark). Both install the pins in constraints.txt with uv, which pip puts into
-# the venv first (a fresh install takes about a third of pip's time); `make INSTALLER=pip ...` uses pip.
+# the venv first (on an empty cache a sixth of pip's time, BENCHMARKS.md); `make INSTALLER=pip ...` uses pip.
 SHELL := /bin/bash
 PYTHON ?= python3
 INSTALLER ?= uv
