@@ -10,6 +10,10 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # rich shows progress; tqdm bars per artifact clutter the log
 
+from pipelines import quiet  # noqa: E402
+
+quiet.install()  # third-party notices out of the normal output: see pipelines/quiet.py
+
 import typer  # noqa: E402
 
 from pipelines.commands import churn, data, features, models, recommender, report, run, serve  # noqa: E402

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -38,7 +39,9 @@ class ChurnPyfunc(PythonModel):
 
         self.model = joblib.load(context.artifacts["churn_model"])
 
-    def predict(self, context, model_input, params=None):
+    # the DataFrame hint tells MLflow the input schema comes from the logged signature (no
+    # type-hint validation of its own, and no warning asking for hints)
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         top_k = int((params or {}).get("top_k", self.top_k))
         proba = self.model.predict_proba(df)[:, 1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,6 +27,22 @@ PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn",
 OUTPUT_COLUMNS = ["user_id", "item_id", "score", "rank", "source"]
 
 
+def model_signature():
+    """The pyfunc's MLflow signature, declared: ``user_id, k, exclude_seen`` in, ``OUTPUT_COLUMNS`` out.
+
+    Declared rather than inferred from an example: inference would type ``k`` and ``rank`` from
+    the example's integers (and warn that integer columns cannot hold missing values).
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k"), ColSpec("boolean", "exclude_seen")]),
+        outputs=Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"), ColSpec("double", "score"),
+                        ColSpec("long", "rank"), ColSpec("string", "source")]),
+    )
+
+
 class RecommenderPyfunc(PythonModel):
     """MLflow pyfunc around a fitted ``Recommender`` (artifact ``recommender``)."""
 
@@ -37,7 +54,9 @@ class RecommenderPyfunc(PythonModel):
 
         self.model = joblib.load(context.artifacts["recommender"])
 
-    def predict(self, context, model_input, params=None):
+    # the DataFrame hint tells MLflow the input schema comes from the declared signature (no
+    # type-hint validation of its own, and no warning asking for hints)
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "user_id" not in df.columns and "customer_id" in df.columns:
             df = df.rename(columns={"customer_id": "user_id"})
@@ -65,13 +84,12 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
     """Log ``model`` (a fitted Recommender) as a pyfunc in the active MLflow run; returns the ModelInfo.
 
     ``metrics`` (e.g. the evaluation's ``{"ndcg@10": .., "coverage": ..}``) are logged to the run
-    with MLflow-safe names (``ndcg@10`` -> ``ndcg_at_10``). The signature comes from a small input
-    example (a few known users) and the pyfunc's output on it. Requirements are explicit (pinned to
-    the installed versions), so MLflow does not infer them.
+    with MLflow-safe names (``ndcg@10`` -> ``ndcg_at_10``). The signature is declared
+    (:func:`model_signature`); a small input example (a few known users) travels with the model.
+    Requirements are explicit (pinned to the installed versions), so MLflow does not infer them.
     """
     import joblib
     import mlflow
-    from mlflow.models import infer_signature
 
     from training.registry import pip_requirements
 
@@ -89,8 +107,6 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
             mlflow.log_metrics(safe)
     users = example_users or [str(u) for u in model.state_.matrix.user_ids[:3]] or ["__unknown__"]
     example = pd.DataFrame({"user_id": users, "k": [3] * len(users), "exclude_seen": [True] * len(users)})
-    output = RecommenderPyfunc(model).predict(None, example)
-    signature = infer_signature(example, output)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recommender.joblib"
         joblib.dump(model, path)
@@ -99,7 +115,7 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
             python_model=RecommenderPyfunc(),
             artifacts={"recommender": str(path)},
             code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
-            signature=signature,
+            signature=model_signature(),
             input_example=example,
             pip_requirements=pip_requirements(*PIP_PACKAGES),
         )

@@ -507,7 +507,15 @@ class TrainingRun:
             )
             if self._fingerprint:
                 tags["data_fingerprint"] = str(self._fingerprint)
-            mv = mlflow.register_model(uri, name, tags=tags, await_registration_for=60)
+            # MLflow prints "already exists" (the model was created above on purpose) and "Created
+            # version" on its event stream; crmml reports the version itself
+            from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+            stream_on, MLFLOW_LOGGING_STREAM.enabled = MLFLOW_LOGGING_STREAM.enabled, False
+            try:
+                mv = mlflow.register_model(uri, name, tags=tags, await_registration_for=60)
+            finally:
+                MLFLOW_LOGGING_STREAM.enabled = stream_on
             version = str(mv.version)
             champion = alias_version(mlc, name, CHAMPION)
             if champion is None:
