@@ -94,7 +94,7 @@ from training.names import CHALLENGER, CHAMPION, CHURN, EXPERIMENT, RECOMMENDER
 # Packages whose versions every run records (and that ``pip_requirements`` can pin).
 KEY_PACKAGES = (
     "crmml", "mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "implicit",
-    "threadpoolctl", "lifetimes", "shap", "ibis-framework", "duckdb", "pandera", "bentoml", "matplotlib",
+    "threadpoolctl", "lifetimes", "ibis-framework", "duckdb", "pandera", "bentoml", "matplotlib",
 )
 
 #: a model URI -> its metrics (and optionally "window") on an evaluation window; see ``training.promotion``
