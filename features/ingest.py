@@ -18,6 +18,7 @@ import io
 import json
 import re
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,74 +220,93 @@ def _sniff(header: str) -> str:
 
 def _read_text(path: Path, sep: str | None, names: list[str] | None, encoding: str | None,
                max_line_bytes: int) -> RawFile:
-    """Read a delimited text file line by line: every line is a row, or a set-aside line with its reason."""
+    """Read a delimited text file line by line: every line is a row, or a set-aside line with its reason.
+
+    A quoted field may span lines; if its record never closes (end of file, a broken line, too many
+    lines) or closes with the wrong number of fields, only its first line is set aside
+    (``unbalanced_quote``) and the lines after it are read again as lines of their own.
+    """
     rejected: list[tuple[int, str, str | dict]] = []  # line number, reason, what the quarantine shows
-    records: list[tuple[int, str]] = []
+    rows: list[tuple[int, str]] = []
     notes: dict = {}
-    pending: tuple[int, str, int] | None = None  # a quoted field still open: first line, text, lines
-    lines = _text_lines(path, encoding, max_line_bytes)
     regex_sep = sep in (r"\s+", "whitespace")
     scan_sep = r"\s+" if regex_sep else sep  # else sniffed from the first line (the header)
+    header: str | None = None
+    expected = len(names) if names else None
+    pending: list[tuple[int, str]] = []  # the lines of a record whose quoted field is still open
+    again: deque = deque()  # lines to read again after a record that never closed
+    lines = _text_lines(path, encoding, max_line_bytes)
+
+    def header_error(n: int, what: str) -> SchemaError:
+        return SchemaError(f"{path}: line {n} (the header) {what}")
+
+    def give_up_pending(then=None) -> None:
+        first, rest = pending[0], pending[1:]
+        if expected is None:
+            raise header_error(first[0], "opens a quote that is never closed")
+        rejected.append((first[0], "unbalanced_quote", _shown(first[1])))
+        if then is not None:
+            again.appendleft(then)
+        again.extendleft(reversed([(n, text, None) for n, text in rest]))
+        pending.clear()
+
+    def complete(n: int, text: str, fields: int) -> None:
+        nonlocal header, expected
+        if expected is None:
+            header, expected = text, fields
+        elif fields == expected:
+            rows.append((n, text))
+        else:
+            rejected.append((n, "short_row" if fields < expected else "extra_fields",
+                             {"line": _shown(text), "fields": fields, "expected": expected}))
+
     try:
-        for n, text, reason in lines:
+        while True:
+            item = again.popleft() if again else next(lines, None)
+            if item is None:
+                if pending:
+                    give_up_pending()
+                    continue
+                break
+            n, text, reason = item
             if reason == "cp1252":
                 notes["lines_read_as_cp1252"] = notes.get("lines_read_as_cp1252", 0) + 1
             elif reason:
-                if not records and names is None and pending is None:
-                    what = "longer than the maximum line length" if reason == "line_too_long" else "not text"
-                    hint = (f" ({max_line_bytes:,} bytes; --max-line-length)" if reason == "line_too_long"
-                            else " (set --encoding)")
-                    raise SchemaError(f"{path}: line {n} (the header) is {what}{hint}")
-                if pending is not None:  # an open quoted field cannot run into a broken line
-                    rejected.append((pending[0], "unbalanced_quote", _shown(pending[1])))
-                    pending = None
+                if pending:  # an open quoted field cannot run into a broken line
+                    give_up_pending(then=item)
+                    continue
+                if expected is None:
+                    what = (f"is longer than the maximum line length ({max_line_bytes:,} bytes; --max-line-length)"
+                            if reason == "line_too_long" else "is not text (set --encoding)")
+                    raise header_error(n, what)
                 rejected.append((n, reason, text))
                 continue
             if scan_sep is None:
                 scan_sep = _sniff(text)
-            if pending is not None:
-                first, joined, count = pending
-                joined = f"{joined}\n{text}"
-                if not _scan(joined, scan_sep)[1]:
-                    records.append((first, joined))
-                    pending = None
-                elif count + 1 >= MAX_RECORD_LINES or len(joined) > max_line_bytes:
-                    rejected.append((first, "unbalanced_quote", _shown(joined)))
-                    pending = None
-                else:
-                    pending = (first, joined, count + 1)
-            elif '"' in text and _scan(text, scan_sep)[1]:
-                pending = (n, text, 1)
+            if pending:
+                pending.append((n, text))
+                joined = "\n".join(t for _, t in pending)
+                fields, still_open = _scan(joined, scan_sep)
+                if not still_open and fields == (expected or fields):
+                    complete(pending[0][0], joined, fields)
+                    pending.clear()
+                elif not still_open or len(pending) >= MAX_RECORD_LINES or len(joined) > max_line_bytes:
+                    give_up_pending()
+                continue
+            fields, still_open = _scan(text, scan_sep)
+            if still_open:
+                pending.append((n, text))
             else:
-                records.append((n, text))
+                complete(n, text, fields)
     except (EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, EOFError) or "end-of-stream" in str(exc):
             raise SchemaError(f"{path}: truncated {COMPRESSED.get(path.suffix.lower(), 'file')} "
                               "(the file ends before its compressed data does)") from exc
         raise SchemaError(f"{path}: cannot read file ({exc.__class__.__name__}: {exc})") from exc
-    if pending is not None:
-        rejected.append((pending[0], "unbalanced_quote", _shown(pending[1])))
-    if not records and not rejected:
-        raise SchemaError(f"{path}: empty file (no lines)")
+    if not rows and not rejected:
+        raise SchemaError(f"{path}: empty file (no lines)" if header is None else f"{path}: header only, no data rows")
 
     sep = scan_sep or ","
-    if names is None:
-        if not records:
-            raise SchemaError(f"{path}: no readable header line")
-        header = records.pop(0)[1]
-        expected = _scan(header, sep)[0]
-        if not records and not rejected:
-            raise SchemaError(f"{path}: header only, no data rows")
-    else:
-        header, expected = None, len(names)
-    rows = []
-    for n, text in records:
-        fields = _scan(text, sep)[0]
-        if fields == expected:
-            rows.append((n, text))
-        else:
-            rejected.append((n, "short_row" if fields < expected else "extra_fields",
-                             {"line": _shown(text), "fields": fields, "expected": expected}))
     body = "\n".join(t for _, t in rows)
     text = f"{header}\n{body}" if header is not None else body
     if not rows and names:
@@ -403,9 +423,10 @@ def parse_timestamps(s: pd.Series, fmt: str | None = None) -> pd.Series:
     if fmt:
         return pd.to_datetime(s, format=fmt, errors="coerce")
     sample = s.dropna().head(1000)
-    if len(sample) and sample.str.fullmatch(r"\d{8}").all():
+    # the layout most values have (a few broken values must not turn the whole column into NaT)
+    if len(sample) and sample.str.fullmatch(r"\d{8}").mean() > 0.5:
         return pd.to_datetime(s, format="%Y%m%d", errors="coerce")
-    if len(sample) and sample.str.fullmatch(r"\d{9,10}(\.\d+)?").all():
+    if len(sample) and sample.str.fullmatch(r"\d{9,10}(\.\d+)?").mean() > 0.5:
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", errors="coerce")
     try:
         return pd.to_datetime(s, format="ISO8601", errors="coerce")
