@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+import zipfile
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ MAX_LINE_BYTES = 1 << 20
 LINE_REASONS = ("undecodable_line", "line_too_long", "unbalanced_quote", "short_row", "extra_fields")
 # A quoted field may span lines (notes, addresses); a record still open after this many lines is broken.
 MAX_RECORD_LINES = 50
-COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 SPREADSHEETS = (".xlsx", ".xlsm", ".xls")
 _BLANKS = re.compile(r"[ \t]+")  # what the parser's whitespace separator splits on
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -136,6 +137,11 @@ def _open_binary(path: Path):
         import lzma
 
         return lzma.open(path, "rb")
+    if kind == "zip":
+        members = [m for m in zipfile.ZipFile(path).infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise SchemaError(f"{path}: a zip file must hold exactly one file, it holds {len(members)}")
+        return zipfile.ZipFile(path).open(members[0])
     return open(path, "rb")
 
 
@@ -156,6 +162,10 @@ def _decode(line: bytes, encoding: str | None) -> tuple[str | None, bool]:
     except UnicodeDecodeError:
         return None, False
     return (None if _CONTROL.search(text) else text), True
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _shown(text: str, limit: int = 200) -> str:
@@ -298,11 +308,11 @@ def _read_text(path: Path, sep: str | None, names: list[str] | None, encoding: s
                 pending.append((n, text))
             else:
                 complete(n, text, fields)
-    except (EOFError, OSError, zlib.error) as exc:
+    except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
         if isinstance(exc, EOFError) or "end-of-stream" in str(exc):
             raise SchemaError(f"{path}: truncated {COMPRESSED.get(path.suffix.lower(), 'file')} "
                               "(the file ends before its compressed data does)") from exc
-        raise SchemaError(f"{path}: cannot read file ({exc.__class__.__name__}: {exc})") from exc
+        raise SchemaError(f"{path}: cannot read file ({exc.__class__.__name__}: {_one_line(exc)})") from exc
     if not rows and not rejected:
         raise SchemaError(f"{path}: empty file (no lines)" if header is None else f"{path}: header only, no data rows")
 
@@ -333,8 +343,6 @@ def _read_text(path: Path, sep: str | None, names: list[str] | None, encoding: s
                                 for _, _, t in rejected], dtype="string"),
         }
     )
-    if regex_sep:
-        notes["separator"] = "whitespace"
     return RawFile(df, reject_frame, notes)
 
 
@@ -373,7 +381,7 @@ def read_raw(path: str | Path, sep: str | None = None, names: list[str] | None =
     except SchemaError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, zlib.error) as exc:
-        raise SchemaError(f"{path}: cannot read file ({exc.__class__.__name__}: {exc})") from exc
+        raise SchemaError(f"{path}: cannot read file ({exc.__class__.__name__}: {_one_line(exc)})") from exc
     raw.frame.columns = [str(c).strip() for c in raw.frame.columns]
     raw.frame["_source_file"] = str(path)
     raw.rejected["_source_file"] = pd.Series(str(path), index=raw.rejected.index, dtype="string")
