@@ -6,9 +6,10 @@ Layout under the root (default ``<repo>/workspace``, or ``$CRMML_WORKSPACE``)::
                               ``data`` is a link to one complete version in ``data.versions/`` (see
                               ``Workspace.publish_tables``)
     features/<name>.parquet   feature snapshots, labels, customer 360, interaction data
+    rejected/                 the quarantine of an ingestion refused for too many broken rows
     ingestions.json           one record per ingestion: source files, content hashes, counts, time
     mlflow.db, mlartifacts/   the embedded MLflow tracking and registry store
-    outputs/, reports/        batch scores and reports
+    outputs/, reports/        batch scores (one run folder per run, see pipelines.score) and reports
 """
 
 from __future__ import annotations
