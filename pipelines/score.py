@@ -1,19 +1,24 @@
 """Nightly batch scoring: every eligible customer's churn warning, insight and recommendations.
 
-Writes ``outputs/scores.parquet`` and ``outputs/scores.csv`` atomically (a reader sees the old complete
-file or the new complete file, never half of one), and optionally a database table through a
-SQLAlchemy URL, replaced inside one transaction.
+Writes ``outputs/scores.parquet`` and ``outputs/scores.csv`` as one run: both files (and a manifest with
+their hashes) go into a new run folder ``outputs/runs/<run>/``, then the link ``outputs/runs/current`` is
+switched to it in one rename. ``outputs/scores.parquet`` and ``outputs/scores.csv`` are fixed links through
+``runs/current``, so a reader sees both files of the previous run or both of the new one, never half a file
+and never files of two runs, wherever the writer is killed. What a killed run leaves (``outputs/.scores.*``)
+is removed by the next. Optionally a database table through a SQLAlchemy URL, replaced in one transaction.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from features.dates import workspace_as_of as as_of_date
-from features.workspace import Workspace, atomic_write
+from features.workspace import Workspace, file_sha256, publish_version, switch_link
 
 OUTPUT_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
@@ -31,6 +36,10 @@ def champion_version(ws: Workspace, name: str) -> str:
 
 SCORES_PARQUET = "scores.parquet"
 SCORES_CSV = "scores.csv"
+RUNS = "runs"  # outputs/runs/<run>/: one folder per published run
+CURRENT = "current"  # outputs/runs/current: the link to the published run
+MANIFEST = "manifest.json"  # in each run folder: the run, its rows, each file's size and SHA-256
+STAGING_PREFIX = ".scores."  # outputs/.scores.*: a run being written (or left by a killed one)
 
 
 def scores_path(ws: Workspace, fmt: str = "parquet") -> Path:
@@ -71,13 +80,46 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
     return scored[OUTPUT_COLUMNS]
 
 
+def manifest_path(out_dir: Path) -> Path:
+    """The manifest of the published run: which run, how many rows, each file's size and SHA-256."""
+    return out_dir / RUNS / CURRENT / MANIFEST
+
+
+def _write_run(scores: pd.DataFrame, folder: Path) -> None:
+    scores.to_parquet(folder / SCORES_PARQUET, index=False)
+    scores.to_csv(folder / SCORES_CSV, index=False)
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+             for name in (SCORES_PARQUET, SCORES_CSV)}
+    manifest = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "rows": int(len(scores)), "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def check_outputs(out_dir: Path) -> dict:
+    """The published run's manifest, after checking that the files read through the fixed names match it.
+
+    Raises ValueError naming the file whose size or hash differs (a file replaced by hand, a broken disk).
+    """
+    manifest = json.loads(manifest_path(out_dir).read_text())
+    manifest["run"] = os.path.basename(os.readlink(out_dir / RUNS / CURRENT))
+    for name, expected in manifest["files"].items():
+        path = out_dir / name
+        if path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+            raise ValueError(f"{path}: does not match run {manifest['run']} ({manifest_path(out_dir)})")
+    return manifest
+
+
 def write_outputs(scores: pd.DataFrame, out_dir: Path, db_url: str | None = None, table: str = "crmml_scores") -> dict:
-    """Write Parquet and CSV atomically, and the database table in one transaction."""
+    """Publish Parquet and CSV as one run (see the module docstring); the database table in one transaction."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = publish_version(out_dir / RUNS, out_dir / RUNS / CURRENT, lambda folder: _write_run(scores, folder),
+                          staging_in=out_dir, staging_prefix=STAGING_PREFIX)
+    for name in (SCORES_PARQUET, SCORES_CSV):  # fixed names, made once (plain files of older runs replaced)
+        link, target = out_dir / name, f"{RUNS}/{CURRENT}/{name}"
+        if not (link.is_symlink() and os.readlink(link) == target):
+            switch_link(link, target)
     parquet, csv = out_dir / SCORES_PARQUET, out_dir / SCORES_CSV
-    atomic_write(parquet, lambda tmp: scores.to_parquet(tmp, index=False))
-    atomic_write(csv, lambda tmp: scores.to_csv(tmp, index=False))
-    written = {"rows": int(len(scores)), "parquet": str(parquet), "csv": str(csv)}
+    written = {"rows": int(len(scores)), "parquet": str(parquet), "csv": str(csv), "run": run.name}
     if db_url:
         write_table(scores, db_url, table)
         written["table"] = f"{table} @ {_redacted(db_url)}"

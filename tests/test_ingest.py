@@ -96,7 +96,7 @@ def test_quarantine_keeps_the_raw_line_and_where_it_came_from(retail_files):
 
 def test_saved_ingestion_records_lineage(retail_files, workspace):
     result = ingest.read_online_retail(list(retail_files))
-    record = ingest.save(workspace, result)
+    record = ingest.save(workspace, result, allow_rejects=True)  # one broken line per reason, on purpose
     assert workspace.read_table("events").shape[0] == 4
     assert workspace.read_table("quarantine_online_retail").shape[0] == 10
     assert [len(f["sha256"]) for f in record["files"]] == [64, 64]
@@ -194,7 +194,8 @@ def test_xlsx_with_several_sheets(tmp_path):
 def test_cli_ingest_prints_summary_and_schema_errors(tmp_path, retail_files):
     runner = CliRunner()
     ws = tmp_path / "ws"
-    res = runner.invoke(app, ["ingest", "--source", "online-retail", *map(str, retail_files), "--workspace", str(ws)])
+    res = runner.invoke(app, ["ingest", "--source", "online-retail", *map(str, retail_files), "--workspace", str(ws),
+                              "--allow-rejects"])  # one broken line per reason, on purpose
     assert res.exit_code == 0, res.output
     assert "accepted + rejected" in res.output and "rejected: overlap_duplicate" in res.output
     bad = write(tmp_path, "bad.csv", "a,b\n1,2\n")

@@ -56,6 +56,24 @@ def register(app: typer.Typer) -> None:
         names: Annotated[
             Optional[str], typer.Option(help="Comma-separated column names for files without a header.")
         ] = None,
+        encoding: Annotated[
+            Optional[str],
+            typer.Option(help="Text encoding, e.g. latin-1. Default: UTF-8 (a BOM is skipped), a line that is "
+                              "not UTF-8 read as Windows-1252 if it is text, else quarantined."),
+        ] = None,
+        max_line_length: Annotated[
+            Optional[int],
+            typer.Option(min=1, help="Longest line in bytes (default 1 MiB); a longer line is a rejected row."),
+        ] = None,
+        max_rejected: Annotated[
+            Optional[float],
+            typer.Option(min=0.0, max=1.0, help="Largest share of rows rejected as broken (default 0.10; "
+                                                 "duplicates, guest lines and fees do not count) before the "
+                                                 "ingestion fails and leaves the workspace as it was."),
+        ] = None,
+        allow_rejects: Annotated[
+            bool, typer.Option("--allow-rejects", help="Write the tables even above --max-rejected.")
+        ] = False,
         workspace: WorkspaceOption = None,
     ):
         """Read source files, validate every row, and write the canonical tables to the workspace."""
@@ -67,28 +85,35 @@ def register(app: typer.Typer) -> None:
         sep = "\t" if sep in ("\\t", "tab") else sep
         started = time.perf_counter()
         try:
+            read = {"encoding": encoding, "max_line_bytes": max_line_length or ing.MAX_LINE_BYTES}
             if source is Source.online_retail:
-                result = ing.read_online_retail(files)
+                result = ing.read_online_retail(files, **read)
             elif source is Source.transactions:
                 _need(customer_col=customer_col, time_col=time_col)
                 _single(files)
                 result = ing.read_transactions(
                     files[0], customer_col, time_col, amount_col, item_col, quantity_col, order_col,
-                    sep=sep, time_format=time_format, names=column_names,
+                    sep=sep, time_format=time_format, names=column_names, **read,
                 )
             else:
                 _need(user_col=user_col, item_col=item_col)
                 _single(files)
                 result = ing.read_interactions(
                     files[0], user_col, item_col, weight_col, time_col,
-                    sep=sep, time_format=time_format, names=column_names,
+                    sep=sep, time_format=time_format, names=column_names, **read,
                 )
         except SchemaError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
         ws = Workspace(workspace)
-        ing.save(ws, result)
         print_ingestion(result, time.perf_counter() - started)
+        try:
+            limit = ing.MAX_REJECTED_SHARE if max_rejected is None else max_rejected
+            ing.save(ws, result, max_rejected=limit, allow_rejects=allow_rejects)
+        except ing.RejectedShareError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            console.print(f"rejected rows: {ing.rejected_path(ws, result.source)}", soft_wrap=True)
+            raise typer.Exit(1) from None
         console.print(f"workspace: {ws.root}")
 
     @app.command()
