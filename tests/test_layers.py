@@ -53,7 +53,8 @@ def test_layers_contract_catches_an_upward_import(tmp_path):
 
 def test_cli_imports_no_library_before_a_command_runs():
     """`crmml --help` stays fast: the command modules import pandas, MLflow and crmml's own layers inside the
-    commands, so loading the CLI loads only typer, rich and the command modules."""
+    commands, so loading the CLI loads only typer, rich, the command modules and ``pipelines.quiet`` (standard
+    library only: it must run before any library is imported)."""
     heavy = ["pandas", "numpy", "pyarrow", "scipy", "sklearn", "lightgbm", "implicit", "mlflow", "bentoml", "pandera",
              "duckdb", "ibis", "matplotlib", "features", "training", "serving", "pipelines"]
     code = "import sys, pipelines.cli; print(*sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:]))"
@@ -61,4 +62,4 @@ def test_cli_imports_no_library_before_a_command_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
-    assert {m for m in loaded if not (m in ("pipelines", "pipelines.cli") or m.startswith("pipelines.commands"))} == set()
+    assert {m for m in loaded if not (m in ("pipelines", "pipelines.cli", "pipelines.quiet") or m.startswith("pipelines.commands"))} == set()
