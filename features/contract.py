@@ -193,8 +193,9 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
                 "quantity": pa.Column(
                     "float64", pa.Check(lambda s: s.isna() | (s > 0), name="non_positive_quantity"), nullable=True
                 ),
+                # a zero amount is a free item, a purchase (``zero_amount: reject`` in a mapping sets it aside)
                 "amount": pa.Column(
-                    "float64", pa.Check(lambda s: s.isna() | (s > 0), name="zero_or_negative_price"), nullable=True
+                    "float64", pa.Check(lambda s: s.isna() | (s >= 0), name="zero_or_negative_price"), nullable=True
                 ),
             },
             coerce=False,
