@@ -28,6 +28,7 @@ import pandas as pd
 import pandera.errors
 
 from features import mapping as mappings
+from features.forget import is_forgotten
 from features.contract import NULL_REASONS, TABLES, SchemaError, conform, row_schema
 from features.workspace import Workspace, atomic_write, file_sha256
 
@@ -722,9 +723,12 @@ def _events(rows: _SourceRows, reasons: pd.Series) -> tuple[pd.DataFrame, pd.Ser
     quantity = _number(rows, "quantity")
     amount, unit_price = _number(rows, "amount"), _number(rows, "unit_price")
     unparseable = pd.Series(False, index=f.index)
+    # a cell that is not a number; an empty one too in a purchase log (views and carts have no amount)
+    typed = "event_type" in f.columns or "event_type" in src.values
     for given, values in (("quantity", quantity), ("amount", amount), ("unit_price", unit_price)):
         if values is not None and given in f.columns:
-            unparseable |= values.isna().astype(bool)
+            bad = values.isna() & (_recoded(rows, given).notna() if typed else True)
+            unparseable |= bad.astype(bool)
     quantity = quantity if quantity is not None else pd.Series(1.0, index=f.index)
     event_type = _recoded(rows, "event_type")
     if event_type is not None:
@@ -746,8 +750,8 @@ def _events(rows: _SourceRows, reasons: pd.Series) -> tuple[pd.DataFrame, pd.Ser
             ~is_return, amount.abs())
     if event_type is None:
         event_type = pd.Series(np.where(is_return, "return", "purchase"), index=f.index, dtype="string")
-    if order is None:  # one order per customer and moment when the log has no order ids
-        order = customer + "@" + timestamp.dt.strftime("%Y%m%d%H%M%S")
+    if order is None:  # one order per customer and moment when the log has no order ids (views have none)
+        order = (customer + "@" + timestamp.dt.strftime("%Y%m%d%H%M%S")).where(event_type.isin(["purchase", "return"]))
 
     reasons = reasons.mask(reasons.isna() & unparseable, "unparseable_number")
     for rule in src.set_aside:
@@ -819,14 +823,11 @@ def read_mapping(mapping: mappings.Mapping, source: str = "mapping", forget: set
                  key: bytes | None = None) -> IngestionResult:
     """Read every source of a mapping into the canonical tables (+ quarantine), accounting for every line.
 
-    ``forget``: customer ids (as given, or their pseudonyms) erased by ``crmml forget``; their rows are
-    counted as ``forgotten`` and kept nowhere (not even in the quarantine).
+    ``forget``: tokens of the customers erased by ``crmml forget`` (``features.forget.forgotten_tokens``);
+    their rows are counted as ``forgotten`` and kept nowhere (the quarantine keeps where, not what).
     """
-    if key is None and any(action == "hash" for s in mapping.sources for action in s.pii.values()):
+    if key is None and (forget or any(action == "hash" for s in mapping.sources for action in s.pii.values())):
         key = mappings.pii_key()
-    forget = set(forget or ())
-    if key is not None:
-        forget |= {mappings.pseudonym(x, key) for x in list(forget)}
     parts: dict[str, list[pd.DataFrame]] = {}
     carried: dict[str, list[pd.DataFrame]] = {}
     quarantines, files, read_files = [], [], []
@@ -849,7 +850,7 @@ def read_mapping(mapping: mappings.Mapping, source: str = "mapping", forget: set
             canonical, reasons = _table(rows, reasons)
         who = canonical["customer_id"] if "customer_id" in canonical.columns else None
         if who is not None and forget:
-            reasons = reasons.mask(who.isin(forget).fillna(False).astype(bool), "forgotten")
+            reasons = reasons.mask(is_forgotten(who, forget, key), "forgotten")
         counted = ~reasons.isin(["overlap_duplicate", "forgotten"]).fillna(False).astype(bool)
         if src.table in ("events", "interactions"):
             identified |= set(who[counted].dropna())
