@@ -64,7 +64,8 @@ def test_personal_data_never_reaches_an_artefact(tmp_path, pii_key):
     ws = tmp_path / "ws"
     runner = CliRunner()
     outputs = []
-    for args in (["ingest", "--config", str(exports / "shop.yaml")], ["features"], ["train", "churn"]):
+    for args in (["ingest", "--config", str(exports / "shop.yaml")], ["features"],
+                 ["train", "churn", "--no-backtest", "--step-days", "120"]):
         res = runner.invoke(app, [*args, "--workspace", str(ws)])
         assert res.exit_code == 0, res.output
         outputs.append(res.output)

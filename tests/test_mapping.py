@@ -233,3 +233,15 @@ def test_pii_hash_needs_a_key_outside_the_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv(mapping.PII_KEY_FILE_ENV, str(ws / "key"))
     with pytest.raises(SchemaError, match=r"the PII key file must be outside the workspace"):
         mapping.pii_key(ws)
+
+
+def test_recommender_returns_ids_in_the_type_it_was_given():
+    from training.recommender import Recommender
+
+    inter = pd.DataFrame({"user_id": [1, 1, 2, 2, 3, 3, 4], "item_id": [10, 11, 10, 12, 11, 12, 10]})
+    rec = Recommender(generators=("popular", "cooc"), use_ranker=False, show_progress=False).fit(inter)
+    out = rec.recommend([1, 4], k=2)
+    assert set(out["user_id"]) == {1, 4} and all(isinstance(u, int) for u in out["user_id"])
+    assert all(isinstance(i, int) for i in out["item_id"]) and set(out["item_id"]) <= {10, 11, 12}
+    as_text = Recommender(generators=("popular",), use_ranker=False, show_progress=False).fit(inter.astype(str))
+    assert all(isinstance(i, str) for i in as_text.recommend(["1"], k=2)["item_id"])

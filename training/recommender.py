@@ -324,6 +324,8 @@ class Recommender(BaseEstimator):
         df = normalize_interactions(interactions)
         if df.empty:
             raise ValueError("no interactions to fit on")
+        # ids are strings inside; item ids come back in the type they were given (ints in, ints out)
+        self.item_id_type_ = int if pd.api.types.is_integer_dtype(interactions["item_id"]) else str
         self._set_catalogue(df, items, users)
         self.has_time_ = "timestamp" in df.columns
         self.now_ = df["timestamp"].max() if self.has_time_ else None
@@ -589,7 +591,7 @@ class Recommender(BaseEstimator):
     def _answer(self, items, scores, sources) -> list[dict]:
         ids = self.item_ids_
         return [
-            {"item_id": ids[i], "score": float(s), "rank": r + 1, "source": src}
+            {"item_id": getattr(self, "item_id_type_", str)(ids[i]), "score": float(s), "rank": r + 1, "source": src}
             for r, (i, s, src) in enumerate(zip(items, scores, sources))
         ]
 
@@ -635,7 +637,7 @@ class Recommender(BaseEstimator):
         rows = []
         for u in user_ids:
             for rec in self.recommend_one(u, k=k, exclude_seen=exclude_seen, filters=filters):
-                rows.append({"user_id": str(u), **rec})
+                rows.append({"user_id": u, **rec})  # as given: ints in, ints out
         return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank", "source"])
 
     def _known_items(self, item_ids) -> tuple[np.ndarray, list[str]]:
