@@ -137,14 +137,14 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing mapping file.")] = False,
     ):
         """Write a commented starting mapping from the files' headers and first rows (roles are guesses)."""
-        from features import mapping
+        from features import mapping_draft
         from features.contract import SchemaError
 
         if out.exists() and not force:
             console.print(f"[red]error:[/red] {out}: exists (--force to overwrite)")
             raise typer.Exit(2)
         try:
-            text = mapping.draft(files, out)
+            text = mapping_draft.draft(files, out)
         except SchemaError as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
