@@ -76,6 +76,8 @@ TABLES: dict[str, Table] = {
                 Column("acquisition_channel", "string", False, "How the customer was acquired."),
                 Column("membership_tier", "string", False, "Loyalty tier (e.g. none, silver, gold)."),
                 Column("points", "float", False, "Loyalty points balance."),
+                Column("segment", "string", False, "The shop's own customer group (region, age band, home store): "
+                                                   "a new customer gets what sells in their group."),
             ),
         ),
         Table(

@@ -245,3 +245,46 @@ def test_recommender_returns_ids_in_the_type_it_was_given():
     assert all(isinstance(i, int) for i in out["item_id"]) and set(out["item_id"]) <= {10, 11, 12}
     as_text = Recommender(generators=("popular",), use_ranker=False, show_progress=False).fit(inter.astype(str))
     assert all(isinstance(i, str) for i in as_text.recommend(["1"], k=2)["item_id"])
+
+
+def test_customer_groups_and_item_categories_of_the_shop_feed_cold_start(tmp_path):
+    """A grocery export: households with a region, products with a subclass. A household with no purchase
+    yet gets what sells in its region; a product nobody bought is reachable through its subclass."""
+    from training.recommender import Recommender
+    from training.recommender_inputs import load_inputs
+    from features.workspace import Workspace
+
+    lines = ["household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,SALES_VALUE"]
+    north, south = ["1", "2", "3"], ["4", "5", "6"]
+    for i, h in enumerate(north + south):
+        for d in range(1, 4):
+            product = "900" if h in north else "800"  # each region has its best seller
+            lines.append(f"{h},{i}{d},2020-01-0{d},{product},1,2.50")
+            lines.append(f"{h},{i}{d},2020-01-0{d},{100 + i},1,1.00")
+    (tmp_path / "transactions.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "hh_demographic.csv").write_bytes(
+        '\ufeff"household_key","AGE_DESC","REGION"\n'.encode() + "".join(
+            f'"{h}","45-54","{"North" if h in north + ["7"] else "South"}"\n' for h in north + south + ["7"]).encode())
+    (tmp_path / "product.csv").write_text(
+        "PRODUCT_ID,SUB_COMMODITY_DESC\n900,TEA\n800,COFFEE\n555,TEA\n" + "".join(f"{100 + i},SNACK\n" for i in range(6)))
+    config = {"sources": [
+        {"table": "events", "files": ["transactions.csv"],
+         "columns": {"customer_id": "household_key", "order_id": "BASKET_ID", "timestamp": "DAY",
+                     "item_id": "PRODUCT_ID", "quantity": "QUANTITY", "amount": "SALES_VALUE"}},
+        {"table": "customers", "files": ["hh_demographic.csv"],
+         "columns": {"customer_id": "household_key", "segment": "REGION"}},
+        {"table": "items", "files": ["product.csv"], "columns": {"item_id": "PRODUCT_ID", "category": "SUB_COMMODITY_DESC"}},
+    ]}
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump(config))
+    ws = Workspace(tmp_path / "ws")
+    ingest.save(ws, ingest.read_mapping(mapping.load(tmp_path / "shop.yaml")))
+    customers = ws.read_table("customers").set_index("customer_id")
+    assert customers.loc["7", "segment"] == "North" and customers.loc["4", "segment"] == "South"
+    assert ws.read_table("items").set_index("item_id").loc["555", "category"] == "TEA"
+    interactions, items, users = load_inputs(ws)
+    rec = Recommender(generators=("popular",), use_ranker=False, show_progress=False).fit(
+        interactions, items=items, users=users)
+    first = rec.recommend_one("7", k=1)[0]  # household 7: in the customer file, no purchase yet
+    assert (first["item_id"], first["source"]) == ("900", "popular_segment")
+    similar = rec.recommend_for_items(["555"], k=3)  # nobody bought 555: its subclass answers
+    assert "900" in similar["item_id"].tolist()

@@ -388,7 +388,8 @@ class Recommender(BaseEstimator):
         self.user_segment_map_ = {}
         if users is not None and len(users):
             us = users.rename(columns={"customer_id": "user_id"}) if "user_id" not in users.columns else users
-            col = self.segment_col or next((c for c in ("segment", "country") if c in us.columns), None)
+            col = self.segment_col or next(  # the shop's own groups when it has any (customers.segment)
+                (c for c in ("segment", "country") if c in us.columns and us[c].notna().any()), None)
             if col is not None and col in us.columns:
                 us = us[us[col].notna()]
                 self.segment_col_ = col
