@@ -60,7 +60,7 @@ def every_file(root: Path):
 def test_personal_data_never_reaches_an_artefact(tmp_path, pii_key):
     exports = tmp_path / "exports"
     exports.mkdir()
-    _, emails, names = write_personal_exports(exports)
+    _, emails, names = write_personal_exports(exports, n=90)
     ws = tmp_path / "ws"
     runner = CliRunner()
     outputs = []
