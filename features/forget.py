@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -108,13 +108,14 @@ def forget(ws: Workspace, ids: list[str]) -> dict:
             kept = _filter(df, targets)
             if len(kept) < len(df):
                 removed[str(path.relative_to(ws.root))] = len(df) - len(kept)
-                write = (lambda tmp, k=kept: k.to_parquet(tmp, index=df.index.name in ID_COLUMNS)) \
-                    if path.suffix == ".parquet" else (lambda tmp, k=kept: k.to_csv(tmp, index=False))
-                atomic_write(path, write)
+                if path.suffix == ".parquet":  # an id index stays an index
+                    atomic_write(path, lambda tmp, k=kept: k.to_parquet(tmp, index=k.index.name in ID_COLUMNS))
+                else:
+                    atomic_write(path, lambda tmp, k=kept: k.to_csv(tmp, index=False))
     tokens = sorted(forgotten_tokens(ws) | {token(t, key) for t in targets})
     atomic_write_json(forgotten_path(ws), {"keyed": key is not None, "tokens": tokens})
     record = {
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "action": "forget",
         "by": getpass.getuser(),
         "customers": len(ids),

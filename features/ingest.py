@@ -28,8 +28,8 @@ import pandas as pd
 import pandera.errors
 
 from features import mapping as mappings
-from features.forget import is_forgotten
 from features.contract import NULL_REASONS, TABLES, SchemaError, conform, row_schema
+from features.forget import is_forgotten
 from features.workspace import Workspace, atomic_write, file_sha256
 
 # Reasons a row is set aside, in the order they are tested: a row gets the first that applies.

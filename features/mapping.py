@@ -22,10 +22,17 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from features.contract import EVENT_TYPES, TABLES, TICKET_KINDS, SchemaError
 
@@ -70,9 +77,9 @@ class Source(_Strict):
     sep: str | None = None  # ',', '\t', ';', '|', 'whitespace'; default: sniffed from the header
     encoding: str | None = None
     names: list[str] | None = None  # column names of a file without a header
-    columns: dict[str, Union[str, int, list[str]]] = {}  # field -> column name (or position, or alternatives)
+    columns: dict[str, str | int | list[str]] = {}  # field -> column name (or position, or alternatives)
     optional: list[str] = []  # fields whose column may be absent from a file
-    values: dict[str, Union[str, float, int]] = {}  # field -> fixed value for every row
+    values: dict[str, str | float | int] = {}  # field -> fixed value for every row
     recode: dict[str, dict[str, str]] = {}  # field -> {value in the file: canonical value}
     units: dict[str, float] = {}  # field -> factor (0.01: cents to currency units)
     date_format: str | None = None  # strftime; default: ISO, 19970101, unix seconds, or 11/1/2000 (month first)

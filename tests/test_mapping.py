@@ -250,9 +250,9 @@ def test_recommender_returns_ids_in_the_type_it_was_given():
 def test_customer_groups_and_item_categories_of_the_shop_feed_cold_start(tmp_path):
     """A grocery export: households with a region, products with a subclass. A household with no purchase
     yet gets what sells in its region; a product nobody bought is reachable through its subclass."""
+    from features.workspace import Workspace
     from training.recommender import Recommender
     from training.recommender_inputs import load_inputs
-    from features.workspace import Workspace
 
     lines = ["household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,SALES_VALUE"]
     north, south = ["1", "2", "3"], ["4", "5", "6"]
