@@ -76,6 +76,8 @@ TABLES: dict[str, Table] = {
                 Column("acquisition_channel", "string", False, "How the customer was acquired."),
                 Column("membership_tier", "string", False, "Loyalty tier (e.g. none, silver, gold)."),
                 Column("points", "float", False, "Loyalty points balance."),
+                Column("segment", "string", False, "The shop's own customer group (region, age band, home store): "
+                                                   "a new customer gets what sells in their group."),
             ),
         ),
         Table(
@@ -193,8 +195,9 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
                 "quantity": pa.Column(
                     "float64", pa.Check(lambda s: s.isna() | (s > 0), name="non_positive_quantity"), nullable=True
                 ),
+                # a zero amount is a free item, a purchase (``zero_amount: reject`` in a mapping sets it aside)
                 "amount": pa.Column(
-                    "float64", pa.Check(lambda s: s.isna() | (s > 0), name="zero_or_negative_price"), nullable=True
+                    "float64", pa.Check(lambda s: s.isna() | (s >= 0), name="zero_or_negative_price"), nullable=True
                 ),
             },
             coerce=False,

@@ -55,12 +55,15 @@ def run_ingest(ctx) -> dict:
     else:
         if not p.files:
             raise ValueError(f"--source {p.source} needs input files")
+        from features.forget import forgotten_tokens
+
+        forget = forgotten_tokens(ws)  # customers erased by `crmml forget` stay out
         if p.source == "online-retail":
-            result = ingest.read_online_retail(p.files)
+            result = ingest.read_online_retail(p.files, forget=forget)
         elif p.source == "transactions":
             if len(p.files) != 1 or not p.transactions.get("customer_col") or not p.transactions.get("time_col"):
                 raise ValueError("--source transactions needs one file, --customer-col and --time-col")
-            result = ingest.read_transactions(p.files[0], **p.transactions)
+            result = ingest.read_transactions(p.files[0], **p.transactions, forget=forget)
         else:
             raise ValueError(f"crmml run needs purchase events; --source {p.source} feeds the recommender only "
                              "(use crmml ingest and crmml train recommender)")

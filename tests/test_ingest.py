@@ -61,14 +61,13 @@ def test_online_retail_accounts_for_every_line(retail_files):
     result = ingest.read_online_retail(list(retail_files))
     assert result.n_read == 14
     assert result.n_accepted + result.n_rejected == result.n_read
-    assert result.accepted_by_type == {"purchase": 3, "return": 1}
+    assert result.accepted_by_type == {"purchase": 4, "return": 1}  # the 0.00 hand warmer is a free item
     assert result.rejected_by_reason == {
         "overlap_duplicate": 1,
         "duplicate_line": 1,
         "missing_customer_id": 1,
         "non_product": 1,
         "adjustment": 1,
-        "zero_or_negative_price": 1,
         "unparseable_timestamp": 1,
         "unparseable_number": 1,
         "timestamp_in_future": 1,
@@ -78,8 +77,8 @@ def test_online_retail_accounts_for_every_line(retail_files):
     ret = events[events["event_type"] == "return"].iloc[0]
     assert (ret["customer_id"], ret["item_id"], ret["quantity"], ret["order_id"]) == ("17850", "85123A", 2.0, "C500010")
     assert ret["amount"] == pytest.approx(5.10)
-    assert result.facts["customers_identified"] == 3  # 17850, 12682 (postage only), 13047 (rejected lines)
-    assert set(result.tables["customers"]["customer_id"]) == {"17850"}
+    assert result.facts["customers_identified"] == 3  # 17850, 12682 (postage only), 13047 (a free item)
+    assert set(result.tables["customers"]["customer_id"]) == {"17850", "13047"}
     items = result.tables["items"].set_index("item_id")
     assert items.loc["85123A", "category"] == "HOLDER"
 
@@ -97,8 +96,8 @@ def test_quarantine_keeps_the_raw_line_and_where_it_came_from(retail_files):
 def test_saved_ingestion_records_lineage(retail_files, workspace):
     result = ingest.read_online_retail(list(retail_files))
     record = ingest.save(workspace, result, allow_rejects=True)  # one broken line per reason, on purpose
-    assert workspace.read_table("events").shape[0] == 4
-    assert workspace.read_table("quarantine_online_retail").shape[0] == 10
+    assert workspace.read_table("events").shape[0] == 5
+    assert workspace.read_table("quarantine_online_retail").shape[0] == 9
     assert [len(f["sha256"]) for f in record["files"]] == [64, 64]
     assert workspace.ingestions()[-1]["rows_read"] == 14
 
@@ -152,8 +151,10 @@ def test_whitespace_purchase_log_with_compact_dates(tmp_path):
         sep="whitespace", names=["customer", "date", "quantity", "amount"],
     )
     assert result.n_read == 8
-    assert result.accepted_by_type == {"purchase": 5}
-    assert result.rejected_by_reason == {"duplicate_line": 1, "unparseable_timestamp": 1, "zero_or_negative_price": 1}
+    # a log without order ids: the repeated line is a second purchase, the $0 line a free item (customer kept)
+    assert result.accepted_by_type == {"purchase": 7}
+    assert result.rejected_by_reason == {"unparseable_timestamp": 1}
+    assert set(result.tables["customers"]["customer_id"]) == {"00001", "00002", "00003", "00005"}
     events = result.tables["events"]
     assert events["timestamp"].min() == pd.Timestamp("1997-01-01")
     assert events["customer_id"].tolist()[:2] == ["00001", "00002"]

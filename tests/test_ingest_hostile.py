@@ -103,11 +103,11 @@ def test_the_limit_counts_broken_rows_not_rows_set_aside_by_design(tmp_path):
     lines = [retail_line(i) for i in range(60)]
     lines += [retail_line(i).replace(f",{17000 + i % 50},", ",,") for i in range(60, 100)]  # 40 guests
     lines += [f"5{i:05d},POST,POSTAGE,1,2010-11-01 10:00:00,18,12682,France" for i in range(100, 120)]
-    lines += [retail_line(0), "599999,85123A,HEART,1,2010-11-01 10:00:00,0,12682,France"]  # a duplicate, a zero price
+    lines += [retail_line(0), "599999,85123A,HEART,1,2010-11-01 10:00:00,n/a,12682,France"]  # a duplicate, a bad price
     path.write_text("\n".join([RETAIL_HEADER] + lines) + "\n")
     result = ingest.read_online_retail([path])
     assert result.n_rejected == 62
-    assert ingest.rejected_share(result) == pytest.approx(1 / 122)  # only the zero price is broken
+    assert ingest.rejected_share(result) == pytest.approx(1 / 122)  # only the bad price is broken
     ingest.check_rejects(result)
     with pytest.raises(ingest.RejectedShareError, match=r"^.*r\.csv: 1 of 122 rows rejected \(0\.8%, above the 0% "):
         ingest.check_rejects(result, max_rejected=0.0)

@@ -324,6 +324,8 @@ class Recommender(BaseEstimator):
         df = normalize_interactions(interactions)
         if df.empty:
             raise ValueError("no interactions to fit on")
+        # ids are strings inside; item ids come back in the type they were given (ints in, ints out)
+        self.item_id_type_ = int if pd.api.types.is_integer_dtype(interactions["item_id"]) else str
         self._set_catalogue(df, items, users)
         self.has_time_ = "timestamp" in df.columns
         self.now_ = df["timestamp"].max() if self.has_time_ else None
@@ -386,7 +388,8 @@ class Recommender(BaseEstimator):
         self.user_segment_map_ = {}
         if users is not None and len(users):
             us = users.rename(columns={"customer_id": "user_id"}) if "user_id" not in users.columns else users
-            col = self.segment_col or next((c for c in ("segment", "country") if c in us.columns), None)
+            col = self.segment_col or next(  # the shop's own groups when it has any (customers.segment)
+                (c for c in ("segment", "country") if c in us.columns and us[c].notna().any()), None)
             if col is not None and col in us.columns:
                 us = us[us[col].notna()]
                 self.segment_col_ = col
@@ -589,7 +592,7 @@ class Recommender(BaseEstimator):
     def _answer(self, items, scores, sources) -> list[dict]:
         ids = self.item_ids_
         return [
-            {"item_id": ids[i], "score": float(s), "rank": r + 1, "source": src}
+            {"item_id": getattr(self, "item_id_type_", str)(ids[i]), "score": float(s), "rank": r + 1, "source": src}
             for r, (i, s, src) in enumerate(zip(items, scores, sources))
         ]
 
@@ -635,7 +638,7 @@ class Recommender(BaseEstimator):
         rows = []
         for u in user_ids:
             for rec in self.recommend_one(u, k=k, exclude_seen=exclude_seen, filters=filters):
-                rows.append({"user_id": str(u), **rec})
+                rows.append({"user_id": u, **rec})  # as given: ints in, ints out
         return pd.DataFrame(rows, columns=["user_id", "item_id", "score", "rank", "source"])
 
     def _known_items(self, item_ids) -> tuple[np.ndarray, list[str]]:

@@ -41,8 +41,12 @@ def print_ingestion(result, seconds: float) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def ingest(
-        files: Annotated[list[Path], typer.Argument(help="Input files (CSV, CSV.gz, TSV, XLSX).")],
+        files: Annotated[Optional[list[Path]], typer.Argument(help="Input files (CSV, CSV.gz, TSV, XLSX).")] = None,
         source: Annotated[Source, typer.Option(help="Kind of input.")] = Source.online_retail,
+        config: Annotated[
+            Optional[Path], typer.Option(help="Mapping file (YAML): which file is which table, column by column "
+                                              "(see crmml init-config); replaces --source and FILES.")
+        ] = None,
         customer_col: Annotated[Optional[str], typer.Option(help="transactions: customer column.")] = None,
         time_col: Annotated[Optional[str], typer.Option(help="Timestamp column.")] = None,
         amount_col: Annotated[Optional[str], typer.Option(help="transactions: line amount column.")] = None,
@@ -78,15 +82,26 @@ def register(app: typer.Typer) -> None:
     ):
         """Read source files, validate every row, and write the canonical tables to the workspace."""
         from features import ingest as ing
+        from features import mapping
         from features.contract import SchemaError
+        from features.forget import forgotten_tokens
         from features.workspace import Workspace
 
         column_names = names.split(",") if names else None
         sep = "\t" if sep in ("\\t", "tab") else sep
         started = time.perf_counter()
+        files = files or []
+        ws = Workspace(workspace)
         try:
-            read = {"encoding": encoding, "max_line_bytes": max_line_length or ing.MAX_LINE_BYTES}
-            if source is Source.online_retail:
+            read = {"encoding": encoding, "max_line_bytes": max_line_length or ing.MAX_LINE_BYTES,
+                    "forget": forgotten_tokens(ws)}
+            if config is not None:
+                if files:
+                    raise SchemaError(f"{config}: the mapping names its files; drop the FILES arguments")
+                result = ing.read_mapping(mapping.load(config), source=config.stem, forget=read["forget"])
+            elif not files:
+                raise SchemaError("no input: give FILES (with --source) or --config MAPPING")
+            elif source is Source.online_retail:
                 result = ing.read_online_retail(files, **read)
             elif source is Source.transactions:
                 _need(customer_col=customer_col, time_col=time_col)
@@ -105,7 +120,6 @@ def register(app: typer.Typer) -> None:
         except SchemaError as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        ws = Workspace(workspace)
         print_ingestion(result, time.perf_counter() - started)
         try:
             limit = ing.MAX_REJECTED_SHARE if max_rejected is None else max_rejected
@@ -115,6 +129,49 @@ def register(app: typer.Typer) -> None:
             console.print(f"rejected rows: {ing.rejected_path(ws, result.source)}", soft_wrap=True)
             raise typer.Exit(1) from None
         console.print(f"workspace: {ws.root}")
+
+    @app.command("init-config")
+    def init_config(
+        files: Annotated[list[Path], typer.Argument(help="The shop's export files (CSV, TSV, XLSX, gz, zip).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Mapping file to write.")] = Path("shop.yaml"),
+        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing mapping file.")] = False,
+    ):
+        """Write a commented starting mapping from the files' headers and first rows (roles are guesses)."""
+        from features import mapping_draft
+        from features.contract import SchemaError
+
+        if out.exists() and not force:
+            console.print(f"[red]error:[/red] {out}: exists (--force to overwrite)")
+            raise typer.Exit(2)
+        try:
+            text = mapping_draft.draft(files, out)
+        except SchemaError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        out.write_text(text)
+        console.print(f"wrote {out}: check the guessed roles, then crmml ingest --config {out}")
+
+    @app.command()
+    def forget(
+        ids: Annotated[list[str], typer.Argument(help="Customer ids as in the shop's files.")],
+        workspace: WorkspaceOption = None,
+    ):
+        """Erase customers from the workspace (tables, quarantine, features, outputs) and from future ingestions."""
+        from features import forget as fg
+        from features.contract import SchemaError
+        from features.workspace import Workspace
+
+        try:
+            record = fg.forget(Workspace(workspace), ids)
+        except SchemaError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        total = sum(record["rows_removed"].values())
+        console.print(f"forgot {record['customers']} customer(s): {total:,} rows removed from "
+                      f"{len(record['rows_removed'])} file(s); future ingestions drop them")
+        for name, n in record["rows_removed"].items():
+            console.print(f"  {name}: {n:,}")
+        console.print("models trained before still hold what they learned: retrain (crmml run) to remove it")
 
     @app.command()
     def generate(
