@@ -837,10 +837,16 @@ def save(workspace: Workspace, result: IngestionResult, max_rejected: float = MA
         path = rejected_path(workspace, result.source)
         atomic_write(path, lambda tmp: result.quarantine.to_parquet(tmp, index=False))
         raise
-    # An ingestion replaces the workspace's data: tables of an earlier source must not mix in.
+    # An ingestion replaces the workspace's data: tables of an earlier source must not mix in. The
+    # events accepted online (features.event_log) join every ingestion's events.
+    from features.event_log import merge_log
+
+    tables, logged = merge_log(workspace, result.tables)
     quarantine = f"quarantine_{result.source.replace('-', '_')}"
-    workspace.publish_tables({**result.tables, quarantine: result.quarantine}, replace=TABLES)
+    workspace.publish_tables({**tables, quarantine: result.quarantine}, replace=TABLES)
     record = result.record()
+    if logged is not None:
+        record["events_log"] = logged
     record["rejected_share"] = round(rejected_share(result), 6)
     if allow_rejects:
         record["allow_rejects"] = True

@@ -1,0 +1,328 @@
+"""Online events: what ``POST /events`` accepted since the served batch data, applied to the answers.
+
+:class:`OnlineEvents` belongs to one :class:`~serving.state.ServingState`. It owns the worker's read
+position in the event log (``features.event_log``): events before the offset the batch data was
+ingested at are in the batch already; events after it are kept here per customer. Every worker reads
+the log's new lines before it answers (:meth:`OnlineEvents.refresh`, one ``stat`` when nothing is new),
+so all workers on a host see the same events, whichever of them accepted them.
+
+For a customer with online events the answers are recomputed, not patched:
+
+* churn score and profile: :func:`features.churn_features.customer_rows` computes the customer's row
+  of the churn feature matrix from their batch rows plus the new events, with the batch cutoff's
+  shop-wide statistics (BG/NBD population parameters, item seasonality), at the day after their
+  newest event (never before the batch as-of date); the champion scores it
+  (``training.churn.score_customers``) and ``serving.store.build_customer_store`` encodes the records.
+  RFM scores are placed in the batch population (``features.insight.quintile_in``).
+  Computed on first need and kept per (customer, number of online events) in the record cache
+  (:class:`MemoryRecords`, or :class:`RedisRecords` shared by every worker and host on one Redis);
+* recommendations: the customer's new purchases are folded into their history
+  (``Recommender.recommend_folded``: ALS user vector recomputed, buy-again and co-occurrence from the
+  new history, ``exclude_seen`` drops them), never cached.
+
+Nothing here logs ids or event content.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.event_log import EventLog, Tail, ingested_offset, validate_events
+
+log = logging.getLogger("crmml.serving")
+
+#: the canonical tables holding per-customer rows the churn features read
+CUSTOMER_TABLES = ("events", "customers", "tickets", "campaigns")
+
+
+# --------------------------------------------------------------------------------------------
+# where computed records are kept
+# --------------------------------------------------------------------------------------------
+class MemoryRecords:
+    """Records computed by this worker: ``customer_id -> (version, {kind: bytes})``."""
+
+    backend = "memory"
+
+    def __init__(self):
+        self._data: dict[str, tuple[int, dict[str, bytes]]] = {}
+
+    def get(self, customer_id: str, version: int) -> dict[str, bytes] | None:
+        hit = self._data.get(customer_id)
+        return hit[1] if hit is not None and hit[0] == version else None
+
+    def put(self, customer_id: str, version: int, records: dict[str, bytes]) -> None:
+        self._data[customer_id] = (version, records)
+
+
+class RedisRecords:
+    """Records shared by every worker on one Redis: a hash per customer under the state's generation
+    (``<prefix>:<generation>:online:<id>`` with ``version`` and one field per kind), so a worker
+    uses what another computed for the same events and a reload never reads the old data's records."""
+
+    backend = "redis"
+
+    def __init__(self, client: Any, prefix: str, generation: str, keep_seconds: int = 7 * 86400):
+        self.client = client
+        self.base = f"{prefix}:{generation}:online:"
+        self.keep_seconds = keep_seconds
+
+    def get(self, customer_id: str, version: int) -> dict[str, bytes] | None:
+        hit = self.client.hgetall(self.base + customer_id)
+        if not hit or int(hit.get(b"version", -1)) != version:
+            return None
+        return {k.decode(): v for k, v in hit.items() if k != b"version"}
+
+    def put(self, customer_id: str, version: int, records: dict[str, bytes]) -> None:
+        key = self.base + customer_id
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping={"version": version, **records})
+        pipe.expire(key, self.keep_seconds)
+        pipe.execute()
+
+
+# --------------------------------------------------------------------------------------------
+# the online events of one served state
+# --------------------------------------------------------------------------------------------
+class OnlineEvents:
+    """Events accepted after the batch data of one state, per customer, and their recomputed answers."""
+
+    def __init__(self, ws, data, churn, version: str, records=None):
+        self.ws = ws
+        self.data = data  # serving.store.CustomerData of the state
+        self.churn = churn  # LoadedModel of the churn champion
+        self.model_version = version
+        self.records = records if records is not None else MemoryRecords()
+        self.log = EventLog(ws)
+        self.start = ingested_offset(ws)
+        self.tail = Tail(offset=0)
+        self.events: dict[str, list[dict]] = defaultdict(list)
+        self._lock = threading.RLock()
+        self._compute_lock = threading.Lock()
+        self._stats: dict[str, Any] = {}  # shop-wide statistics, loaded on first need
+        self.accepted = 0
+        self.duplicates = 0
+        # ids of the whole log (idempotency); events after the ingested offset are online
+        with self._lock:
+            before, self.tail.offset, bad = self.log.read_from(0, self.start)
+            self.tail.seen.update(e["event_id"] for e in before)
+            self.tail.bad_lines += bad
+            self.refresh()
+
+    # -- the log ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Take the events other workers appended since the last look (one ``stat`` if none)."""
+        if self.log.size() <= self.tail.offset:
+            return
+        with self._lock:
+            new, self.tail.offset, bad = self.log.read_from(self.tail.offset)
+            self.tail.bad_lines += bad
+            self._apply(new)
+
+    def _apply(self, events: list[dict]) -> None:
+        for e in events:
+            self.tail.seen.add(e["event_id"])
+            self.events[str(e["customer_id"])].append(e)
+
+    def accept(self, raw: list[dict], now: pd.Timestamp | None = None) -> dict:
+        """Validate, de-duplicate on ``event_id`` and append durably; returns the /events answer's counts."""
+        accepted, rejected = validate_events(raw, now)
+        rows = accepted.to_dict("records")
+        with self._lock:
+            appended, duplicates, others = self.log.append(rows, self.tail)
+            self._apply(others)
+            self._apply(appended)
+        self.accepted += len(appended)
+        self.duplicates += len(duplicates)
+        reasons: dict[str, int] = {}
+        for r in rejected:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        return {
+            "accepted": len(appended),
+            "duplicates": len(duplicates),
+            "rejected": len(rejected),
+            "rejected_by_reason": reasons,
+            "rejected_events": rejected[:100],
+        }
+
+    # -- reads -----------------------------------------------------------------------------------
+    def version(self, customer_id: str) -> int:
+        return len(self.events.get(customer_id, ()))
+
+    def purchased_items(self, customer_id: str) -> list[str]:
+        """Items the customer bought online (newest last), for the recommendation fold-in."""
+        self.refresh()
+        return [str(e["item_id"]) for e in self.events.get(customer_id, ())
+                if e.get("event_type") == "purchase" and e.get("item_id")]
+
+    def lookup(self, kind: str, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """Records of ``kind`` for the keys with online events (recomputed where stale); others absent."""
+        self.refresh()
+        wanted = [k for k in dict.fromkeys(keys) if k in self.events]
+        if not wanted:
+            return {}
+        found: dict[str, dict[str, bytes]] = {}
+        stale = []
+        for cid in wanted:
+            hit = self.records.get(cid, self.version(cid))
+            if hit is None:
+                stale.append(cid)
+            else:
+                found[cid] = hit
+        if stale:
+            found.update(self.compute(stale))
+        return {cid: (found[cid].get(kind) or None) for cid in wanted if cid in found}
+
+    # -- recomputation ---------------------------------------------------------------------------
+    def _shop(self) -> dict:
+        """Shop-wide statistics of the batch cutoff (BG/NBD parameters, items table), once per state."""
+        if not self._stats:
+            from features.churn_features import stored_bgnbd_model
+
+            horizon = int(self.churn.impl.horizon_days)
+            self._stats = {
+                "horizon": horizon,
+                "bg": stored_bgnbd_model(self.ws, self.data.as_of, horizon),
+                "items": self.ws.read_table("items") if self.ws.has_table("items") else None,
+                "season": {},
+            }
+        return self._stats
+
+    def _season(self, cutoff: pd.Timestamp):
+        from features.churn_features import item_seasonality, purchase_lines
+
+        shop = self._shop()
+        if cutoff not in shop["season"]:
+            events = self.ws.read_table("events", columns=["customer_id", "item_id", "event_type", "timestamp", "amount"])
+            shop["season"] = {cutoff: item_seasonality(purchase_lines(events), cutoff, shop["horizon"])}
+        return shop["season"][cutoff]
+
+    def _tables(self, cids: list[str], online: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
+        """These customers' batch rows of the customer tables, with their online events added."""
+        from features.contract import conform
+
+        out: dict[str, pd.DataFrame] = {}
+        for name in CUSTOMER_TABLES:
+            if self.ws.has_table(name):
+                out[name] = pd.read_parquet(self.ws.table_path(name), filters=[("customer_id", "in", cids)])
+        new = [e for cid in cids for e in online[cid]]
+        frame = pd.DataFrame.from_records(new)
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        logged = conform("events", frame, "events log")
+        out["events"] = pd.concat([out["events"], logged], ignore_index=True) if "events" in out else logged
+        if "customers" in out:
+            missing = sorted(set(cids) - set(out["customers"]["customer_id"].astype(str)))
+            if missing:
+                first = logged[logged["customer_id"].isin(missing)].groupby("customer_id")["timestamp"].min()
+                extra = conform("customers", first.reset_index(name="first_seen"), "events log")
+                out["customers"] = pd.concat([out["customers"], extra], ignore_index=True)
+        items = self._shop()["items"]
+        if items is not None:
+            out["items"] = items
+        return out
+
+    def cutoff_of(self, events: list[dict]) -> pd.Timestamp:
+        """The day after the customer's newest event, never before the batch as-of date."""
+        newest = max(pd.Timestamp(e["timestamp"]) for e in events)
+        return max(self.data.as_of, newest.normalize() + pd.Timedelta(days=1))
+
+    def feature_rows(self, cids: list[str]) -> pd.DataFrame:
+        """The churn feature matrix rows of these customers, their online events included."""
+        from features.churn_features import customer_rows
+
+        with self._lock:
+            online = {cid: list(self.events.get(cid, ())) for cid in cids}
+        shop = self._shop()
+        by_cutoff: dict[pd.Timestamp, list[str]] = defaultdict(list)
+        for cid in cids:
+            by_cutoff[self.cutoff_of(online[cid])].append(cid)
+        frames = []
+        for cutoff, group in by_cutoff.items():
+            rows = customer_rows(self._tables(group, online), cutoff, shop["bg"], self._season(cutoff), shop["horizon"])
+            frames.append(rows[rows["customer_id"].isin(group)])
+        return pd.concat(frames, ignore_index=True)
+
+    def compute(self, cids: list[str]) -> dict[str, dict[str, bytes]]:
+        """Churn record and profile of these customers from their batch and online events; cached."""
+        from serving.store import build_customer_store
+        from training.churn import score_customers
+
+        with self._compute_lock:  # one recomputation at a time: concurrent readers of a burst share it
+            versions = {cid: self.version(cid) for cid in cids}
+            out = {}
+            todo = []
+            for cid in cids:
+                hit = self.records.get(cid, versions[cid])
+                if hit is not None:
+                    out[cid] = hit
+                else:
+                    todo.append(cid)
+            if not todo:
+                return out
+            rows = self.feature_rows(todo)
+            scores = score_customers(self.churn.impl, rows, self.data.clv)
+            for cutoff, group in rows.groupby("cutoff", sort=False):
+                ids = group["customer_id"].astype(str).tolist()
+                store = build_customer_store(
+                    scores[scores["customer_id"].isin(ids)], self.profiles(group),
+                    self.model_version, str(pd.Timestamp(cutoff).date()),  # the customer's as-of date
+                )
+                for cid in ids:
+                    recs = {"churn": store.get("churn", cid) or b"", "profile": store.get("profile", cid) or b""}
+                    self.records.put(cid, versions[cid], recs)
+                    out[cid] = recs
+            return out
+
+    def profiles(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Customer 360 rows of these customers: the batch row with the RFM and activity features of
+        ``rows`` (the churn features: the same definitions) and RFM scores placed in the batch population."""
+        from features.insight import CUSTOMER360_FEATURES, quintile_in, rfm_segment
+
+        c360 = self.data.c360
+        base = c360.set_index("customer_id") if c360 is not None else pd.DataFrame()
+        pop = self._population()
+        out = []
+        for row in rows.to_dict("records"):
+            cid = str(row["customer_id"])
+            rec = dict(base.loc[cid]) if cid in base.index else {}
+            rec["customer_id"] = cid
+            for name in CUSTOMER360_FEATURES:
+                if name in row:
+                    rec[name] = row[name]
+            buyer = (row.get("frequency") or 0) > 0
+            r = quintile_in(row.get("recency_days"), pop["recency_days"], higher_is_better=False) if buyer else np.nan
+            f = quintile_in(row.get("frequency"), pop["frequency"]) if buyer else np.nan
+            m = quintile_in(row.get("monetary"), pop["monetary"]) if buyer else np.nan
+            rec.update(r_score=r, f_score=f, m_score=m,
+                       rfm_score=f"{int(r)}{int(f)}{int(m)}" if buyer and not np.isnan(r + f + m) else None,
+                       rfm_segment=rfm_segment(r, f) if buyer else None)
+            out.append(rec)
+        frame = pd.DataFrame(out)
+        for col in ("r_score", "f_score", "m_score"):
+            frame[col] = frame[col].astype("Float64").astype("Int64")
+        return frame
+
+    def _population(self) -> dict[str, np.ndarray]:
+        shop = self._shop()
+        if "population" not in shop:
+            c360 = self.data.c360
+            pop = {}
+            for col in ("recency_days", "frequency", "monetary"):
+                if c360 is None or col not in c360.columns:
+                    pop[col] = np.array([])
+                    continue
+                buyers = c360["frequency"].astype("float64") > 0
+                pop[col] = c360.loc[buyers, col].astype("float64").to_numpy()
+            shop["population"] = pop
+        return shop["population"]
+
+    def info(self) -> dict:
+        return {"log": str(self.log.path), "ingested_offset": self.start, "read_offset": self.tail.offset,
+                "online_customers": len(self.events), "online_events": sum(map(len, self.events.values())),
+                "accepted_here": self.accepted, "duplicates_here": self.duplicates,
+                "unreadable_lines": self.tail.bad_lines, "records": self.records.backend}
