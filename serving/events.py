@@ -26,6 +26,7 @@ Nothing here logs ids or event content.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
 from typing import Any, Sequence
@@ -325,4 +326,4 @@ class OnlineEvents:
         return {"log": str(self.log.path), "ingested_offset": self.start, "read_offset": self.tail.offset,
                 "online_customers": len(self.events), "online_events": sum(map(len, self.events.values())),
                 "accepted_here": self.accepted, "duplicates_here": self.duplicates,
-                "unreadable_lines": self.tail.bad_lines, "records": self.records.backend}
+                "unreadable_lines": self.tail.bad_lines, "records": self.records.backend, "pid": os.getpid()}
