@@ -41,7 +41,7 @@ import pandas as pd
 from features import catalog
 from features.bgnbd import BG_COLUMNS, BGNBD, bgnbd_features, fit_at, purchase_days
 from features.dates import newest_labelled_cutoff, training_cutoffs
-from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, build_snapshots
+from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, SnapshotQuery, build_snapshots
 from features.workspace import Workspace, atomic_write
 
 EXTRA_FEATURES: list[str] = catalog.extra_feature_names()  # model order: the behaviour extras, then BG/NBD
@@ -275,11 +275,15 @@ def _store_file(path: Path, write) -> None:
 
 
 def _behaviour_parts(src, cutoffs: list[pd.Timestamp], horizon_days: int, eligibility_days: int, engine: str,
-                     days: pd.DataFrame, lines: pd.DataFrame,
-                     season: pd.Series | None = None) -> dict[pd.Timestamp, pd.DataFrame]:
-    """Catalog features + labels (every customer seen) with the behaviour extras, per cutoff."""
-    snap = build_snapshots(src, cutoffs, horizon_days=horizon_days, eligibility_days=eligibility_days,
-                           engine=engine, include_ineligible=True)
+                     days: pd.DataFrame, lines: pd.DataFrame, season: pd.Series | None = None,
+                     snapshots: SnapshotQuery | None = None) -> dict[pd.Timestamp, pd.DataFrame]:
+    """Catalog features + labels (every customer seen) with the behaviour extras, per cutoff.
+    ``snapshots``: a compiled query for one cutoff (``src`` a dict of a few customers' frames)."""
+    if snapshots is not None:
+        snap = snapshots(src, cutoffs[0])
+    else:
+        snap = build_snapshots(src, cutoffs, horizon_days=horizon_days, eligibility_days=eligibility_days,
+                               engine=engine, include_ineligible=True)
     snap["customer_id"] = snap["customer_id"].astype(str)
     snap["cutoff"] = snap["cutoff"].astype("datetime64[us]")
     out = {}
@@ -398,12 +402,15 @@ def stored_bgnbd_model(ws: Workspace, cutoff, horizon_days: int = DEFAULT_HORIZO
 
 
 def customer_rows(tables: dict, cutoff, bg_model: BGNBD | None, season: pd.Series | None,
-                  horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY) -> pd.DataFrame:
+                  horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY,
+                  snapshots: SnapshotQuery | None = None) -> pd.DataFrame:
     """The feature matrix rows (every customer seen, as ``include_ineligible``) of the customers in ``tables``.
 
     ``tables``: canonical tables holding only these customers' rows (``items`` may be whole); the
     shop-wide statistics come from the batch: ``bg_model`` the BG/NBD population parameters
-    (:func:`stored_bgnbd_model`), ``season`` the :func:`item_seasonality` at the cutoff. The same
+    (:func:`stored_bgnbd_model`), ``season`` the :func:`item_seasonality` at the cutoff, ``snapshots``
+    the shop's compiled catalog-feature query (``features.snapshots.SnapshotQuery``: the shop's data
+    facts, and fast for repeated calls; ``build_snapshots`` on ``tables`` without it). The same
     definitions as :func:`feature_matrix` (catalog features, :func:`behaviour_at`, ``bgnbd_features``):
     with the statistics of the same data, the rows are the batch rows.
     """
@@ -412,7 +419,8 @@ def customer_rows(tables: dict, cutoff, bg_model: BGNBD | None, season: pd.Serie
     cutoff = pd.Timestamp(cutoff).normalize()
     ev = tables["events"]
     days, lines = purchase_days(ev), purchase_lines(ev)
-    part = _behaviour_parts(tables, [cutoff], horizon_days, eligibility_days, "duckdb", days, lines, season)[cutoff]
+    part = _behaviour_parts(tables, [cutoff], horizon_days, eligibility_days, "duckdb", days, lines, season,
+                            snapshots)[cutoff]
     summary = transaction_summary(None, cutoff, days=days)
     if bg_model is not None and len(summary):
         bg = bgnbd_features(bg_model, summary, cutoff, horizon_days)[["customer_id", *BG_COLUMNS]]

@@ -28,13 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from features.event_log import EventLog, Tail, ingested_offset, validate_events
+from features.event_log import EVENT_FIELDS, EventLog, Tail, ingested_offset, validate_events
 
 log = logging.getLogger("crmml.serving")
 
@@ -108,6 +109,7 @@ class OnlineEvents:
         self._stats: dict[str, Any] = {}  # shop-wide statistics, loaded on first need
         self.accepted = 0
         self.duplicates = 0
+        self.warm_seconds: float | None = None  # set when warm() finished
         # ids of the whole log (idempotency); events after the ingested offset are online
         with self._lock:
             before, self.tail.offset, bad = self.log.read_from(0, self.start)
@@ -138,6 +140,9 @@ class OnlineEvents:
             appended, duplicates, others = self.log.append(rows, self.tail)
             self._apply(others)
             self._apply(appended)
+        if appended:  # compute the answers now, in the background: the next read finds them (or waits)
+            cids = list(dict.fromkeys(str(e["customer_id"]) for e in appended))
+            threading.Thread(target=self._precompute, args=(cids,), name="crmml-online", daemon=True).start()
         self.accepted += len(appended)
         self.duplicates += len(duplicates)
         reasons: dict[str, int] = {}
@@ -184,24 +189,56 @@ class OnlineEvents:
         """Shop-wide statistics of the batch cutoff (BG/NBD parameters, items table), once per state."""
         if not self._stats:
             from features.churn_features import stored_bgnbd_model
+            from features.snapshots import SnapshotQuery
 
             horizon = int(self.churn.impl.horizon_days)
+            facts, tables = SnapshotQuery.facts_of(self.ws)
             self._stats = {
                 "horizon": horizon,
                 "bg": stored_bgnbd_model(self.ws, self.data.as_of, horizon),
                 "items": self.ws.read_table("items") if self.ws.has_table("items") else None,
                 "season": {},
+                "snapshots": SnapshotQuery(facts, tables, horizon),
             }
         return self._stats
 
     def _season(self, cutoff: pd.Timestamp):
+        """The shop's item seasonality at ``cutoff`` (from the batch purchase lines of the year before)."""
         from features.churn_features import item_seasonality, purchase_lines
 
         shop = self._shop()
         if cutoff not in shop["season"]:
-            events = self.ws.read_table("events", columns=["customer_id", "item_id", "event_type", "timestamp", "amount"])
-            shop["season"] = {cutoff: item_seasonality(purchase_lines(events), cutoff, shop["horizon"])}
+            if "lines" not in shop:  # cutoffs are never before the as-of date: the last year of lines is enough
+                since = self.data.as_of - pd.Timedelta(days=366)
+                events = pd.read_parquet(self.ws.table_path("events"), filters=[("timestamp", ">=", since)],
+                                         columns=["customer_id", "item_id", "event_type", "timestamp", "amount"])
+                shop["lines"] = purchase_lines(events)
+            shop["season"][cutoff] = item_seasonality(shop["lines"], cutoff, shop["horizon"])
         return shop["season"][cutoff]
+
+    def warm(self) -> None:
+        """Load the shop-wide statistics and compile the feature queries once (background, after a load),
+        so the first event's customer is answered as fast as the next ones."""
+        started = time.perf_counter()
+        try:
+            cutoffs = {self.data.as_of, pd.Timestamp.now().normalize() + pd.Timedelta(days=1)}
+            for cutoff in cutoffs:
+                self._season(cutoff)
+            c360 = self.data.c360
+            if c360 is not None and len(c360):
+                with self._compute_lock:  # the compiled queries are not shared between threads
+                    for cutoff in cutoffs:
+                        self._rows_at(cutoff, [str(c360["customer_id"].iloc[0])], {})
+        except Exception as exc:  # warming is an optimisation: the first request computes instead
+            log.warning("online events: warm-up failed: %s", type(exc).__name__)
+        self.warm_seconds = round(time.perf_counter() - started, 2)
+        log.info("online events: warm in %.1f s", self.warm_seconds)
+
+    def _precompute(self, cids: list[str]) -> None:
+        try:
+            self.compute(cids)
+        except Exception as exc:  # the next read computes again and answers the error
+            log.warning("online events: recomputation failed: %s", type(exc).__name__)
 
     def _tables(self, cids: list[str], online: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
         """These customers' batch rows of the customer tables, with their online events added."""
@@ -211,8 +248,8 @@ class OnlineEvents:
         for name in CUSTOMER_TABLES:
             if self.ws.has_table(name):
                 out[name] = pd.read_parquet(self.ws.table_path(name), filters=[("customer_id", "in", cids)])
-        new = [e for cid in cids for e in online[cid]]
-        frame = pd.DataFrame.from_records(new)
+        new = [e for cid in cids for e in online.get(cid, ())]
+        frame = pd.DataFrame.from_records(new, columns=list(EVENT_FIELDS))
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
         logged = conform("events", frame, "events log")
         out["events"] = pd.concat([out["events"], logged], ignore_index=True) if "events" in out else logged
@@ -229,24 +266,28 @@ class OnlineEvents:
 
     def cutoff_of(self, events: list[dict]) -> pd.Timestamp:
         """The day after the customer's newest event, never before the batch as-of date."""
+        if not events:
+            return self.data.as_of
         newest = max(pd.Timestamp(e["timestamp"]) for e in events)
         return max(self.data.as_of, newest.normalize() + pd.Timedelta(days=1))
 
     def feature_rows(self, cids: list[str]) -> pd.DataFrame:
         """The churn feature matrix rows of these customers, their online events included."""
-        from features.churn_features import customer_rows
-
         with self._lock:
             online = {cid: list(self.events.get(cid, ())) for cid in cids}
-        shop = self._shop()
         by_cutoff: dict[pd.Timestamp, list[str]] = defaultdict(list)
         for cid in cids:
             by_cutoff[self.cutoff_of(online[cid])].append(cid)
-        frames = []
-        for cutoff, group in by_cutoff.items():
-            rows = customer_rows(self._tables(group, online), cutoff, shop["bg"], self._season(cutoff), shop["horizon"])
-            frames.append(rows[rows["customer_id"].isin(group)])
+        frames = [self._rows_at(cutoff, group, online) for cutoff, group in by_cutoff.items()]
         return pd.concat(frames, ignore_index=True)
+
+    def _rows_at(self, cutoff: pd.Timestamp, cids: list[str], online: dict[str, list[dict]]) -> pd.DataFrame:
+        from features.churn_features import customer_rows
+
+        shop = self._shop()
+        rows = customer_rows(self._tables(cids, online), cutoff, shop["bg"], self._season(cutoff), shop["horizon"],
+                             snapshots=shop["snapshots"])
+        return rows[rows["customer_id"].isin(cids)]
 
     def compute(self, cids: list[str]) -> dict[str, dict[str, bytes]]:
         """Churn record and profile of these customers from their batch and online events; cached."""
@@ -326,4 +367,5 @@ class OnlineEvents:
         return {"log": str(self.log.path), "ingested_offset": self.start, "read_offset": self.tail.offset,
                 "online_customers": len(self.events), "online_events": sum(map(len, self.events.values())),
                 "accepted_here": self.accepted, "duplicates_here": self.duplicates,
-                "unreadable_lines": self.tail.bad_lines, "records": self.records.backend, "pid": os.getpid()}
+                "unreadable_lines": self.tail.bad_lines, "records": self.records.backend, "pid": os.getpid(),
+                "warm_seconds": self.warm_seconds}

@@ -85,6 +85,8 @@ class ServingState:
 
     def go_live(self) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap."""
+        if self.online is not None:
+            threading.Thread(target=self.online.warm, name="crmml-online-warm", daemon=True).start()
         if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
             self.rec.warm_done = True
             freeze_heap()

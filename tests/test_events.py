@@ -225,6 +225,16 @@ def _client(url: str):
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
 
 
+def _wait_warm(c, timeout: float = 120.0) -> None:
+    """Until the worker's online side has loaded its shop-wide statistics (``OnlineEvents.warm``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.get("/metadata").json()["data"]["store"]["online"]["warm_seconds"] is not None:
+            return
+        time.sleep(0.2)
+    raise AssertionError("online events never warmed up")
+
+
 def _purchase(event_id: str, cid: str, item: str, when: pd.Timestamp, amount: float = 20.0) -> dict:
     return {"event_id": event_id, "customer_id": cid, "event_type": "purchase", "item_id": item,
             "timestamp": when.isoformat(), "quantity": 1, "amount": amount}
@@ -236,6 +246,7 @@ def test_an_event_changes_the_next_answers_within_a_second(shop, server):
     cid = _buyer(ws, 1)
     now = pd.Timestamp.now().floor("s") - pd.Timedelta(minutes=5)
     with _client(server.url) as c:
+        _wait_warm(c)
         before_rec = c.post("/recommend", json={"customer_id": cid, "k": 10, "exclude_seen": True}).json()
         before = c.post("/churn/score", json={"customer_ids": [cid]}).json()["scores"][0]
         before_profile = c.get(f"/customers/{cid}/profile").json()
