@@ -773,6 +773,7 @@ class SnapshotQuery:
         self.horizon_days = horizon_days
         self.eligibility_days = eligibility_days
         self.con = connect("duckdb")
+        self.con.raw_sql("SET threads = 1")  # a few customers' rows: threads cost more than they bring
         self._compiled: dict[float, tuple[str, object]] = {}
         self._names = {name: f"crmml_q_{name}_{uuid.uuid4().hex[:8]}" for name in tables}
 

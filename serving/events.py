@@ -221,14 +221,19 @@ class OnlineEvents:
         so the first event's customer is answered as fast as the next ones."""
         started = time.perf_counter()
         try:
+            validate_events([{"event_id": "warm", "customer_id": "warm", "event_type": "view",
+                              "timestamp": str(self.data.as_of - pd.Timedelta(days=1))}])
             cutoffs = {self.data.as_of, pd.Timestamp.now().normalize() + pd.Timedelta(days=1)}
             for cutoff in cutoffs:
                 self._season(cutoff)
             c360 = self.data.c360
             if c360 is not None and len(c360):
+                from training.churn import score_customers
+
                 with self._compute_lock:  # the compiled queries are not shared between threads
-                    for cutoff in cutoffs:
-                        self._rows_at(cutoff, [str(c360["customer_id"].iloc[0])], {})
+                    for cutoff in cutoffs:  # the whole path once: query, score with reasons, records
+                        rows = self._rows_at(cutoff, [str(c360["customer_id"].iloc[0])], {})
+                        self._encode(rows, score_customers(self.churn.impl, rows, self.data.clv))
         except Exception as exc:  # warming is an optimisation: the first request computes instead
             log.warning("online events: warm-up failed: %s", type(exc).__name__)
         self.warm_seconds = round(time.perf_counter() - started, 2)
@@ -291,7 +296,6 @@ class OnlineEvents:
 
     def compute(self, cids: list[str]) -> dict[str, dict[str, bytes]]:
         """Churn record and profile of these customers from their batch and online events; cached."""
-        from serving.store import build_customer_store
         from training.churn import score_customers
 
         with self._compute_lock:  # one recomputation at a time: concurrent readers of a burst share it
@@ -307,18 +311,25 @@ class OnlineEvents:
             if not todo:
                 return out
             rows = self.feature_rows(todo)
-            scores = score_customers(self.churn.impl, rows, self.data.clv)
-            for cutoff, group in rows.groupby("cutoff", sort=False):
-                ids = group["customer_id"].astype(str).tolist()
-                store = build_customer_store(
-                    scores[scores["customer_id"].isin(ids)], self.profiles(group),
-                    self.model_version, str(pd.Timestamp(cutoff).date()),  # the customer's as-of date
-                )
-                for cid in ids:
-                    recs = {"churn": store.get("churn", cid) or b"", "profile": store.get("profile", cid) or b""}
-                    self.records.put(cid, versions[cid], recs)
-                    out[cid] = recs
-            return out
+            encoded = self._encode(rows, score_customers(self.churn.impl, rows, self.data.clv))
+            for cid, recs in encoded.items():
+                self.records.put(cid, versions[cid], recs)
+            return out | encoded
+
+    def _encode(self, rows: pd.DataFrame, scores: pd.DataFrame) -> dict[str, dict[str, bytes]]:
+        """The churn record and profile of each row's customer, as of the row's cutoff."""
+        from serving.store import build_customer_store
+
+        out = {}
+        for cutoff, group in rows.groupby("cutoff", sort=False):
+            ids = group["customer_id"].astype(str).tolist()
+            store = build_customer_store(
+                scores[scores["customer_id"].isin(ids)], self.profiles(group),
+                self.model_version, str(pd.Timestamp(cutoff).date()),  # the customer's as-of date
+            )
+            for cid in ids:
+                out[cid] = {"churn": store.get("churn", cid) or b"", "profile": store.get("profile", cid) or b""}
+        return out
 
     def profiles(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Customer 360 rows of these customers: the batch row with the RFM and activity features of
