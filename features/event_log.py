@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.contract import TABLES, conform
+from features.contract import TABLES, conform, validate_rows
 
 LOG_DIR = "events_log"  # <workspace>/events_log/events.jsonl: written by EventLog.append only
 LOG_FILE = "events.jsonl"
@@ -47,31 +47,29 @@ def log_path(ws) -> Path:
 # --------------------------------------------------------------------------------------------
 # validation: the ingestion contract, one reason per rejected event
 # --------------------------------------------------------------------------------------------
-def _timestamps(values: pd.Series) -> pd.Series:
-    """ISO 8601 text (or unix seconds) -> naive timestamps; an offset is converted to UTC, then dropped
-    (the workspace keeps naive shop-local time); what cannot be read is NaT (``unparseable_timestamp``)."""
-    from features.ingest import parse_timestamps
-
+def _timestamp(value) -> pd.Timestamp:
+    """ISO 8601 text -> a naive timestamp; an offset is converted to UTC, then dropped (the workspace keeps
+    naive shop-local time); what cannot be read is NaT (``unparseable_timestamp``)."""
+    if value is None or not isinstance(value, str) or not value.strip():
+        return pd.NaT
     try:
-        ts = parse_timestamps(values.astype("string"))
-    except (ValueError, TypeError):  # offsets mixed with naive values: one at a time
-        ts = pd.Series([pd.to_datetime(v, errors="coerce", utc=False) for v in values], index=values.index)
-    if isinstance(ts.dtype, pd.DatetimeTZDtype):
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif ts.dtype == object:
-        ts = ts.map(lambda t: t.tz_convert("UTC").tz_localize(None) if getattr(t, "tzinfo", None) else t)
-    return pd.to_datetime(ts, errors="coerce")
+        ts = pd.Timestamp(value.strip())
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    return pd.Series([_timestamp(v) for v in values], index=values.index, dtype="datetime64[us]")
 
 
 def validate_events(events: list[dict], now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Split raw events into the accepted canonical rows (+ ``event_id``) and the rejected ones.
 
-    The checks and reasons are the ingestion contract's (``features.ingest.validate_rows``); an event
+    The checks and reasons are the ingestion contract's (``features.contract.validate_rows``); an event
     without ``event_id`` is rejected as ``missing_event_id``. Returns ``(accepted, rejected)`` with
     ``rejected`` a list of ``{"index", "event_id", "reason"}`` (index: position in ``events``).
     """
-    from features.ingest import validate_rows
-
     raw = pd.DataFrame.from_records(events, columns=list(EVENT_FIELDS)) if events else pd.DataFrame(columns=list(EVENT_FIELDS))
     raw["timestamp"] = _timestamps(raw["timestamp"])
     canonical = conform("events", raw, SOURCE)

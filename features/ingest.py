@@ -25,24 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pandera.errors
 
-from features.contract import NULL_REASONS, TABLES, SchemaError, conform, row_schema
+from features.contract import CONTRACT_REASONS, TABLES, SchemaError, conform, validate_rows  # noqa: F401 (re-exported)
 from features.workspace import Workspace, atomic_write, file_sha256
 
 # Reasons a row is set aside, in the order they are tested: a row gets the first that applies.
 SOURCE_REASONS = ("overlap_duplicate", "unparseable_number", "adjustment", "non_product")
-CONTRACT_REASONS = (
-    "missing_customer_id",
-    "missing_item_id",
-    "unparseable_timestamp",
-    "unknown_event_type",
-    "zero_or_negative_price",
-    "non_positive_quantity",
-    "timestamp_in_future",
-    "satisfaction_out_of_range",
-    "duplicate_line",
-)
 
 # Stock codes of the UCI files that are not products: postage, discounts, fees, manual lines, tests.
 NON_PRODUCT_CODES = frozenset(
@@ -464,30 +452,6 @@ def _quarantine(source: str, raw: pd.DataFrame, reasons: pd.Series) -> pd.DataFr
         },
         columns=QUARANTINE_COLUMNS,
     )
-
-
-def validate_rows(table: str, df: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.Series:
-    """Row-level reasons (or <NA>) for a canonical table, from its pandera schema plus duplicates."""
-    now = now or pd.Timestamp.now()
-    reasons = pd.Series(pd.NA, index=df.index, dtype="string")
-    try:
-        row_schema(table, now).validate(df, lazy=True)
-    except pandera.errors.SchemaErrors as err:
-        cases = err.failure_cases
-        cases = cases[cases["index"].notna()].copy()
-        nulls = cases["check"] == "not_nullable"
-        cases.loc[nulls, "check"] = cases.loc[nulls, "column"].map(NULL_REASONS)
-        for reason in CONTRACT_REASONS:
-            idx = cases.loc[cases["check"] == reason, "index"]
-            if len(idx):
-                free = reasons.loc[idx.unique()].isna()
-                reasons.loc[free[free].index] = reason
-        unknown = set(cases["check"]) - set(CONTRACT_REASONS)
-        if unknown:  # a dtype problem is a bug in conform(), not a row problem
-            raise SchemaError(f"{table}: contract checks failed: {sorted(map(str, unknown))}") from err
-    dup = df.duplicated(keep="first") & reasons.isna()
-    reasons[dup] = "duplicate_line"
-    return reasons
 
 
 def _accept(

@@ -62,7 +62,7 @@ def _buyer(ws, rank: int = 0) -> str:
 # ============================================================================================
 def test_single_events_get_the_ingestion_contracts_reasons():
     from features.event_log import ID_REASON, validate_events
-    from features.ingest import CONTRACT_REASONS
+    from features.contract import CONTRACT_REASONS
 
     now = pd.Timestamp("2026-01-01 12:00")
     good = {"event_id": "e1", "customer_id": "C1", "event_type": "purchase", "item_id": "I1",
