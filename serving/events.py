@@ -110,6 +110,9 @@ class OnlineEvents:
         self.accepted = 0
         self.duplicates = 0
         self.warm_seconds: float | None = None  # set when warm() finished
+        self._pending: set[str] = set()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
         # ids of the whole log (idempotency); events after the ingested offset are online
         with self._lock:
             before, self.tail.offset, bad = self.log.read_from(0, self.start)
@@ -141,8 +144,7 @@ class OnlineEvents:
             self._apply(others)
             self._apply(appended)
         if appended:  # compute the answers now, in the background: the next read finds them (or waits)
-            cids = list(dict.fromkeys(str(e["customer_id"]) for e in appended))
-            threading.Thread(target=self._precompute, args=(cids,), name="crmml-online", daemon=True).start()
+            self._schedule(str(e["customer_id"]) for e in appended)
         self.accepted += len(appended)
         self.duplicates += len(duplicates)
         reasons: dict[str, int] = {}
@@ -239,11 +241,33 @@ class OnlineEvents:
         self.warm_seconds = round(time.perf_counter() - started, 2)
         log.info("online events: warm in %.1f s", self.warm_seconds)
 
-    def _precompute(self, cids: list[str]) -> None:
-        try:
-            self.compute(cids)
-        except Exception as exc:  # the next read computes again and answers the error
-            log.warning("online events: recomputation failed: %s", type(exc).__name__)
+    #: customers recomputed together by the background thread (one query, one scoring call)
+    CHUNK = 500
+
+    def _schedule(self, cids) -> None:
+        """Queue customers for the background recomputation; one thread per state takes whatever is
+        queued at once, so a burst of events costs one batch, not one computation per request."""
+        with self._lock:
+            self._pending.update(cids)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._precompute, name="crmml-online", daemon=True)
+                self._worker.start()
+        self._wake.set()
+
+    def _precompute(self) -> None:
+        while True:
+            woken = self._wake.wait(timeout=60.0)
+            with self._lock:
+                if not woken and not self._pending:  # idle: the thread ends (a replaced state's too)
+                    self._worker = None
+                    return
+                self._wake.clear()
+                todo, self._pending = list(self._pending), set()
+            for start in range(0, len(todo), self.CHUNK):
+                try:
+                    self.compute(todo[start:start + self.CHUNK])
+                except Exception as exc:  # the next read computes again and answers the error
+                    log.warning("online events: recomputation failed: %s", type(exc).__name__)
 
     def _tables(self, cids: list[str], online: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
         """These customers' batch rows of the customer tables, with their online events added."""
