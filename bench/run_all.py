@@ -19,6 +19,7 @@ BENCHMARKS = {
     "features": ["bench.bench_features"],
     "recommender": ["bench.bench_recommender"],
     "service": ["bench.bench_service", "--prepare", "5000"],
+    "events": ["bench.bench_events", "--prepare", "2000"],
 }
 
 

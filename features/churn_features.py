@@ -41,7 +41,7 @@ import pandas as pd
 from features import catalog
 from features.bgnbd import BG_COLUMNS, BGNBD, bgnbd_features, fit_at, purchase_days
 from features.dates import newest_labelled_cutoff, training_cutoffs
-from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, build_snapshots
+from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, SnapshotQuery, build_snapshots
 from features.workspace import Workspace, atomic_write
 
 EXTRA_FEATURES: list[str] = catalog.extra_feature_names()  # model order: the behaviour extras, then BG/NBD
@@ -66,11 +66,13 @@ def purchase_lines(events: pd.DataFrame) -> pd.DataFrame:
     return lines
 
 
-def behaviour_at(days: pd.DataFrame, lines: pd.DataFrame, cutoff, horizon_days: int = DEFAULT_HORIZON) -> pd.DataFrame:
+def behaviour_at(days: pd.DataFrame, lines: pd.DataFrame, cutoff, horizon_days: int = DEFAULT_HORIZON,
+                 season: pd.Series | None = None) -> pd.DataFrame:
     """The behaviour extras at ``cutoff`` of each customer with a purchase day before it.
 
     ``days``: :func:`features.bgnbd.purchase_days` of the events, ``lines``: :func:`purchase_lines`
-    (rows after the cutoff are ignored). Returns ``customer_id`` (sorted), the
+    (rows after the cutoff are ignored); ``season``: :func:`item_seasonality` of the whole shop when
+    ``lines`` holds only some customers (computed from ``lines`` otherwise). Returns ``customer_id`` (sorted), the
     :data:`BEHAVIOUR_FEATURES` (float) and ``cutoff``; empty without a purchase before the cutoff.
     """
     cutoff = pd.Timestamp(cutoff).normalize()
@@ -116,36 +118,54 @@ def behaviour_at(days: pd.DataFrame, lines: pd.DataFrame, cutoff, horizon_days: 
     n_much = pd.Series(much_longer, index=d.index).groupby(d["customer_id"]).sum()
     f["own_gap_survival"] = (n_much + 1.0) / (n_longer + 2.0)
     if has_items:
-        f["season_affinity"] = season_affinity(lines, cutoff, horizon_days).reindex(f.index)
+        f["season_affinity"] = season_affinity(lines, cutoff, horizon_days, season).reindex(f.index)
     else:
         f["season_affinity"] = np.nan
     f["cutoff"] = cutoff
     return f.reset_index()
 
 
-def season_affinity(lines: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series:
-    """Spend-weighted seasonality of the items a customer bought in the last year.
-
-    An item's seasonality is the share of its last-year sales that fell in the same weeks one year
-    earlier (``[c - 365d, c - 365d + horizon)``), divided by the same share for the whole shop:
-    above 1 the customer buys products that sell in the coming season.
-    """
+def _last_year(lines: pd.DataFrame, cutoff) -> pd.DataFrame:
     cutoff = pd.Timestamp(cutoff)
     start = cutoff - pd.Timedelta(days=365)
     mask = (lines["timestamp"] < cutoff) & (lines["timestamp"] >= start)
-    ln = lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(),
-                   ["customer_id", "item_id", "timestamp", "amount"]]
+    return lines.loc[mask & lines["amount"].gt(0) & lines["item_id"].notna(),
+                     ["customer_id", "item_id", "timestamp", "amount"]]
+
+
+def item_seasonality(lines: pd.DataFrame, cutoff, horizon_days: int) -> pd.Series:
+    """Each item's seasonality at ``cutoff``: the share of its last-year sales that fell in the same
+    weeks one year earlier (``[c - 365d, c - 365d + horizon)``), divided by the same share for the
+    whole shop (a shop-wide statistic of the year before the cutoff). All NaN when the shop sold
+    nothing in those weeks; empty without a sale in the year."""
+    ln = _last_year(lines, cutoff)
     if ln.empty:
         return pd.Series(dtype=float)
+    start = pd.Timestamp(cutoff) - pd.Timedelta(days=365)
     same = (ln["timestamp"] < start + pd.Timedelta(days=horizon_days)).to_numpy()
     item_total = ln.groupby("item_id", sort=False)["amount"].sum()
     item_same = ln.loc[same].groupby("item_id", sort=False)["amount"].sum().reindex(item_total.index).fillna(0.0)
     shop_share = item_same.sum() / item_total.sum()
     if not shop_share > 0:
-        return pd.Series(np.nan, index=pd.Index(ln["customer_id"].unique()))
+        return pd.Series(np.nan, index=item_total.index)
     # items sold only a little get shrunk towards the shop's share
     prior = 5.0 * float(item_total.median())
-    season = (item_same + prior * shop_share) / (item_total + prior) / shop_share
+    return (item_same + prior * shop_share) / (item_total + prior) / shop_share
+
+
+def season_affinity(lines: pd.DataFrame, cutoff, horizon_days: int, season: pd.Series | None = None) -> pd.Series:
+    """Spend-weighted seasonality (:func:`item_seasonality`) of the items a customer bought in the last year:
+    above 1 the customer buys products that sell in the coming season.
+
+    ``season``: the item seasonality of the whole shop, when ``lines`` holds only some customers.
+    """
+    ln = _last_year(lines, cutoff)
+    if ln.empty:
+        return pd.Series(dtype=float)
+    if season is None:
+        season = item_seasonality(lines, cutoff, horizon_days)
+    if not season.notna().any():
+        return pd.Series(np.nan, index=pd.Index(ln["customer_id"].unique()))
     w = ln["amount"].to_numpy()
     s = ln["item_id"].map(season).to_numpy(float)
     num = pd.Series(w * s).groupby(ln["customer_id"].to_numpy()).sum()
@@ -255,16 +275,21 @@ def _store_file(path: Path, write) -> None:
 
 
 def _behaviour_parts(src, cutoffs: list[pd.Timestamp], horizon_days: int, eligibility_days: int, engine: str,
-                     days: pd.DataFrame, lines: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
-    """Catalog features + labels (every customer seen) with the behaviour extras, per cutoff."""
-    snap = build_snapshots(src, cutoffs, horizon_days=horizon_days, eligibility_days=eligibility_days,
-                           engine=engine, include_ineligible=True)
+                     days: pd.DataFrame, lines: pd.DataFrame, season: pd.Series | None = None,
+                     snapshots: SnapshotQuery | None = None) -> dict[pd.Timestamp, pd.DataFrame]:
+    """Catalog features + labels (every customer seen) with the behaviour extras, per cutoff.
+    ``snapshots``: a compiled query for one cutoff (``src`` a dict of a few customers' frames)."""
+    if snapshots is not None:
+        snap = snapshots(src, cutoffs[0])
+    else:
+        snap = build_snapshots(src, cutoffs, horizon_days=horizon_days, eligibility_days=eligibility_days,
+                               engine=engine, include_ineligible=True)
     snap["customer_id"] = snap["customer_id"].astype(str)
     snap["cutoff"] = snap["cutoff"].astype("datetime64[us]")
     out = {}
     for cutoff in cutoffs:
         part = snap[snap["cutoff"] == cutoff].reset_index(drop=True)
-        extra = behaviour_at(days, lines, cutoff, horizon_days)
+        extra = behaviour_at(days, lines, cutoff, horizon_days, season)
         extra["cutoff"] = extra["cutoff"].astype("datetime64[us]")
         extra["customer_id"] = extra["customer_id"].astype(str)
         for c in BEHAVIOUR_FEATURES:
@@ -360,3 +385,47 @@ def stored_bgnbd_params(ws: Workspace, cutoff, horizon_days: int = DEFAULT_HORIZ
     store = _Store(ws, horizon_days, eligibility_days)
     stem = f"{pd.Timestamp(cutoff).normalize().date()}_"
     return [json.loads(p.read_text()) for p in sorted((store.dir / "bgnbd").glob(f"{stem}*.json"))]
+
+
+# ============================================================================================
+# some customers' rows under the shop-wide statistics of a cutoff (serving, online)
+# ============================================================================================
+def stored_bgnbd_model(ws: Workspace, cutoff, horizon_days: int = DEFAULT_HORIZON,
+                       eligibility_days: int = DEFAULT_ELIGIBILITY) -> BGNBD | None:
+    """The BG/NBD population parameters a one-cutoff :func:`feature_matrix` call stored at ``cutoff``
+    (the fit started cold, as for scoring), or None when not stored."""
+    _, params = _Store(ws, horizon_days, eligibility_days).bg(pd.Timestamp(cutoff).normalize(), _init_key(None))
+    if not params.exists():
+        return None
+    p = json.loads(params.read_text())
+    return BGNBD(**p) if p else None
+
+
+def customer_rows(tables: dict, cutoff, bg_model: BGNBD | None, season: pd.Series | None,
+                  horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY,
+                  snapshots: SnapshotQuery | None = None) -> pd.DataFrame:
+    """The feature matrix rows (every customer seen, as ``include_ineligible``) of the customers in ``tables``.
+
+    ``tables``: canonical tables holding only these customers' rows (``items`` may be whole); the
+    shop-wide statistics come from the batch: ``bg_model`` the BG/NBD population parameters
+    (:func:`stored_bgnbd_model`), ``season`` the :func:`item_seasonality` at the cutoff, ``snapshots``
+    the shop's compiled catalog-feature query (``features.snapshots.SnapshotQuery``: the shop's data
+    facts, and fast for repeated calls; ``build_snapshots`` on ``tables`` without it). The same
+    definitions as :func:`feature_matrix` (catalog features, :func:`behaviour_at`, ``bgnbd_features``):
+    with the statistics of the same data, the rows are the batch rows.
+    """
+    from features.bgnbd import transaction_summary
+
+    cutoff = pd.Timestamp(cutoff).normalize()
+    ev = tables["events"]
+    days, lines = purchase_days(ev), purchase_lines(ev)
+    part = _behaviour_parts(tables, [cutoff], horizon_days, eligibility_days, "duckdb", days, lines, season,
+                            snapshots)[cutoff]
+    summary = transaction_summary(None, cutoff, days=days)
+    if bg_model is not None and len(summary):
+        bg = bgnbd_features(bg_model, summary, cutoff, horizon_days)[["customer_id", *BG_COLUMNS]]
+        bg["customer_id"] = bg["customer_id"].astype(str)
+    else:
+        bg = pd.DataFrame({"customer_id": pd.Series([], dtype=str),
+                           **{k: pd.Series([], dtype="float64") for k in BG_COLUMNS}})
+    return part.merge(bg, on="customer_id", how="left")

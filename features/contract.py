@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pandera.errors
 import pandera.pandas as pa
 
 EVENT_TYPES = ("view", "cart", "purchase", "return")
@@ -170,6 +171,20 @@ def _not_blank(s: pd.Series) -> pd.Series:
     return s.notna() & (s.astype("string").str.strip() != "")
 
 
+# Reasons a row breaks the contract (``validate_rows``), in the order they are tested: a row gets the first.
+CONTRACT_REASONS = (
+    "missing_customer_id",
+    "missing_item_id",
+    "unparseable_timestamp",
+    "unknown_event_type",
+    "zero_or_negative_price",
+    "non_positive_quantity",
+    "timestamp_in_future",
+    "satisfaction_out_of_range",
+    "duplicate_line",
+)
+
+
 # A null in a non-nullable column is reported by pandera as "not_nullable"; its reason by column.
 NULL_REASONS = {
     "customer_id": "missing_customer_id",
@@ -230,3 +245,34 @@ def row_schema(table: str, now: pd.Timestamp) -> pa.DataFrameSchema:
             }
         )
     return pa.DataFrameSchema({**ids})
+
+
+def validate_rows(table: str, df: pd.DataFrame, now: pd.Timestamp | None = None,
+                  drop_duplicates: bool = True) -> pd.Series:
+    """Row-level reasons (or <NA>) for a canonical table, from its pandera schema plus duplicates.
+
+    ``drop_duplicates``: the same canonical line twice is a ``duplicate_line`` (first kept); a log without
+    order ids keeps them (two identical purchases the same second are two purchases). A keyed table
+    (customers, items) keeps the first row of a key.
+    """
+    now = now or pd.Timestamp.now()
+    reasons = pd.Series(pd.NA, index=df.index, dtype="string")
+    try:
+        row_schema(table, now).validate(df, lazy=True)
+    except pandera.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        cases = cases[cases["index"].notna()].copy()
+        nulls = cases["check"] == "not_nullable"
+        cases.loc[nulls, "check"] = cases.loc[nulls, "column"].map(NULL_REASONS)
+        for reason in CONTRACT_REASONS:
+            idx = cases.loc[cases["check"] == reason, "index"]
+            if len(idx):
+                free = reasons.loc[idx.unique()].isna()
+                reasons.loc[free[free].index] = reason
+        unknown = set(cases["check"]) - set(CONTRACT_REASONS)
+        if unknown:  # a dtype problem is a bug in conform(), not a row problem
+            raise SchemaError(f"{table}: contract checks failed: {sorted(map(str, unknown))}") from err
+    key = list(TABLES[table].key)
+    dup = df.duplicated(subset=key or None, keep="first") if (drop_duplicates or key) else False
+    reasons[dup & reasons.isna()] = "duplicate_line"
+    return reasons

@@ -25,26 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pandera.errors
 
 from features import mapping as mappings
-from features.contract import NULL_REASONS, TABLES, SchemaError, conform, row_schema
+from features.contract import CONTRACT_REASONS, TABLES, SchemaError, conform, validate_rows  # noqa: F401 (re-exported)
 from features.forget import is_forgotten
 from features.workspace import Workspace, atomic_write, file_sha256
 
 # Reasons a row is set aside, in the order they are tested: a row gets the first that applies.
 SOURCE_REASONS = ("forgotten", "overlap_duplicate", "unparseable_number", "adjustment", "non_product")
-CONTRACT_REASONS = (
-    "missing_customer_id",
-    "missing_item_id",
-    "unparseable_timestamp",
-    "unknown_event_type",
-    "zero_or_negative_price",
-    "non_positive_quantity",
-    "timestamp_in_future",
-    "satisfaction_out_of_range",
-    "duplicate_line",
-)
 
 # Stock codes of the UCI files that are not products: postage, discounts, fees, manual lines, tests.
 NON_PRODUCT_CODES = frozenset(
@@ -471,37 +459,6 @@ def _quarantine(source: str, raw: pd.DataFrame, reasons: pd.Series) -> pd.DataFr
         },
         columns=QUARANTINE_COLUMNS,
     )
-
-
-def validate_rows(table: str, df: pd.DataFrame, now: pd.Timestamp | None = None,
-                  drop_duplicates: bool = True) -> pd.Series:
-    """Row-level reasons (or <NA>) for a canonical table, from its pandera schema plus duplicates.
-
-    ``drop_duplicates``: the same canonical line twice is a ``duplicate_line`` (first kept); a log without
-    order ids keeps them (two identical purchases the same second are two purchases). A keyed table
-    (customers, items) keeps the first row of a key.
-    """
-    now = now or pd.Timestamp.now()
-    reasons = pd.Series(pd.NA, index=df.index, dtype="string")
-    try:
-        row_schema(table, now).validate(df, lazy=True)
-    except pandera.errors.SchemaErrors as err:
-        cases = err.failure_cases
-        cases = cases[cases["index"].notna()].copy()
-        nulls = cases["check"] == "not_nullable"
-        cases.loc[nulls, "check"] = cases.loc[nulls, "column"].map(NULL_REASONS)
-        for reason in CONTRACT_REASONS:
-            idx = cases.loc[cases["check"] == reason, "index"]
-            if len(idx):
-                free = reasons.loc[idx.unique()].isna()
-                reasons.loc[free[free].index] = reason
-        unknown = set(cases["check"]) - set(CONTRACT_REASONS)
-        if unknown:  # a dtype problem is a bug in conform(), not a row problem
-            raise SchemaError(f"{table}: contract checks failed: {sorted(map(str, unknown))}") from err
-    key = list(TABLES[table].key)
-    dup = df.duplicated(subset=key or None, keep="first") if (drop_duplicates or key) else False
-    reasons[dup & reasons.isna()] = "duplicate_line"
-    return reasons
 
 
 def _accept(
@@ -1001,10 +958,16 @@ def save(workspace: Workspace, result: IngestionResult, max_rejected: float = MA
         path = rejected_path(workspace, result.source)
         atomic_write(path, lambda tmp: result.quarantine.to_parquet(tmp, index=False))
         raise
-    # An ingestion replaces the workspace's data: tables of an earlier source must not mix in.
+    # An ingestion replaces the workspace's data: tables of an earlier source must not mix in. The
+    # events accepted online (features.event_log) join every ingestion's events.
+    from features.event_log import merge_log
+
+    tables, logged = merge_log(workspace, result.tables)
     quarantine = f"quarantine_{result.source.replace('-', '_')}"
-    workspace.publish_tables({**result.tables, quarantine: result.quarantine}, replace=TABLES)
+    workspace.publish_tables({**tables, quarantine: result.quarantine}, replace=TABLES)
     record = result.record()
+    if logged is not None:
+        record["events_log"] = logged
     record["rejected_share"] = round(rejected_share(result), 6)
     if allow_rejects:
         record["allow_rejects"] = True

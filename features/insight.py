@@ -49,6 +49,17 @@ def quintile_score(values: pd.Series, higher_is_better: bool = True) -> pd.Serie
     return (1 + np.floor(5 * (ranks - 1) / n)).clip(1, 5)
 
 
+def quintile_in(value: float, population: np.ndarray, higher_is_better: bool = True) -> float:
+    """The :func:`quintile_score` one more value would get within a scored population (NaN stays NaN):
+    its rank is one plus the number of population values ranked strictly before it."""
+    pop = np.asarray(population, dtype="float64")
+    pop = pop[~np.isnan(pop)]
+    if value is None or not np.isfinite(value) or not len(pop):
+        return np.nan
+    before = int((pop > value).sum() if not higher_is_better else (pop < value).sum())
+    return float(min(5, max(1, 1 + math.floor(5 * before / len(pop)))))
+
+
 # (r, f) -> segment: the classic RFM grid on recency and frequency scores
 _GRID = {
     5: ("new", "potential_loyalists", "potential_loyalists", "champions", "champions"),

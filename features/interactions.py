@@ -188,6 +188,32 @@ class InteractionMatrix:
             user_index={user_id: 0}, item_index=like.item_index, window_names=like.window_names,
         )
 
+    def fold_in(self, u: int | None, item_idx, user_id: str = "") -> InteractionMatrix:
+        """A one-row matrix: row ``u`` of this matrix (none for a new customer) plus one basket of
+        ``item_idx`` just now, each item once (counts and weights +1, last-seen days 0; see :meth:`from_items`)."""
+        new = InteractionMatrix.from_items(item_idx, self, user_id)
+        if u is None or self.indptr[u] == self.indptr[u + 1]:
+            return new
+        old_idx, old_vals = self.user_items(u)
+        idx = np.union1d(old_idx, new.indices).astype(np.int32)
+        at_old, at_new = np.searchsorted(idx, old_idx), np.searchsorted(idx, new.indices)
+        values = {}
+        for k, v in old_vals.items():
+            out = np.zeros(len(idx))
+            out[at_old] = v
+            if k == "first_days":
+                out[at_new] = np.where(np.isin(new.indices, old_idx), out[at_new], 0.0)
+            elif k.endswith("_days") or k == "baskets_since_last":
+                out[at_new] = 0.0
+            else:
+                out[at_new] += new.values[k]
+            values[k] = out
+        return InteractionMatrix(
+            indptr=np.array([0, len(idx)], dtype=np.int64), indices=idx, values=values,
+            user_ids=np.array([user_id], dtype=object), item_ids=self.item_ids, now=self.now,
+            user_index={user_id: 0}, item_index=self.item_index, window_names=self.window_names,
+        )
+
     def user_items(self, u: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         lo, hi = self.indptr[u], self.indptr[u + 1]
         return self.indices[lo:hi], {k: v[lo:hi] for k, v in self.values.items()}

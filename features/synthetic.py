@@ -172,6 +172,9 @@ def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_custome
     removed so that the workspace holds one shop. The ground truth goes to
     ``<root>/synthetic/ground_truth.parquet``. Returns the ingestion record.
     """
+    from features.event_log import merge_log
+
+    tables, logged = merge_log(workspace, tables)  # the events accepted online join the shop's
     counts: dict[str, int] = {}
     for name in contract.TABLES:
         if name in tables:
@@ -181,6 +184,8 @@ def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_custome
         else:
             workspace.remove_table(name)
     record: dict = {"source": "synthetic", "seed": seed, "n_customers": n_customers, "tables": counts}
+    if logged is not None:
+        record["events_log"] = logged
     if "ground_truth" in tables:
         gt = tables["ground_truth"]
         path = ground_truth_path(workspace)

@@ -38,11 +38,14 @@ def _params(ctx) -> RunParams:
 
 # --------------------------------------------------------------------------- steps
 def ingest_inputs(ctx) -> dict:
+    from features.event_log import log_state
+
     p = _params(ctx)
+    logged = log_state(ctx["workspace"])  # events accepted online since: ingest again
     if p.source == "synthetic":
-        return {"source": p.source, "customers": p.customers, "seed": p.seed}
+        return {"source": p.source, "customers": p.customers, "seed": p.seed, "events_log": logged}
     files = [{"path": str(Path(f).resolve()), "sha256": file_sha256(Path(f))} for f in p.files]
-    return {"source": p.source, "files": files, "transactions": p.transactions}
+    return {"source": p.source, "files": files, "transactions": p.transactions, "events_log": logged}
 
 
 def run_ingest(ctx) -> dict:

@@ -245,7 +245,8 @@ async def recommend(body: schemas.RecommendRequest) -> Response:
     state = _state()
     filters = body.filters.model_dump(exclude_none=True) if body.filters is not None else None
     try:
-        items, cold = state.rec.for_customer(body.customer_id, body.k, body.exclude_seen, filters)
+        bought = state.online.purchased_items(body.customer_id) if state.online is not None else None
+        items, cold = state.rec.for_customer(body.customer_id, body.k, body.exclude_seen, filters, bought)
     except ValueError as exc:  # a filter the model cannot apply
         raise HTTPException(422, f"filters: {exc}") from None
     return _json({
@@ -310,6 +311,29 @@ async def bought_together(
     item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("bought_together", item_id, k)
+
+
+# -- events -----------------------------------------------------------------------------------
+@api.post(
+    "/events",
+    status_code=202,
+    response_model=schemas.EventsResponse,
+    responses=_errors(400, 401, 403, 413, 422, 503),
+    summary="Record up to 1,000 events; the customers' next answers include them",
+    tags=["events"],
+)
+async def post_events(body: schemas.EventsRequest) -> Response:
+    """Events are checked with the ingestion contract (rejected ones counted with their reasons),
+    de-duplicated on ``event_id``, and written durably to the workspace's event log before the 202;
+    the next ingestion adds them to the batch data."""
+    state = _state()
+    raw = [e.model_dump() for e in body.events]
+    try:
+        counts = await anyio.to_thread.run_sync(state.online.accept, raw)
+    except OSError as exc:
+        log.error("event log not writable: %s", type(exc).__name__)
+        raise HTTPException(503, "the event log cannot be written; nothing was recorded, send the events again") from None
+    return _json(counts, 202)
 
 
 # -- operations -------------------------------------------------------------------------------

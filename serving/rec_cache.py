@@ -169,7 +169,12 @@ class RecommenderAdapter:
         self.cache.put(key, items)
         return items[:k]
 
-    def for_customer(self, customer_id: str, k: int, exclude_seen: bool, filters: dict | None) -> tuple[list[dict], bool]:
+    def for_customer(self, customer_id: str, k: int, exclude_seen: bool, filters: dict | None,
+                     bought: list[str] | None = None) -> tuple[list[dict], bool]:
+        """``bought``: items bought since the model's data (online events): folded into the history, not cached."""
+        if bought:
+            items = self.rec.recommend_folded(customer_id, bought, k=k, exclude_seen=exclude_seen, filters=filters or None)
+            return [_plain_item(it) for it in _records(items)], False
         cold = customer_id not in self._users
         if cold or filters:
             items = self.rec.recommend_one(customer_id, k=k, exclude_seen=exclude_seen, filters=filters or None)

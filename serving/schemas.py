@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from features.event_log import MAX_EVENTS
+
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 MAX_CUSTOMER_IDS = 10_000
 MAX_ITEM_IDS = 200
@@ -214,6 +216,48 @@ class ItemListResponse(BaseModel):
     kind: Literal["similar", "bought_together"]
     items: list[RecommendedItem]
     model_version: str
+
+
+# --------------------------------------------------------------------------------------------
+# events
+# --------------------------------------------------------------------------------------------
+Text = Annotated[str, StringConstraints(max_length=64)]
+
+
+class Event(_Strict):
+    """One interaction. Only the shape is checked here; the values are checked by the ingestion
+    contract (``features/contract.py``), which rejects single events with its reasons."""
+
+    event_id: Id = Field(..., description="Unique id of the event: a repeated id is accepted once.", examples=["e-000001"])
+    customer_id: Id | None = Field(None, examples=["C000001"])
+    event_type: Text | None = Field(None, description="view, cart, purchase or return.", examples=["purchase"])
+    item_id: Id | None = Field(None, examples=["I00012"])
+    timestamp: Text | None = Field(None, description="ISO 8601, shop local time (an offset is converted to UTC).",
+                                   examples=["2026-12-06T10:15:00"])
+    quantity: float | None = Field(None, description="Units; positive, also for returns.")
+    amount: float | None = Field(None, description="Money value of the line; positive, also for returns.")
+    order_id: Id | None = None
+    channel: Text | None = None
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(..., min_length=1, max_length=MAX_EVENTS,
+                                description=f"1-{MAX_EVENTS:,} events, in any order.")
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(..., description="Position of the event in the request.")
+    event_id: str | None = None
+    reason: str = Field(..., description="The ingestion contract's reason, e.g. unknown_event_type.",
+                        examples=["timestamp_in_future"])
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(..., description="New events, stored durably before this answer.")
+    duplicates: int = Field(..., description="Events whose event_id was accepted before (counted once).")
+    rejected: int
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    rejected_events: list[RejectedEvent] = Field(default_factory=list, description="The first 100 rejected events.")
 
 
 # --------------------------------------------------------------------------------------------

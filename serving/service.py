@@ -44,7 +44,9 @@ key), ``serving/bentoml_patches.py`` (two BentoML middlewares, installed below),
 (cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
 customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the loaded state out of
 the cyclic GC's reach), ``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
-``CRMML_TRACING`` (on: OpenTelemetry spans), ``BENTOML_HOME``.
+``CRMML_TRACING`` (on: OpenTelemetry spans), ``CRMML_WORKERS`` (worker processes, default 1),
+``CRMML_STORE`` (``memory`` or ``redis``) and ``CRMML_REDIS_URL`` (see ``serving.state.batch_store``),
+``BENTOML_HOME``. ``POST /events`` records events (``serving.events``).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def refuse(exc: BaseException) -> SystemExit:
 
 @bentoml.service(
     name=SERVICE_NAME,
-    workers=1,
+    workers=int(os.environ.get("CRMML_WORKERS", "1")),  # crmml serve --workers
     traffic={"timeout": float(os.environ.get("CRMML_REQUEST_TIMEOUT", "60"))},  # see bentoml_patches
     # no access log: no paths (ids) or bodies in logs
     logging={"access": {"enabled": False}},

@@ -18,6 +18,7 @@ from typing import Any
 from features.workspace import Workspace
 from serving import store as st
 from serving.champions import ChampionRef, LoadedModel, ModelLoadError, describe, load_champion, now, resolve_champions
+from serving.events import MemoryRecords, OnlineEvents, RedisRecords
 from serving.rec_cache import RecommenderAdapter
 from training.names import CHURN, RECOMMENDER
 
@@ -39,6 +40,29 @@ def score_all(churn: LoadedModel, data) -> Any:
     return score_customers(model, frame, data.clv)
 
 
+def batch_store(churn: LoadedModel, data, version: str) -> tuple[st.OnlineStore, Any]:
+    """The batch records of every customer and where online records go, for ``CRMML_STORE``.
+
+    ``memory`` (default): scored here, kept in this worker (``store.MemoryStore``). ``redis``
+    (``CRMML_REDIS_URL``): one generation per data fingerprint and champion version in Redis,
+    scored by the first worker that needs it (the others wait for it and only bind: their start-up
+    does not score); online records shared there too (``serving.events.RedisRecords``).
+    """
+    if os.environ.get("CRMML_STORE", "memory") != "redis":
+        scores = score_all(churn, data)
+        return st.build_customer_store(scores, data.c360, version, data.as_of_str), MemoryRecords()
+    client = st.redis_client(os.environ.get("CRMML_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix = os.environ.get("CRMML_REDIS_PREFIX", "crmml")
+    generation = f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
+
+    def build():
+        scores = score_all(churn, data)
+        return st.build_customer_store(scores, data.c360, version, data.as_of_str)
+
+    store = st.RedisStore.publish_once(client, generation, build, prefix)
+    return store, RedisRecords(client, prefix, generation)
+
+
 # --------------------------------------------------------------------------------------------
 # the served state
 # --------------------------------------------------------------------------------------------
@@ -47,7 +71,7 @@ class ServingState:
     """Everything one request needs; built whole and never changed after (readers keep a reference)."""
 
     models: dict[str, LoadedModel]
-    store: st.OnlineStore
+    store: st.OverlayStore  # the batch records with the online events' records on top
     rec: RecommenderAdapter
     data: st.CustomerData  # kept to reuse on a model-only reload
     as_of: str
@@ -55,11 +79,14 @@ class ServingState:
     loaded_at: str
     load_seconds: float
     warnings: list[str]
+    online: OnlineEvents | None = None  # events accepted after the batch data (POST /events)
     warm_order: list = field(default_factory=list)  # known customers, most recent buyers first
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
 
     def go_live(self) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap."""
+        if self.online is not None:
+            threading.Thread(target=self.online.warm, name="crmml-online-warm", daemon=True).start()
         if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
             self.rec.warm_done = True
             freeze_heap()
@@ -121,10 +148,11 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         stamp = data.stamp
     same_churn = previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
     if same_churn and data is previous.data and previous.models[CHURN].ref.version == refs[CHURN].version:
-        store = previous.store
+        store, online = previous.store, previous.online
     else:
-        scores = score_all(models[CHURN], data)
-        store = st.build_customer_store(scores, data.c360, refs[CHURN].version, data.as_of_str)
+        base, records = batch_store(models[CHURN], data, refs[CHURN].version)
+        online = OnlineEvents(ws, data, models[CHURN], refs[CHURN].version, records)
+        store = st.OverlayStore(base, online)
     same_rec = previous is not None and previous.models[RECOMMENDER].ref.bentoml_tag == refs[RECOMMENDER].bentoml_tag
     rec = previous.rec if same_rec else answering_recommender(models[RECOMMENDER])  # keeps its cache
     return ServingState(
@@ -137,6 +165,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         loaded_at=now(),
         load_seconds=round(time.perf_counter() - started, 3),
         warnings=list(warnings),
+        online=online,
         warm_order=_warm_order(data.c360),
     )
 

@@ -14,8 +14,9 @@ in process memory (the default). :class:`RedisStore` implements the same interfa
 customer bases larger than one process's memory: the same JSON records under
 ``<prefix>:<generation>:<kind>:<id>``, published generation by generation so that a reload
 flips one pointer key (``<prefix>:current``) and readers never see a half-written state.
-It needs the ``redis`` package (not a dependency; not installed here) and has only been checked
-against an in-process fake of the client, not a real ``redis-server``.
+``crmml serve --store redis`` uses it (the ``redis`` client; tests run a real ``redis-server``).
+:class:`OverlayStore` puts the records of customers with online events (``serving.events``) on top
+of either.
 
 Records are plain JSON (``NaN`` written as ``null``); :func:`encode_records` builds them
 column-wise from a pandas frame in one pass at load time. Nothing here logs ids or record content.
@@ -213,6 +214,11 @@ class MemoryStore(OnlineStore):
     def row(self, key: str) -> int | None:
         return self._index.get(key)
 
+    def export(self) -> tuple[list[str], dict[str, list[bytes]]]:
+        """Ids and every kind's records, in order (what ``RedisStore.publish`` takes)."""
+        ids = list(self._index)
+        return ids, {kind: [blob.at(i) or b"" for i in range(len(ids))] for kind, blob in self._blobs.items()}
+
     def column(self, name: str) -> np.ndarray | None:
         return self._columns.get(name)
 
@@ -289,13 +295,40 @@ class RedisStore(OnlineStore):
                     client.expire(key, keep_seconds)
         return cls(client, prefix, generation)
 
+    @classmethod
+    def publish_once(cls, client: Any, generation: str, build, prefix: str = "crmml",
+                     wait_seconds: float = 900.0) -> "RedisStore":
+        """A reader of ``generation``, published by the first worker that asks for it.
+
+        ``build()`` gives the ``MemoryStore`` to publish; it runs in one worker only (a ``SET NX``
+        lock): the others wait for its ``meta`` key and then only bind, without computing anything.
+        """
+        import time
+
+        meta, lock = f"{prefix}:{generation}:meta", f"{prefix}:{generation}:lock"
+        deadline = time.monotonic() + wait_seconds
+        while client.get(meta) is None:
+            if client.set(lock, b"1", nx=True, ex=int(wait_seconds)):
+                try:
+                    if client.get(meta) is None:
+                        ids, records = build().export()
+                        return cls.publish(client, ids, records, generation, prefix)
+                finally:
+                    client.delete(lock)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis: generation {generation} not published within {wait_seconds:.0f} s")
+            time.sleep(0.2)
+        if client.get(f"{prefix}:current") in (None, b""):
+            client.set(f"{prefix}:current", generation)
+        return cls(client, prefix, generation)
+
     def get(self, kind: str, key: str) -> bytes | None:
-        return self.client.get(self._key(kind, key))
+        return self.client.get(self._key(kind, key)) or None  # b"": no record of this kind
 
     def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         for start in range(0, len(keys), self.BATCH):
-            out.extend(self.client.mget([self._key(kind, k) for k in keys[start:start + self.BATCH]]))
+            out.extend(r or None for r in self.client.mget([self._key(kind, k) for k in keys[start:start + self.BATCH]]))
         return out
 
     def __contains__(self, key: object) -> bool:
@@ -306,6 +339,55 @@ class RedisStore(OnlineStore):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend, "customers": len(self), "generation": self.generation, "prefix": self.prefix}
+
+
+class OverlayStore(OnlineStore):
+    """The batch records of a state, with the records of customers who have online events on top.
+
+    ``online``: a ``serving.events.OnlineEvents`` (``lookup(kind, keys)`` gives the recomputed records
+    of the keys with online events). A customer first seen through events is known from then on.
+    """
+
+    def __init__(self, base: OnlineStore, online):
+        self.base = base
+        self.online = online
+        self.backend = base.backend
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        fresh = self.online.lookup(kind, [key])
+        return fresh[key] if key in fresh else self.base.get(kind, key)
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        fresh = self.online.lookup(kind, keys)
+        if not fresh:
+            return self.base.get_many(kind, keys)
+        rest = [k for k in keys if k not in fresh]
+        batch = dict(zip(rest, self.base.get_many(kind, rest)))
+        return [fresh[k] if k in fresh else batch[k] for k in keys]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.base or (isinstance(key, str) and self.online.version(key) > 0)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def column(self, name: str) -> np.ndarray | None:
+        return self.base.column(name)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.base.info(), "online": self.online.info()}
+
+
+def redis_client(url: str):
+    """A ``redis.Redis`` for ``url`` (``redis://127.0.0.1:6379/0``), checked with a PING."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConnectionError(f"redis at {url.split('@')[-1]} not reachable: {exc}") from None
+    return client
 
 
 def join_records(records: Iterable[bytes]) -> bytes:

@@ -629,6 +629,33 @@ class Recommender(BaseEstimator):
         self._fallbacks(items, scores, sources, k, blocked, exclude, segment=seg)
         return self._answer(items, scores, sources)
 
+    def recommend_folded(
+        self, user_id: str, item_ids, k: int = 10, exclude_seen: bool = True, filters: dict | None = None
+    ) -> list[dict]:
+        """Top-``k`` for a customer whose history gained ``item_ids`` (bought after the fit): like
+        :meth:`recommend_one` on their history plus one basket of these items just now.
+
+        The history is folded in as for a basket (:meth:`recommend_for_items`): ALS recomputes the
+        user vector from it, item-based generators and buy-again read it, ``exclude_seen`` drops it.
+        A customer the model never saw gets personalised answers from these items alone.
+        """
+        self._check_fitted()
+        blocked = self._blocked(check_filters(filters))
+        state = self.state_
+        user_id = str(user_id)
+        u = state.matrix.user_index.get(user_id)
+        idx = [self.item_index_[str(i)] for i in item_ids if str(i) in self.item_index_]
+        if not idx:
+            return self.recommend_one(user_id, k=k, exclude_seen=exclude_seen, filters=filters)
+        history = state.matrix.fold_in(u, idx, user_id)
+        seg = int(state.user_segment[u]) if u is not None else self._segment_of(user_id)
+        q = Query(uidx=np.array([-1]), history=history, segment=np.array([seg]))
+        hist = state.history(q, 0)
+        it, sc, src = self._rank(state, [s[0] for s in state.scores(q)], hist, k, exclude_seen, blocked)
+        items, scores, sources = list(it), list(sc), src
+        self._fallbacks(items, scores, sources, k, blocked, hist.items if exclude_seen else (), segment=-1)
+        return self._answer(items, scores, sources)
+
     def recommend(
         self, user_ids, k: int = 10, exclude_seen: bool = True, filters: dict | None = None
     ) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """`crmml serve`: the HTTP API (BentoML) on 127.0.0.1, serving the champions and data of a workspace.
 
     crmml serve [--port 3000] [--workspace DIR] [--no-auth] [--reload-seconds 30]
+                [--workers 1] [--store memory|redis --redis-url redis://127.0.0.1:6379/0]
 
 What it does before running ``bentoml serve serving.service:CrmmlService`` in the foreground:
 
@@ -85,8 +86,18 @@ def preflight(workspace: Path, env: dict) -> list[str]:
     return lines + [f"warning: {w}" for w in warnings]
 
 
+def store_env(env: dict, store: str = "memory", redis_url: Optional[str] = None, workers: int = 1) -> dict:
+    """The online store and worker count (``serving.state.batch_store``, ``serving.service``) in ``env``."""
+    env["CRMML_STORE"] = store
+    env["CRMML_WORKERS"] = str(workers)
+    if redis_url:
+        env["CRMML_REDIS_URL"] = redis_url
+    return env
+
+
 def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: bool = False,
-          reload_seconds: Optional[float] = None) -> None:
+          reload_seconds: Optional[float] = None, store: str = "memory", redis_url: Optional[str] = None,
+          workers: int = 1) -> None:
     """Start the service in the foreground (``bentoml serve`` as a child; Ctrl+C stops both)."""
     from rich.console import Console
 
@@ -95,7 +106,7 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     console = Console(stderr=True)
     ws = Workspace(workspace)
     key = None if no_auth else (os.environ.get("CRMML_API_KEY") or secrets.token_urlsafe(24))
-    env = serve_env(ws.root, key, no_auth, reload_seconds)
+    env = store_env(serve_env(ws.root, key, no_auth, reload_seconds), store, redis_url, workers)
     try:
         lines = preflight(ws.root, env)
     except Exception as exc:  # NoModelError, no events table...
@@ -189,6 +200,15 @@ def register(app: typer.Typer) -> None:
         reload_seconds: Optional[float] = typer.Option(
             None, "--reload-seconds", min=0, help="How often to poll the registry for a new champion (0: never; default 30)."
         ),
+        workers: int = typer.Option(1, "--workers", min=1, max=64, help="Worker processes."),
+        store: str = typer.Option(
+            "memory", "--store", help="Online store: memory (each worker) or redis (shared by workers and hosts)."
+        ),
+        redis_url: Optional[str] = typer.Option(
+            None, "--redis-url", envvar="CRMML_REDIS_URL", help="Redis for --store redis (redis://127.0.0.1:6379/0)."
+        ),
     ) -> None:
         """Serve churn scores, recommendations and customer profiles over HTTP on 127.0.0.1."""
-        serve(workspace, port, no_auth, reload_seconds)
+        if store not in ("memory", "redis"):
+            raise typer.BadParameter("--store is memory or redis")
+        serve(workspace, port, no_auth, reload_seconds, store, redis_url, workers)
