@@ -96,6 +96,145 @@ def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
     return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) % k for i in ids])
 
 
+def _hash_unit(ids: pd.Series) -> np.ndarray:
+    """A deterministic number in [0, 1) per id: the same customers are sampled in every cutoff and run."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(ids)))
+    unit = np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in uniques])
+    return unit[codes]
+
+
+class _PruneCallback:
+    """LightGBM callback: report the validation AUC to an Optuna trial every 25 rounds, stop it when pruned."""
+
+    def __init__(self, trial, every: int = 25):
+        self.trial, self.every = trial, every
+        self.order = 30  # after early stopping's own callback
+
+    def __call__(self, env) -> None:
+        import optuna
+
+        step = env.iteration + 1
+        if step % self.every:
+            return
+        for data, metric, value, _ in env.evaluation_result_list:
+            if data == "validation" and metric == "auc":
+                self.trial.report(float(value), step)
+                if self.trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at round {step}")
+                return
+
+
+# --------------------------------------------------------------------------------------------
+# the output stage: LightGBM margin -> probability, possibly stacked with BG/NBD, or a baseline
+# --------------------------------------------------------------------------------------------
+OUTPUTS = ("lgbm", "stack", "bgnbd", "rfm")  # what ChurnModel.chosen_ can be
+FALLBACKS = ("bgnbd", "rfm")  # baselines the model may serve instead of itself
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _stack_inputs(margin: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+    """The stack's columns: the LightGBM margin, logit(BG/NBD P(no purchase in the horizon)) and
+    log(1 + recency); a missing BG/NBD or recency value is replaced by the column's neutral value
+    (P = 0.5, recency 0) so that the row keeps the margin's ranking."""
+    from training.churn_baselines import bgnbd_score
+
+    bg = _logit(bgnbd_score(X)) if "bg_p_no_purchase" in X.columns else np.zeros(len(X))
+    rec = pd.to_numeric(X["recency_days"], errors="coerce").to_numpy(float) if "recency_days" in X.columns \
+        else np.zeros(len(X))
+    rec = np.log1p(np.clip(np.nan_to_num(rec, nan=0.0), 0, None))
+    return np.column_stack([np.asarray(margin, float), bg, rec])
+
+
+#: the columns of X each output stage reads besides the model's features
+OUTPUT_INPUTS = {"lgbm": (), "stack": ("bg_p_no_purchase", "recency_days"), "bgnbd": ("bg_p_no_purchase",),
+                 "rfm": ("cutoff", "recency_days", "frequency", "monetary")}
+
+
+@dataclass
+class OutputStage:
+    """Margin (and snapshot columns) -> P(churn), one of :data:`OUTPUTS`.
+
+    ``lgbm``: the calibrator (isotonic or Platt) on the LightGBM margin. ``stack``: a logistic regression
+    on :func:`_stack_inputs` (learns how far to trust the LightGBM margin against BG/NBD and recency
+    on the held-out cutoff; its margin coefficient is kept positive so the stack ranks like
+    LightGBM where BG/NBD and recency agree). ``bgnbd`` / ``rfm``: the baseline's score through an
+    isotonic calibrator (the fallback)."""
+
+    kind: str
+    calibration: str = "isotonic"
+    calibrator_: Calibrator | None = None
+    coef_: list | None = None  # the stack: [intercept, margin, logit bg, log1p recency] on raw inputs
+
+    def _baseline_score(self, X: pd.DataFrame) -> np.ndarray:
+        from training.churn_baselines import SCORERS
+
+        return SCORERS[self.kind](X)
+
+    def fit(self, margin, X: pd.DataFrame, y) -> "OutputStage":
+        y = np.asarray(y, float)
+        if self.kind == "lgbm":
+            self.calibrator_ = Calibrator(self.calibration).fit(margin, y)
+        elif self.kind == "stack":
+            from sklearn.linear_model import LogisticRegression
+
+            Z = _stack_inputs(margin, X)
+            mu, sd = Z.mean(axis=0), Z.std(axis=0)
+            sd[sd == 0] = 1.0
+            lr = LogisticRegression(C=1.0, max_iter=1000).fit((Z - mu) / sd, y)
+            b = lr.coef_[0] / sd
+            self.coef_ = [float(lr.intercept_[0] - np.sum(b * mu))] + [float(v) for v in b]
+        elif self.kind in FALLBACKS:
+            self.calibrator_ = Calibrator("isotonic").fit(self._baseline_score(X), y)
+        else:
+            raise ValueError(f"unknown output stage {self.kind!r}; one of {OUTPUTS}")
+        return self
+
+    def predict(self, margin, X: pd.DataFrame) -> np.ndarray:
+        if self.kind == "lgbm":
+            return self.calibrator_.predict(margin)
+        if self.kind == "stack":
+            z = self.coef_[0] + _stack_inputs(margin, X) @ np.asarray(self.coef_[1:])
+            return np.clip(1.0 / (1.0 + np.exp(-np.clip(z, -35, 35))), 1e-4, 1 - 1e-4)
+        return self.calibrator_.predict(self._baseline_score(X))
+
+
+def choose_output(margin, X: pd.DataFrame, y, ids, candidates=OUTPUTS, calibration: str = "isotonic",
+                  folds: int = 5) -> tuple[str, dict]:
+    """Pick the output stage on the held-out cutoff by cross-fitting (``folds`` customer folds by id hash):
+    each candidate is fitted on the other folds and scored on its own, so the comparison is out of sample.
+
+    Rule: the model's own candidate (``lgbm``, ``stack``) with the lowest Brier score; a baseline
+    replaces it only when it is better in both ROC-AUC and Brier (the model would lose to it). Returns
+    (chosen, ``{candidate: {"auc", "brier"}}``)."""
+    y = np.asarray(y, float)
+    fold = _hash_fold(pd.Series(np.asarray(ids)), folds)
+    scores: dict = {}
+    for kind in candidates:
+        if any(c not in X.columns for c in OUTPUT_INPUTS[kind] if c != "cutoff"):
+            continue
+        oof = np.full(len(y), np.nan)
+        for k in range(folds):
+            te = fold == k
+            tr = ~te
+            if te.sum() == 0 or len(np.unique(y[tr])) < 2:
+                continue
+            stage = OutputStage(kind, calibration).fit(margin[tr], X[tr], y[tr])
+            oof[te] = stage.predict(margin[te], X[te])
+        ok = np.isfinite(oof)
+        scores[kind] = {"auc": round(cm.roc_auc(y[ok], oof[ok]), 5), "brier": round(cm.brier(y[ok], oof[ok]), 5)}
+    own = [k for k in scores if k not in FALLBACKS]
+    chosen = min(own, key=lambda k: scores[k]["brier"])
+    better = [k for k in scores if k in FALLBACKS and scores[k]["auc"] > scores[chosen]["auc"]
+              and scores[k]["brier"] < scores[chosen]["brier"]]
+    if better:
+        chosen = min(better, key=lambda k: scores[k]["brier"])
+    return chosen, scores
+
+
 class ChurnModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM churn model on stacked snapshots (see the module docstring).
 
@@ -133,7 +272,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                  n_trials: int = 25, tune_timeout: float | None = 600.0, params: dict | None = None,
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
                  refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
-                 early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False):
+                 early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False,
+                 blend: str = "auto", tune_sample: int | None = 4000):
         self.horizon_days = horizon_days
         self.tier_thresholds = tier_thresholds
         self.tune = tune
@@ -150,6 +290,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.blend = blend
+        self.tune_sample = tune_sample
 
     # -- features -----------------------------------------------------------------------------
     def _select_features(self, X: pd.DataFrame) -> list[str]:
@@ -243,10 +385,10 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             out["monotone_constraints_method"] = "advanced"
         return out
 
-    def _train(self, params: dict, dtrain, dval, rounds: int | None = None):
+    def _train(self, params: dict, dtrain, dval, rounds: int | None = None, callbacks: list | None = None):
         import lightgbm as lgb
 
-        callbacks = []
+        callbacks = list(callbacks or [])
         valid = []
         if rounds is None:
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
@@ -307,7 +449,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         params = dict(self.params or {})
         self.study_summary_ = None
         if self.tune and self.n_trials > 0:
-            tuned, self.study_summary_ = self._search(dtrain, dval, M[val], yv[val])
+            tuned, self.study_summary_ = self._search(*self._search_data(M, yv, w, train, val, ids, cat_cols,
+                                                                         ds_params))
             params = {**tuned, **params}
         self.best_params_ = {**DEFAULT_PARAMS, **params}
 
@@ -315,7 +458,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         raw_val = booster.predict(M[val], raw_score=True, num_iteration=self.best_iteration_)
         self.calibrator_ = Calibrator(self.calibration).fit(raw_val, yv[val])
-        p_val = self.calibrator_.predict(raw_val)
+        Xval = X.loc[val].reset_index(drop=True)
+        self._fit_output(raw_val, Xval, yv[val], ids[val])
+        p_val = self.output_.predict(raw_val, Xval)
         self.validation_metrics_ = {k: v for k, v in cm.evaluate(yv[val], p_val).items()}
         self.validation_metrics_["auc_uncalibrated"] = cm.roc_auc(yv[val], raw_val)
         if self.refit:
@@ -336,8 +481,60 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
         return self
 
-    def _search(self, dtrain, dval, Mval, yval) -> tuple[dict, dict]:
-        """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round."""
+    def _fit_output(self, margin, Xval: pd.DataFrame, yval, ids) -> None:
+        """Choose and fit the output stage on the held-out cutoff (``blend``): ``chosen_``, ``fallback_``,
+        ``choice_scores_``, ``output_``."""
+        mode = self.blend or "none"
+        if mode == "none":
+            chosen, scores = "lgbm", {}
+        elif mode in OUTPUTS:
+            chosen, scores = mode, {}
+        elif mode == "auto":
+            chosen, scores = choose_output(margin, Xval, yval, ids, calibration=self.calibration)
+        else:
+            raise ValueError(f"blend must be 'auto', 'none' or one of {OUTPUTS}, not {self.blend!r}")
+        stage = OutputStage(chosen, self.calibration).fit(margin, Xval, yval)
+        if chosen == "stack" and stage.coef_[1] <= 0 and mode == "auto":
+            # a stack that reverses the LightGBM margin would make its reasons meaningless
+            chosen = min((k for k in scores if k not in FALLBACKS and k != "stack"), key=lambda k: scores[k]["brier"])
+            stage = OutputStage(chosen, self.calibration).fit(margin, Xval, yval)
+        self.chosen_ = chosen
+        self.fallback_ = chosen if chosen in FALLBACKS else None
+        self.choice_scores_ = scores
+        self.output_ = stage
+        if self.fallback_:
+            log.warning("churn model: on the held-out cutoff the %s baseline beats the model in ROC-AUC and Brier; "
+                        "the model serves the baseline's probabilities", self.fallback_)
+
+    def _search_data(self, M, yv, w, train, val, ids, cat_cols, ds_params):
+        """The search's training and validation Datasets: the same time split, restricted to a fixed sample of
+        ``tune_sample`` customers (by id hash, the same customers in every cutoff) when there are more.
+
+        Why: a trial's cost grows with the rows while the ranking of hyperparameters is stable on a few
+        thousand customers; the final booster still trains on every row with the chosen parameters."""
+        import lightgbm as lgb
+
+        keep = np.ones(len(yv), dtype=bool)
+        n_customers = int(pd.Series(ids).nunique())
+        self.tune_customers_ = n_customers
+        if self.tune_sample and n_customers > int(self.tune_sample):
+            share = int(self.tune_sample) / n_customers
+            keep = _hash_unit(ids) < share
+            self.tune_customers_ = int(pd.Series(ids)[keep].nunique())
+        tr, va = train & keep, val & keep
+        if len(np.unique(yv[tr])) < 2 or len(np.unique(yv[va])) < 2:
+            tr, va = train, val  # a tiny sample with one class: search on every row
+        dtrain = lgb.Dataset(M[tr], yv[tr], weight=None if w is None else w[tr],
+                             categorical_feature=cat_cols or "auto", free_raw_data=False, params=ds_params)
+        dval = lgb.Dataset(M[va], yv[va], reference=dtrain, categorical_feature=cat_cols or "auto",
+                           free_raw_data=False, params=ds_params)
+        return dtrain, dval
+
+    def _search(self, dtrain, dval) -> tuple[dict, dict]:
+        """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round.
+
+        Trials report their validation AUC every 25 rounds; a median pruner stops a trial that is
+        below the median of the earlier trials at the same round (after 4 complete trials)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -352,17 +549,20 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 300.0, log=True),
                 "min_split_gain": trial.suggest_float("min_split_gain", 0.0, 1.0),
             }
-            booster = self._train(params, dtrain, dval)
+            booster = self._train(params, dtrain, dval, callbacks=[_PruneCallback(trial)])
             trial.set_user_attr("best_iteration", int(booster.best_iteration))
             return float(booster.best_score["validation"]["auc"])
 
-        sampler = optuna.samplers.TPESampler(seed=self.random_state, n_startup_trials=min(8, self.n_trials))
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=self.random_state, n_startup_trials=min(5, self.n_trials))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=50, interval_steps=25)
+        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
         study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items()})
         study.optimize(objective, n_trials=self.n_trials, timeout=self.tune_timeout, show_progress_bar=False)
         best = study.best_trial
         summary = {
             "n_trials": len(study.trials),
+            "pruned_trials": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "customers": getattr(self, "tune_customers_", None),
             "best_value_auc": float(best.value),
             "default_value_auc": float(study.trials[0].value) if study.trials[0].value is not None else None,
             "best_params": dict(best.params),
@@ -386,7 +586,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """The columns the fitted model reads: its features, and ``cutoff`` when the seasonal shift
         can apply at all (a rate is known one year before the validation cutoff)."""
         reads_cutoff = bool(self.seasonal_shift) and self._season_reference_rate() is not None
-        return np.asarray(self.feature_names_ + (["cutoff"] if reads_cutoff else []), dtype=object)
+        output = getattr(self, "output_", None)
+        extra = [c for c in (OUTPUT_INPUTS[output.kind] if output is not None else ())
+                 if c not in self.feature_names_]
+        if reads_cutoff and "cutoff" not in extra:
+            extra.append("cutoff")
+        return np.asarray(self.feature_names_ + extra, dtype=object)
 
     def _inputs(self) -> np.ndarray:
         # models pickled before the inputs were declared at fit get them derived the same way
@@ -399,15 +604,18 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         missing = [c for c in self._inputs() if c not in self.feature_names_ and c not in X.columns]
         if missing:
             raise ValueError(f"X lacks the column(s) {missing} that this model reads (feature_names_in_): "
-                             "the snapshot date of each row sets its seasonal shift")
+                             "the snapshot date of each row sets its seasonal shift, and the output stage "
+                             f"({getattr(self, 'chosen_', 'lgbm')}) reads {OUTPUT_INPUTS[getattr(self, 'chosen_', 'lgbm')]}")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated ``[P(stay), P(churn)]`` per row, from the columns in ``feature_names_in_`` only
         (with the seasonal shift of each row's ``cutoff`` when the model reads it)."""
         self._check()
         self._check_inputs(X)
-        p = self.calibrator_.predict(self.decision_function(X))
-        if "cutoff" in self._inputs():
+        output = getattr(self, "output_", None)
+        margin = self.decision_function(X)
+        p = self.calibrator_.predict(margin) if output is None else output.predict(margin, X)
+        if "cutoff" in self._inputs() and self.seasonal_shift:
             delta = self.season_offset(X["cutoff"])
             if np.any(delta != 0):
                 z = np.log(p / (1 - p)) + delta
@@ -509,6 +717,11 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             "fit_seconds": self.fit_seconds_,
             "seasonal_shift": self.seasonal_shift,
             "cutoff_churn_rates": getattr(self, "cutoff_rates_", {}),
+            "blend": self.blend,
+            "chosen": getattr(self, "chosen_", "lgbm"),
+            "fallback": getattr(self, "fallback_", None),
+            "choice_scores": getattr(self, "choice_scores_", {}),
+            "stack_coef": getattr(getattr(self, "output_", None), "coef_", None),
         }
 
 
