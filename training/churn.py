@@ -136,14 +136,15 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _stack_inputs(margin: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+def _stack_inputs(margin: np.ndarray, X: pd.DataFrame, columns=("bg_p_no_purchase", "recency_days")) -> np.ndarray:
     """The stack's columns: the LightGBM margin, logit(BG/NBD P(no purchase in the horizon)) and
-    log(1 + recency); a missing BG/NBD or recency value is replaced by the column's neutral value
-    (P = 0.5, recency 0) so that the row keeps the margin's ranking."""
+    log(1 + recency), each of the two only when in ``columns`` (a constant 0 otherwise: the stack then
+    gives it no weight). A customer unknown to BG/NBD counts as a certain churner, as in the baseline;
+    a missing recency counts as 0."""
     from training.churn_baselines import bgnbd_score
 
-    bg = _logit(bgnbd_score(X)) if "bg_p_no_purchase" in X.columns else np.zeros(len(X))
-    rec = pd.to_numeric(X["recency_days"], errors="coerce").to_numpy(float) if "recency_days" in X.columns \
+    bg = _logit(bgnbd_score(X)) if "bg_p_no_purchase" in columns else np.zeros(len(X))
+    rec = pd.to_numeric(X["recency_days"], errors="coerce").to_numpy(float) if "recency_days" in columns \
         else np.zeros(len(X))
     rec = np.log1p(np.clip(np.nan_to_num(rec, nan=0.0), 0, None))
     return np.column_stack([np.asarray(margin, float), bg, rec])
@@ -168,6 +169,7 @@ class OutputStage:
     calibration: str = "isotonic"
     calibrator_: Calibrator | None = None
     coef_: list | None = None  # the stack: [intercept, margin, logit bg, log1p recency] on raw inputs
+    inputs_: list = field(default_factory=list)  # the columns of X it reads (besides the model's features)
 
     def _baseline_score(self, X: pd.DataFrame) -> np.ndarray:
         from training.churn_baselines import SCORERS
@@ -176,12 +178,13 @@ class OutputStage:
 
     def fit(self, margin, X: pd.DataFrame, y) -> "OutputStage":
         y = np.asarray(y, float)
+        self.inputs_ = [c for c in OUTPUT_INPUTS.get(self.kind, ()) if c in X.columns]
         if self.kind == "lgbm":
             self.calibrator_ = Calibrator(self.calibration).fit(margin, y)
         elif self.kind == "stack":
             from sklearn.linear_model import LogisticRegression
 
-            Z = _stack_inputs(margin, X)
+            Z = _stack_inputs(margin, X, self.inputs_)
             mu, sd = Z.mean(axis=0), Z.std(axis=0)
             sd[sd == 0] = 1.0
             lr = LogisticRegression(C=1.0, max_iter=1000).fit((Z - mu) / sd, y)
@@ -197,7 +200,7 @@ class OutputStage:
         if self.kind == "lgbm":
             return self.calibrator_.predict(margin)
         if self.kind == "stack":
-            z = self.coef_[0] + _stack_inputs(margin, X) @ np.asarray(self.coef_[1:])
+            z = self.coef_[0] + _stack_inputs(margin, X, self.inputs_) @ np.asarray(self.coef_[1:])
             return np.clip(1.0 / (1.0 + np.exp(-np.clip(z, -35, 35))), 1e-4, 1 - 1e-4)
         return self.calibrator_.predict(self._baseline_score(X))
 
@@ -214,8 +217,8 @@ def choose_output(margin, X: pd.DataFrame, y, ids, candidates=OUTPUTS, calibrati
     fold = _hash_fold(pd.Series(np.asarray(ids)), folds)
     scores: dict = {}
     for kind in candidates:
-        if any(c not in X.columns for c in OUTPUT_INPUTS[kind] if c != "cutoff"):
-            continue
+        if kind in FALLBACKS and any(c not in X.columns for c in OUTPUT_INPUTS[kind] if c != "cutoff"):
+            continue  # the baseline cannot be computed from this frame
         oof = np.full(len(y), np.nan)
         for k in range(folds):
             te = fold == k
@@ -273,7 +276,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
                  refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
                  early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False,
-                 blend: str = "auto", tune_sample: int | None = 4000):
+                 blend: str = "auto", level: str = "combined", tune_sample: int | None = 4000):
         self.horizon_days = horizon_days
         self.tier_thresholds = tier_thresholds
         self.tune = tune
@@ -291,6 +294,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.blend = blend
+        self.level = level
         self.tune_sample = tune_sample
 
     # -- features -----------------------------------------------------------------------------
@@ -587,8 +591,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         can apply at all (a rate is known one year before the validation cutoff)."""
         reads_cutoff = bool(self.seasonal_shift) and self._season_reference_rate() is not None
         output = getattr(self, "output_", None)
-        extra = [c for c in (OUTPUT_INPUTS[output.kind] if output is not None else ())
-                 if c not in self.feature_names_]
+        extra = [c for c in (output.inputs_ if output is not None else ()) if c not in self.feature_names_]
         if reads_cutoff and "cutoff" not in extra:
             extra.append("cutoff")
         return np.asarray(self.feature_names_ + extra, dtype=object)
@@ -604,8 +607,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         missing = [c for c in self._inputs() if c not in self.feature_names_ and c not in X.columns]
         if missing:
             raise ValueError(f"X lacks the column(s) {missing} that this model reads (feature_names_in_): "
-                             "the snapshot date of each row sets its seasonal shift, and the output stage "
-                             f"({getattr(self, 'chosen_', 'lgbm')}) reads {OUTPUT_INPUTS[getattr(self, 'chosen_', 'lgbm')]}")
+                             "the snapshot date of each row sets its level shift, and the output stage "
+                             f"({self.output_kind()}) reads its own columns")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated ``[P(stay), P(churn)]`` per row, from the columns in ``feature_names_in_`` only
@@ -615,8 +618,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         output = getattr(self, "output_", None)
         margin = self.decision_function(X)
         p = self.calibrator_.predict(margin) if output is None else output.predict(margin, X)
-        if "cutoff" in self._inputs() and self.seasonal_shift:
-            delta = self.season_offset(X["cutoff"])
+        if self.seasonal_shift:
+            delta = self.level_offset(X["cutoff"] if "cutoff" in self._inputs() else None, len(X))
             if np.any(delta != 0):
                 z = np.log(p / (1 - p)) + delta
                 p = np.clip(1.0 / (1.0 + np.exp(-z)), self.calibrator_.eps, 1 - self.calibrator_.eps)
@@ -649,6 +652,59 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             if r1 is not None:
                 delta = np.log(r1 / (1 - r1)) - np.log(r0 / (1 - r0))
                 out[(c == value).to_numpy()] = float(np.clip(delta, -1.0, 1.0))
+        return out
+
+    def output_kind(self) -> str:
+        """What turns scores into probabilities: ``lgbm``, ``stack`` or the baseline fallen back to."""
+        return getattr(self, "chosen_", "lgbm")
+
+    def level_forecasts(self, cutoff=None) -> dict:
+        """Forecasts of the churn rate at a scored cutoff from the training cutoffs' rates (``cutoff_rates_``):
+        ``last`` (the validation cutoff's rate, what the output stage is calibrated to), ``last4`` (the
+        mean of the last four), ``pooled`` (the mean of all), and ``seasonal`` (the last rate moved by last
+        year's change between the two seasons, when ``cutoff`` is given and both rates are known)."""
+        rates = {pd.Timestamp(k): v for k, v in getattr(self, "cutoff_rates_", {}).items() if 0 < v < 1}
+        r0 = self._rate_near(pd.Timestamp(self.validation_cutoff_)) if self.validation_cutoff_ else None
+        if r0 is None or len(rates) < 2:
+            return {}
+        known = [rates[k] for k in sorted(rates) if k <= pd.Timestamp(self.validation_cutoff_)]
+        out = {"last": r0, "last4": float(np.mean(known[-4:])), "pooled": float(np.mean(known))}
+        if (cutoff is not None and self._season_reference_rate() is not None
+                and self._rate_near(pd.Timestamp(cutoff) - pd.Timedelta(days=365)) is not None):
+            delta = float(self.season_offset([cutoff])[0])
+            out["seasonal"] = float(1 / (1 + np.exp(-(np.log(r0 / (1 - r0)) + delta))))
+        return out
+
+    def level_offset(self, cutoffs=None, n: int | None = None) -> np.ndarray:
+        """Log-odds shift per row: the output stage is calibrated on the validation cutoff, whose churn rate
+        differs from the scored cutoff's by season and trend.
+
+        ``level="seasonal"``: :meth:`season_offset` (last year's seasonal change, 0 when unknown).
+        ``level="combined"`` (default): ``mean(logit(forecasts)) - logit(rate at the validation cutoff)``
+        over :meth:`level_forecasts` (an equal-weight forecast combination: on the UCI data no single rule
+        was best at every cutoff; see docs/experiments.md). ``level="validation"``: no shift."""
+        n = len(cutoffs) if cutoffs is not None else int(n or 0)
+        mode = getattr(self, "level", "seasonal")
+        if mode == "seasonal":
+            return self.season_offset(cutoffs) if cutoffs is not None else np.zeros(n)
+        if mode == "validation":
+            return np.zeros(n)
+        if mode != "combined":
+            raise ValueError(f"level must be 'combined', 'seasonal' or 'validation', not {mode!r}")
+
+        def offset(c) -> float:
+            f = self.level_forecasts(c)
+            if not f:
+                return 0.0
+            z = np.mean([np.log(v / (1 - v)) for v in f.values()])
+            return float(z - np.log(f["last"] / (1 - f["last"])))
+
+        if cutoffs is None:
+            return np.full(n, offset(None))
+        c = pd.to_datetime(pd.Series(np.asarray(cutoffs)))
+        out = np.full(n, offset(None))
+        for value in c.dropna().unique():
+            out[(c == value).to_numpy()] = offset(pd.Timestamp(value))
         return out
 
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
@@ -718,6 +774,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             "seasonal_shift": self.seasonal_shift,
             "cutoff_churn_rates": getattr(self, "cutoff_rates_", {}),
             "blend": self.blend,
+            "level": self.level,
+            "level_forecasts": self.level_forecasts() if self.seasonal_shift else {},
             "chosen": getattr(self, "chosen_", "lgbm"),
             "fallback": getattr(self, "fallback_", None),
             "choice_scores": getattr(self, "choice_scores_", {}),
@@ -802,8 +860,8 @@ class Evaluation:
             "baselines": BASELINE_DOCS,
             "baseline_probabilities": "score -> probability by centered isotonic regression fitted on the "
                                       "training snapshots (all training cutoffs)",
-            "model_calibration": f"{self.model.calibration} on the held-out validation cutoff"
-            + (", shifted by last year's seasonal change of the churn rate" if self.model.seasonal_shift else ""),
+            "model_calibration": f"output stage '{self.model.output_kind()}' fitted on the held-out validation cutoff"
+            + (f", level shifted ({self.model.level})" if self.model.seasonal_shift else ""),
             "tuned": bool(self.model.tune),
         }
         out["model_info"] = {
@@ -813,6 +871,12 @@ class Evaluation:
             "validation_auc": _clean(self.model.validation_metrics_.get("auc")),
             "seasonal_shift_logodds": _clean(float(self.model.season_offset([self.cutoff])[0]))
             if self.model.seasonal_shift else 0.0,
+            "level_shift_logodds": _clean(float(self.model.level_offset([self.cutoff])[0]))
+            if self.model.seasonal_shift else 0.0,
+            "level_forecasts": self.model.level_forecasts(self.cutoff) if self.model.seasonal_shift else {},
+            "chosen": self.model.output_kind(),
+            "fallback": getattr(self.model, "fallback_", None),
+            "choice_scores": getattr(self.model, "choice_scores_", {}),
             "study": self.model.study_summary_,
         }
         out["calibration_curve"] = self.calibration
@@ -988,6 +1052,13 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     return model, info
 
 
+def output_params(model: ChurnModel) -> dict:
+    """The output stage as MLflow run parameters: ``output`` (lgbm, stack or the baseline served),
+    ``fallback`` (the baseline, or "none"), ``blend`` and ``level`` (the settings)."""
+    return {"output": model.output_kind(), "fallback": getattr(model, "fallback_", None) or "none",
+            "blend": model.blend, "level": model.level}
+
+
 def gate_evaluator(workspace) -> Callable[[str], dict]:
     """For ``crmml models promote``: score a model URI on the newest fully-labelled cutoff.
 
@@ -1020,6 +1091,6 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
 
 __all__ = [
     "ChurnModel", "DEFAULT_PARAMS", "EXTRA_FEATURES", "Evaluation", "evaluate_protocol",
-    "gate_evaluator", "score_customers", "train_final", "training_cutoffs",
+    "gate_evaluator", "output_params", "score_customers", "train_final", "training_cutoffs",
     "write_report", "BASELINES",
 ]

@@ -79,6 +79,7 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
             ws, registry.CHURN, run_name=f"churn-evaluate-{ev.cutoff.date()}",
             params={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon, "tune": tune,
                     "n_trials": n_trials if tune else 0, "step_days": step_days,
+                    **churn.output_params(ev.model),
                     **{f"lgb.{k}": v for k, v in ev.model.best_params_.items()}},
             lineage={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon,
                      "train_cutoffs": data["protocol"]["train_cutoffs"]},
@@ -136,7 +137,7 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
     }
     run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
                   "step_days": step_days, "best_iteration": model.best_iteration_,
-                  "calibration": model.calibration,
+                  "calibration": model.calibration, **churn.output_params(model),
                   **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
     with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
                                feature_docs=retention.feature_docs(model.feature_names_)) as run:
@@ -158,6 +159,10 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         "cutoffs": info["cutoffs"],
         "validation_cutoff": str(model.validation_cutoff_),
         "validation_auc": float(model.validation_metrics_["auc"]),
+        "chosen": model.output_kind(),
+        "fallback": getattr(model, "fallback_", None),
+        "choice_scores": getattr(model, "choice_scores_", {}),
+        "backtest_chosen": ev.model.output_kind() if ev is not None else None,
         "model_dir": str(saved),
         "run_id": run.run_id,
         "version": str(run.model_version) if register_model else None,

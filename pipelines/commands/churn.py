@@ -77,6 +77,15 @@ def print_backtest(result: dict) -> None:
                                                       f"(+{result['horizon_days']} days)"))
 
 
+def print_choice(chosen: str | None, fallback: str | None) -> None:
+    """What the model serves: LightGBM, the stack with BG/NBD, or the baseline it fell back to (and why)."""
+    if fallback:
+        console.print(f"[yellow]fallback:[/] on its held-out cutoff the {fallback} baseline beat the model in ROC-AUC "
+                      f"and Brier; the model serves the {fallback} probabilities")
+    elif chosen:
+        console.print(f"output stage: {chosen} (chosen on the held-out cutoff)")
+
+
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     @evaluate_app.command("churn")
     def evaluate_churn(
@@ -106,6 +115,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ev = done.evaluation
         _wide().print(metrics_table(ev.metrics, f"Churn at {ev.cutoff.date()} (+{horizon} days): "
                                                 f"{len(ev.y):,} customers, churn rate {ev.y.mean():.1%}"))
+        print_choice(ev.model.output_kind(), getattr(ev.model, "fallback_", None))
         if report:
             console.print(f"report: {done.written['json']}")
         if done.json_path is not None:
@@ -141,6 +151,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
         print_backtest(result)
+        print_choice(result.get("chosen"), result.get("fallback"))
         table = Table(title="crmml-churn")
         table.add_column("")
         table.add_column("value", justify="right")
