@@ -5,13 +5,22 @@ Model (:class:`ChurnModel`, scikit-learn style: ``fit``, ``predict_proba``, ``ex
     customer and cutoff, ``features.snapshots.build_snapshots`` + :func:`model_features`).
     Validation is time-based: the **most recent cutoff** of the training frame is held out; the
     booster trains on the cutoffs whose label window ends on or before it (``c + horizon <= c_val``:
-    no overlap of label windows), with early stopping on the validation AUC. Probabilities are
-    calibrated on the held-out cutoff (centered isotonic regression, or Platt), so that 0.7 means
-    about 70% of such customers leave. Hyperparameters come from a small Optuna (TPE) search on the
-    same time split (``tune=True``, ``n_trials``), or fixed defaults (``tune=False``).
-    Because the calibration is fitted on the validation season, the log-odds of a row scored in
-    another season are shifted by last year's change of the churn rate between the two seasons
-    (``seasonal_shift``); the row's ``cutoff`` is then a declared input of the model
+    no overlap of label windows), with early stopping on the validation AUC. Hyperparameters come
+    from a small Optuna (TPE) search on the same time split, run on a fixed sample of customers with
+    a median pruner (``tune=True``, ``n_trials``, ``tune_sample``), or fixed defaults (``tune=False``).
+    Output stage (``blend``): on the held-out cutoff, by 5-fold cross-fitting over its customers,
+    the model compares (a) the LightGBM margin through a calibrator (centered isotonic regression,
+    or Platt), (b) a **stack**: a logistic regression on [LightGBM margin, logit BG/NBD P(no purchase),
+    log(1 + recency)] that learns how far to trust BG/NBD, and (c) the BG/NBD and RFM baselines
+    through isotonic calibrators. It keeps (a) or (b), whichever has the lower Brier score, unless
+    a baseline beats it in both ROC-AUC and Brier: then it **falls back** to that baseline and says
+    so (``chosen_``, ``fallback_``, ``choice_scores_``; in ``summary()``, the MLflow parameters
+    ``output``/``fallback``, the evaluation JSON and the CLI output).
+    Level (``level``): the output stage is fitted on the validation cutoff, whose churn rate differs
+    from the scored cutoff's (season, trend). The log-odds are moved to the mean of the logits of
+    several forecasts of the rate made from the training cutoffs' rates (the last one, the mean of the
+    last four, the mean of all, and last year's seasonal change when a year of history exists);
+    when the seasonal forecast applies, the row's ``cutoff`` is a declared input of the model
     (``feature_names_in_``), and no other column than the declared ones changes a score.
 
 Features
@@ -254,25 +263,38 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         present in ``X`` at fit, then its other numeric columns that are neither keys nor labels).
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
-    seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from
-        the scored one. When the training frame holds a cutoff one year before the validation cutoff
-        (within 20 days), the fitted model reads each row's ``cutoff`` and, where it also knows the
-        churn rate one year before that cutoff, shifts the log-odds by
-        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn
-        rate between the two seasons (capped at +-1). Only labels of training cutoffs are used.
+    seasonal_shift: shift the log-odds to the forecast level of the scored cutoff (see ``level``);
+        False: the probabilities stay calibrated to the validation cutoff.
+    level: ``"combined"`` (default): :meth:`level_offset`, the mean of the rate forecasts of
+        :meth:`level_forecasts`. ``"seasonal"`` (the former behaviour): when the training frame holds
+        a cutoff one year before the validation cutoff (within 20 days), the fitted model reads each
+        row's ``cutoff`` and, where it also knows the churn rate one year before that cutoff, shifts the
+        log-odds by ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))`` (capped at +-1).
+        ``"validation"``: no shift. Only labels of training cutoffs are used.
+    blend: the output stage: ``"auto"`` (chosen on the held-out cutoff, see the module docstring),
+        ``"none"`` or ``"lgbm"`` (the calibrated LightGBM margin), ``"stack"``, or a baseline name.
+    tune_sample: the search trains and validates on about this many customers (a fixed sample by id
+        hash, the same customers at every cutoff); None or 0: every customer (the full search).
 
     Inputs: ``feature_names_in_`` lists every column ``predict_proba`` reads: the features
     (``feature_names_``) and, when the seasonal shift applies, ``cutoff``. A missing one is an
     error; any other column of ``X`` is ignored, so the same rows score the same whatever else
     the frame carries.
 
-    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
+    Reasons (``contributions``, ``explain``) always come from the LightGBM part, on its log-odds scale:
+    the stack keeps a positive weight on the LightGBM margin (an ``auto`` stack that would not is
+    discarded), so the drivers that raise the margin raise the served probability too, but the
+    BG/NBD and recency terms the stack adds are not among the reasons; after a fallback the reasons
+    still explain the LightGBM margin, not the baseline's score (``fallback_`` says so).
+
+    Learned: ``booster_``, ``calibrator_``, ``output_`` (:class:`OutputStage`), ``chosen_``, ``fallback_``,
+    ``choice_scores_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
     ``best_iteration_``, ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``cutoff_rates_``,
     ``validation_metrics_``, ``study_summary_``.
     """
 
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
-                 n_trials: int = 25, tune_timeout: float | None = 600.0, params: dict | None = None,
+                 n_trials: int = 15, tune_timeout: float | None = 300.0, params: dict | None = None,
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
                  refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
                  early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False,
@@ -718,7 +740,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
     def explain(self, X: pd.DataFrame, top_k: int = 3) -> list[list[dict]]:
         """Per customer, up to ``top_k`` reasons that push the risk up:
-        ``[{"feature", "value", "contribution", "sentence"}, ...]`` (strongest first)."""
+        ``[{"feature", "value", "contribution", "sentence"}, ...]`` (strongest first), from the LightGBM
+        part (see the class docstring for what the output stage does to them)."""
         contrib = self.contributions(X)
         return retention.reasons_from_contributions(contrib, X.reset_index(drop=True), self.feature_names_, top_k)
 
@@ -909,7 +932,7 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 15,
                       step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                       engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
@@ -1027,7 +1050,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
 # ============================================================================================
 # final training and the registry gate
 # ============================================================================================
-def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 15,
                 step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                 engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""

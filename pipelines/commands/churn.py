@@ -94,7 +94,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning.")] = 25,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 15,
+        tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
+                                                      "full search).")] = 4000,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
@@ -107,6 +109,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ws = Workspace(workspace)
         try:
             done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
+                                        tune_sample=tune_sample,
                                         step_days=step_days, report=report, json_path=json_path, mlflow=mlflow,
                                         progress=say)
         except (ValueError, FileNotFoundError) as exc:
@@ -130,7 +133,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     def train_churn(
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning.")] = 25,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 15,
+        tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
+                                                      "full search).")] = 4000,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
@@ -145,6 +150,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
 
         try:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
+                                       tune_sample=tune_sample,
                                        step_days=step_days, backtest=backtest, register_model=register_model,
                                        progress=say)
         except (ValueError, FileNotFoundError) as exc:
