@@ -50,7 +50,7 @@ def run(workspace: str, cutoffs=CUTOFFS, tune: bool = False, n_trials: int | Non
         m = ev.model
         rows.append({
             "cutoff": str(ev.cutoff.date()),
-            "n_customers": int(len(ev.y)),
+            "n_customers": len(ev.y),
             "churn_rate": float(np.mean(ev.y)),
             "metrics": {n: {k: float(ev.metrics[n][k]) for k in METRICS} for n in NAMES},
             "chosen": getattr(m, "chosen_", None),

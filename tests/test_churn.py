@@ -230,7 +230,7 @@ def test_stack_with_bgnbd_improves_brier_over_lightgbm_alone():
     from training import ChurnModel
 
     frame = _bg_frame()
-    kw = dict(horizon_days=30, tune=False, n_jobs=1, features=["weak"], params={"min_child_samples": 50})
+    kw = {"horizon_days": 30, "tune": False, "n_jobs": 1, "features": ["weak"], "params": {"min_child_samples": 50}}
     stacked = ChurnModel(blend="stack", **kw).fit(frame)
     alone = ChurnModel(blend="none", **kw).fit(frame)
     auto = ChurnModel(**kw).fit(frame)
@@ -269,7 +269,10 @@ def test_level_offset_combines_the_rate_forecasts():
     model.validation_cutoff_ = "2011-06-11"
     model.cutoff_rates_ = {"2010-06-16": 0.5, "2010-09-14": 0.4, "2011-03-13": 0.6, "2011-04-12": 0.6,
                            "2011-05-12": 0.6, "2011-06-11": 0.64}
-    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
     f = model.level_forecasts()
     assert f == pytest.approx({"last": 0.64, "last4": 0.61, "pooled": np.mean([0.5, 0.4, 0.6, 0.6, 0.6, 0.64])})
     # no rate one year before the scored cutoff: the three rate forecasts only
