@@ -294,11 +294,11 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
-                 n_trials: int = 15, tune_timeout: float | None = 300.0, params: dict | None = None,
+                 n_trials: int = 10, tune_timeout: float | None = 300.0, params: dict | None = None,
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
                  refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
                  early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False,
-                 blend: str = "auto", level: str = "combined", tune_sample: int | None = 4000):
+                 blend: str = "auto", level: str = "combined", tune_sample: int | None = 2500):
         self.horizon_days = horizon_days
         self.tier_thresholds = tier_thresholds
         self.tune = tune
@@ -411,15 +411,17 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             out["monotone_constraints_method"] = "advanced"
         return out
 
-    def _train(self, params: dict, dtrain, dval, rounds: int | None = None, callbacks: list | None = None):
+    def _train(self, params: dict, dtrain, dval, rounds: int | None = None, callbacks: list | None = None,
+               patience: int | None = None, max_rounds: int | None = None):
         import lightgbm as lgb
 
         callbacks = list(callbacks or [])
         valid = []
         if rounds is None:
-            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+            callbacks.append(lgb.early_stopping(patience or self.early_stopping_rounds, first_metric_only=True,
+                                                verbose=False))
             valid = [dval]
-        booster = lgb.train(self._lgb_params(params), dtrain, num_boost_round=rounds or self.max_rounds,
+        booster = lgb.train(self._lgb_params(params), dtrain, num_boost_round=rounds or max_rounds or self.max_rounds,
                             valid_sets=valid, valid_names=["validation"][: len(valid)], callbacks=callbacks)
         return booster
 
@@ -560,7 +562,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round.
 
         Trials report their validation AUC every 25 rounds; a median pruner stops a trial that is
-        below the median of the earlier trials at the same round (after 4 complete trials)."""
+        below the median of the earlier trials at the same round (after 4 complete trials). Each trial
+        stops after 50 rounds without progress (at most 1,000 rounds): it only has to rank the settings,
+        the final booster trains with the full patience."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -575,7 +579,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 300.0, log=True),
                 "min_split_gain": trial.suggest_float("min_split_gain", 0.0, 1.0),
             }
-            booster = self._train(params, dtrain, dval, callbacks=[_PruneCallback(trial)])
+            # a trial only ranks parameters: a shorter patience and a round cap are enough for that
+            booster = self._train(params, dtrain, dval, callbacks=[_PruneCallback(trial)],
+                                  patience=min(50, self.early_stopping_rounds), max_rounds=min(1000, self.max_rounds))
             trial.set_user_attr("best_iteration", int(booster.best_iteration))
             return float(booster.best_score["validation"]["auc"])
 
@@ -932,7 +938,7 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 15,
+def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                       step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                       engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
@@ -1050,7 +1056,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
 # ============================================================================================
 # final training and the registry gate
 # ============================================================================================
-def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 15,
+def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                 step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                 engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""

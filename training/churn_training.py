@@ -61,8 +61,8 @@ class ChurnEvaluationRun:
     run_id: str | None  # the MLflow run (evaluation, not registered), None without MLflow
 
 
-def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 15,
-                         step_days: int = 30, tune_sample: int | None = 4000, report: bool = True,
+def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 10,
+                         step_days: int = 30, tune_sample: int | None = 2500, report: bool = True,
                          json_path: str | Path | None = None,
                          mlflow: bool = True, progress: Progress | None = None) -> ChurnEvaluationRun:
     """Train on labels ending on or before ``cutoff``, score the customers eligible at it, compare with the
@@ -96,8 +96,8 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
                               json_path=Path(json_path) if json_path is not None else None, run_id=run_id)
 
 
-def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 15, step_days: int = 30,
-                      backtest: bool = True, tune_sample: int | None = 4000, register_model: bool = True,
+def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 10, step_days: int = 30,
+                      backtest: bool = True, tune_sample: int | None = 2500, register_model: bool = True,
                       progress: Progress | None = None) -> dict:
     """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
     snapshot, log both to MLflow and register the model as challenger.

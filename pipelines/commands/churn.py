@@ -94,9 +94,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 15,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 10,
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
-                                                      "full search).")] = 4000,
+                                                      "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
@@ -133,9 +133,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     def train_churn(
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 15,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 10,
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
-                                                      "full search).")] = 4000,
+                                                      "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
