@@ -142,7 +142,8 @@ def test_predictions_read_only_the_declared_inputs():
     # cutoffs a year before the validation one and the scored one: the model declares ``cutoff``
     frame = _toy_frame(cutoffs=("2023-06-01", "2023-09-01", "2024-02-01", "2024-03-01", "2024-04-01",
                                 "2024-05-01", "2024-06-01"))
-    seasonal = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50}).fit(frame)
+    seasonal = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50},
+                          blend="none", level="seasonal").fit(frame)
     assert list(seasonal.feature_names_in_) == seasonal.feature_names_ + ["cutoff"]
     delta = seasonal.season_offset(test["cutoff"])
     assert np.all(delta != 0)
@@ -160,6 +161,132 @@ def test_predictions_read_only_the_declared_inputs():
                      seasonal_shift=False).fit(frame)
     assert "cutoff" not in list(off.feature_names_in_)
     assert np.array_equal(off.predict_proba(test.drop(columns=["cutoff"])), off.predict_proba(test))
+
+
+# ------------------------------------------------------------------------------------------ output stage
+def _rfm_frame(n_customers=1500, cutoffs=("2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01",
+                                          "2024-05-01", "2024-06-01"), seed=0) -> pd.DataFrame:
+    """Churn driven by the RFM quintiles only; the model is given two noise columns and recency."""
+    from training.churn_baselines import rfm_score
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in cutoffs:
+        f = pd.DataFrame({
+            "customer_id": [f"c{i}" for i in range(n_customers)], "cutoff": pd.Timestamp(c),
+            "recency_days": rng.gamma(2.0, 30.0, n_customers), "frequency": rng.poisson(6, n_customers) + 1.0,
+            "monetary": rng.gamma(2.0, 200.0, n_customers), "noise_a": rng.normal(size=n_customers),
+            "noise_b": rng.normal(size=n_customers)})
+        logit = 0.9 * (rfm_score(f) - 6.0)
+        f["churned"] = (rng.random(n_customers) < 1 / (1 + np.exp(-logit))).astype(float)
+        parts.append(f)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_model_falls_back_to_a_baseline_that_is_clearly_better_and_says_so():
+    """Churn follows the RFM score; the LightGBM part only sees noise and recency, so on the held-out
+    cutoff RFM wins in both ROC-AUC and Brier: the model serves RFM's probabilities and records it."""
+    from training import ChurnModel
+    from training.churn_baselines import rfm_score
+
+    frame = _rfm_frame()
+    model = ChurnModel(horizon_days=30, tune=False, n_jobs=1, features=["noise_a", "noise_b", "recency_days"],
+                       params={"min_child_samples": 50}).fit(frame)
+    assert model.chosen_ == "rfm" and model.fallback_ == "rfm"
+    scores = model.choice_scores_
+    assert scores["rfm"]["auc"] > max(scores["lgbm"]["auc"], scores["stack"]["auc"]) + 0.05
+    summary = model.summary()
+    assert summary["chosen"] == "rfm" and summary["fallback"] == "rfm"
+    # the served probability is the RFM score through a monotone calibrator: same ranking as RFM
+    test = _rfm_frame(seed=1, cutoffs=("2024-08-01",))
+    p = model.predict_proba(test)[:, 1]
+    assert cm.roc_auc(test["churned"], p) == pytest.approx(cm.roc_auc(test["churned"], rfm_score(test)), abs=0.01)
+    assert {"frequency", "monetary", "cutoff"} <= set(model.feature_names_in_)
+    # reasons still come from the LightGBM part
+    assert len(model.explain(test.head(5))) == 5
+    # the same data with churn driven by the model's own features: no fallback
+    own = _toy_frame()
+    plain = ChurnModel(horizon_days=30, tune=False, n_jobs=1, params={"min_child_samples": 50}).fit(own)
+    assert plain.fallback_ is None and plain.chosen_ in ("lgbm", "stack")
+
+
+def _bg_frame(n_customers=2000, cutoffs=("2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01",
+                                         "2024-05-01", "2024-06-01"), seed=0) -> pd.DataFrame:
+    """Churn = a weak signal the model's features see + a strong BG/NBD-like signal they do not."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in cutoffs:
+        weak = rng.normal(size=n_customers)
+        strong = rng.normal(size=n_customers)
+        logit = 0.5 * weak + 2.0 * strong
+        parts.append(pd.DataFrame({
+            "customer_id": [f"c{i}" for i in range(n_customers)], "cutoff": pd.Timestamp(c), "weak": weak,
+            "bg_p_no_purchase": 1 / (1 + np.exp(-2.0 * strong)),
+            "churned": (rng.random(n_customers) < 1 / (1 + np.exp(-logit))).astype(float)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_stack_with_bgnbd_improves_brier_over_lightgbm_alone():
+    from training import ChurnModel
+
+    frame = _bg_frame()
+    kw = {"horizon_days": 30, "tune": False, "n_jobs": 1, "features": ["weak"], "params": {"min_child_samples": 50}}
+    stacked = ChurnModel(blend="stack", **kw).fit(frame)
+    alone = ChurnModel(blend="none", **kw).fit(frame)
+    auto = ChurnModel(**kw).fit(frame)
+    assert alone.chosen_ == "lgbm" and stacked.chosen_ == "stack"
+    assert auto.choice_scores_["stack"]["brier"] < auto.choice_scores_["lgbm"]["brier"]
+    assert auto.chosen_ in ("stack", "bgnbd")  # stack, or BG/NBD when it is better in AUC and Brier
+    assert stacked.output_.coef_[1] > 0 and stacked.output_.coef_[2] > 0  # trusts both parts
+    test = _bg_frame(seed=3, cutoffs=("2024-08-01",))
+    y = test["churned"]
+    b_stack = cm.brier(y, stacked.predict_proba(test)[:, 1])
+    b_alone = cm.brier(y, alone.predict_proba(test)[:, 1])
+    assert b_stack < b_alone - 0.03
+    assert "bg_p_no_purchase" in list(stacked.feature_names_in_)
+    with pytest.raises(ValueError, match="bg_p_no_purchase"):
+        stacked.predict_proba(test.drop(columns=["bg_p_no_purchase"]))
+
+
+def test_fit_leaves_params_unchanged_and_search_runs_on_a_sample():
+    from sklearn.base import clone
+
+    from training import ChurnModel
+
+    model = ChurnModel(horizon_days=30, tune=True, n_trials=3, n_jobs=1, tune_sample=200)
+    before = clone(model).get_params()
+    model.fit(_toy_frame(n_customers=600))
+    assert model.get_params() == before
+    assert model.study_summary_["n_trials"] == 3
+    assert 100 < model.study_summary_["customers"] < 320  # about 200 of the 600 customers
+    assert "pruned_trials" in model.study_summary_
+
+
+def test_level_offset_combines_the_rate_forecasts():
+    from training import ChurnModel
+
+    model = ChurnModel()
+    model.validation_cutoff_ = "2011-06-11"
+    model.cutoff_rates_ = {"2010-06-16": 0.5, "2010-09-14": 0.4, "2011-03-13": 0.6, "2011-04-12": 0.6,
+                           "2011-05-12": 0.6, "2011-06-11": 0.64}
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    f = model.level_forecasts()
+    assert f == pytest.approx({"last": 0.64, "last4": 0.61, "pooled": np.mean([0.5, 0.4, 0.6, 0.6, 0.6, 0.64])})
+    # no rate one year before the scored cutoff: the three rate forecasts only
+    off = model.level_offset(["2012-08-01"])[0]
+    assert off == pytest.approx(np.mean([logit(v) for v in f.values()]) - logit(0.64))
+    # one year before is known: last year's seasonal change joins the combination
+    f9 = model.level_forecasts("2011-09-09")
+    assert f9["seasonal"] == pytest.approx(1 / (1 + np.exp(-(logit(0.64) + logit(0.4) - logit(0.5)))))
+    assert model.level_offset(["2011-09-09"])[0] == pytest.approx(
+        np.mean([logit(v) for v in f9.values()]) - logit(0.64))
+    model.level = "validation"
+    assert model.level_offset(["2011-09-09"])[0] == 0.0
+    model.level = "seasonal"
+    assert model.level_offset(["2011-09-09"])[0] == pytest.approx(model.season_offset(["2011-09-09"])[0])
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -5,13 +5,22 @@ Model (:class:`ChurnModel`, scikit-learn style: ``fit``, ``predict_proba``, ``ex
     customer and cutoff, ``features.snapshots.build_snapshots`` + :func:`model_features`).
     Validation is time-based: the **most recent cutoff** of the training frame is held out; the
     booster trains on the cutoffs whose label window ends on or before it (``c + horizon <= c_val``:
-    no overlap of label windows), with early stopping on the validation AUC. Probabilities are
-    calibrated on the held-out cutoff (centered isotonic regression, or Platt), so that 0.7 means
-    about 70% of such customers leave. Hyperparameters come from a small Optuna (TPE) search on the
-    same time split (``tune=True``, ``n_trials``), or fixed defaults (``tune=False``).
-    Because the calibration is fitted on the validation season, the log-odds of a row scored in
-    another season are shifted by last year's change of the churn rate between the two seasons
-    (``seasonal_shift``); the row's ``cutoff`` is then a declared input of the model
+    no overlap of label windows), with early stopping on the validation AUC. Hyperparameters come
+    from a small Optuna (TPE) search on the same time split, run on a fixed sample of customers with
+    a median pruner (``tune=True``, ``n_trials``, ``tune_sample``), or fixed defaults (``tune=False``).
+    Output stage (``blend``): on the held-out cutoff, by 5-fold cross-fitting over its customers,
+    the model compares (a) the LightGBM margin through a calibrator (centered isotonic regression,
+    or Platt), (b) a **stack**: a logistic regression on [LightGBM margin, logit BG/NBD P(no purchase),
+    log(1 + recency)] that learns how far to trust BG/NBD, and (c) the BG/NBD and RFM baselines
+    through isotonic calibrators. It keeps (a) or (b), whichever has the lower Brier score, unless
+    a baseline beats it in both ROC-AUC and Brier: then it **falls back** to that baseline and says
+    so (``chosen_``, ``fallback_``, ``choice_scores_``; in ``summary()``, the MLflow parameters
+    ``output``/``fallback``, the evaluation JSON and the CLI output).
+    Level (``level``): the output stage is fitted on the validation cutoff, whose churn rate differs
+    from the scored cutoff's (season, trend). The log-odds are moved to the mean of the logits of
+    several forecasts of the rate made from the training cutoffs' rates (the last one, the mean of the
+    last four, the mean of all, and last year's seasonal change when a year of history exists);
+    when the seasonal forecast applies, the row's ``cutoff`` is a declared input of the model
     (``feature_names_in_``), and no other column than the declared ones changes a score.
 
 Features
@@ -43,6 +52,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,6 +71,12 @@ from training import retention
 from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
 
 log = logging.getLogger(__name__)
+
+# LightGBM's OpenMP threads spin while they wait for each other; on a machine whose cores are busy
+# with other work a spinning thread holds a core its partner needs, and a 2-thread fit measured 9x
+# slower in wall time and 11x in CPU than with sleeping waits (BENCHMARKS.md, churn training time).
+# Must be set before the OpenMP runtime starts (the first LightGBM fit); a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_HORIZON = 90
 KEY_COLUMNS = ("customer_id", "cutoff")
@@ -96,6 +112,148 @@ def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
     return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) % k for i in ids])
 
 
+def _hash_unit(ids: pd.Series) -> np.ndarray:
+    """A deterministic number in [0, 1) per id: the same customers are sampled in every cutoff and run."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(ids)))
+    unit = np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in uniques])
+    return unit[codes]
+
+
+class _PruneCallback:
+    """LightGBM callback: report the validation AUC to an Optuna trial every 25 rounds, stop it when pruned."""
+
+    def __init__(self, trial, every: int = 25):
+        self.trial, self.every = trial, every
+        self.order = 30  # after early stopping's own callback
+
+    def __call__(self, env) -> None:
+        import optuna
+
+        step = env.iteration + 1
+        if step % self.every:
+            return
+        for data, metric, value, _ in env.evaluation_result_list:
+            if data == "validation" and metric == "auc":
+                self.trial.report(float(value), step)
+                if self.trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at round {step}")
+                return
+
+
+# --------------------------------------------------------------------------------------------
+# the output stage: LightGBM margin -> probability, possibly stacked with BG/NBD, or a baseline
+# --------------------------------------------------------------------------------------------
+OUTPUTS = ("lgbm", "stack", "bgnbd", "rfm")  # what ChurnModel.chosen_ can be
+FALLBACKS = ("bgnbd", "rfm")  # baselines the model may serve instead of itself
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _stack_inputs(margin: np.ndarray, X: pd.DataFrame, columns=("bg_p_no_purchase", "recency_days")) -> np.ndarray:
+    """The stack's columns: the LightGBM margin, logit(BG/NBD P(no purchase in the horizon)) and
+    log(1 + recency), each of the two only when in ``columns`` (a constant 0 otherwise: the stack then
+    gives it no weight). A customer unknown to BG/NBD counts as a certain churner, as in the baseline;
+    a missing recency counts as 0."""
+    from training.churn_baselines import bgnbd_score
+
+    bg = _logit(bgnbd_score(X)) if "bg_p_no_purchase" in columns else np.zeros(len(X))
+    rec = pd.to_numeric(X["recency_days"], errors="coerce").to_numpy(float) if "recency_days" in columns \
+        else np.zeros(len(X))
+    rec = np.log1p(np.clip(np.nan_to_num(rec, nan=0.0), 0, None))
+    return np.column_stack([np.asarray(margin, float), bg, rec])
+
+
+#: the columns of X each output stage reads besides the model's features
+OUTPUT_INPUTS = {"lgbm": (), "stack": ("bg_p_no_purchase", "recency_days"), "bgnbd": ("bg_p_no_purchase",),
+                 "rfm": ("cutoff", "recency_days", "frequency", "monetary")}
+
+
+@dataclass
+class OutputStage:
+    """Margin (and snapshot columns) -> P(churn), one of :data:`OUTPUTS`.
+
+    ``lgbm``: the calibrator (isotonic or Platt) on the LightGBM margin. ``stack``: a logistic regression
+    on :func:`_stack_inputs` (learns how far to trust the LightGBM margin against BG/NBD and recency
+    on the held-out cutoff; its margin coefficient is kept positive so the stack ranks like
+    LightGBM where BG/NBD and recency agree). ``bgnbd`` / ``rfm``: the baseline's score through an
+    isotonic calibrator (the fallback)."""
+
+    kind: str
+    calibration: str = "isotonic"
+    calibrator_: Calibrator | None = None
+    coef_: list | None = None  # the stack: [intercept, margin, logit bg, log1p recency] on raw inputs
+    inputs_: list = field(default_factory=list)  # the columns of X it reads (besides the model's features)
+
+    def _baseline_score(self, X: pd.DataFrame) -> np.ndarray:
+        from training.churn_baselines import SCORERS
+
+        return SCORERS[self.kind](X)
+
+    def fit(self, margin, X: pd.DataFrame, y) -> "OutputStage":
+        y = np.asarray(y, float)
+        self.inputs_ = [c for c in OUTPUT_INPUTS.get(self.kind, ()) if c in X.columns]
+        if self.kind == "lgbm":
+            self.calibrator_ = Calibrator(self.calibration).fit(margin, y)
+        elif self.kind == "stack":
+            from sklearn.linear_model import LogisticRegression
+
+            Z = _stack_inputs(margin, X, self.inputs_)
+            mu, sd = Z.mean(axis=0), Z.std(axis=0)
+            sd[sd == 0] = 1.0
+            lr = LogisticRegression(C=1.0, max_iter=1000).fit((Z - mu) / sd, y)
+            b = lr.coef_[0] / sd
+            self.coef_ = [float(lr.intercept_[0] - np.sum(b * mu))] + [float(v) for v in b]
+        elif self.kind in FALLBACKS:
+            self.calibrator_ = Calibrator("isotonic").fit(self._baseline_score(X), y)
+        else:
+            raise ValueError(f"unknown output stage {self.kind!r}; one of {OUTPUTS}")
+        return self
+
+    def predict(self, margin, X: pd.DataFrame) -> np.ndarray:
+        if self.kind == "lgbm":
+            return self.calibrator_.predict(margin)
+        if self.kind == "stack":
+            z = self.coef_[0] + _stack_inputs(margin, X, self.inputs_) @ np.asarray(self.coef_[1:])
+            return np.clip(1.0 / (1.0 + np.exp(-np.clip(z, -35, 35))), 1e-4, 1 - 1e-4)
+        return self.calibrator_.predict(self._baseline_score(X))
+
+
+def choose_output(margin, X: pd.DataFrame, y, ids, candidates=OUTPUTS, calibration: str = "isotonic",
+                  folds: int = 5) -> tuple[str, dict]:
+    """Pick the output stage on the held-out cutoff by cross-fitting (``folds`` customer folds by id hash):
+    each candidate is fitted on the other folds and scored on its own, so the comparison is out of sample.
+
+    Rule: the model's own candidate (``lgbm``, ``stack``) with the lowest Brier score; a baseline
+    replaces it only when it is better in both ROC-AUC and Brier (the model would lose to it). Returns
+    (chosen, ``{candidate: {"auc", "brier"}}``)."""
+    y = np.asarray(y, float)
+    fold = _hash_fold(pd.Series(np.asarray(ids)), folds)
+    scores: dict = {}
+    for kind in candidates:
+        if kind in FALLBACKS and any(c not in X.columns for c in OUTPUT_INPUTS[kind] if c != "cutoff"):
+            continue  # the baseline cannot be computed from this frame
+        oof = np.full(len(y), np.nan)
+        for k in range(folds):
+            te = fold == k
+            tr = ~te
+            if te.sum() == 0 or len(np.unique(y[tr])) < 2:
+                continue
+            stage = OutputStage(kind, calibration).fit(margin[tr], X[tr], y[tr])
+            oof[te] = stage.predict(margin[te], X[te])
+        ok = np.isfinite(oof)
+        scores[kind] = {"auc": round(cm.roc_auc(y[ok], oof[ok]), 5), "brier": round(cm.brier(y[ok], oof[ok]), 5)}
+    own = [k for k in scores if k not in FALLBACKS]
+    chosen = min(own, key=lambda k: scores[k]["brier"])
+    better = [k for k in scores if k in FALLBACKS and scores[k]["auc"] > scores[chosen]["auc"]
+              and scores[k]["brier"] < scores[chosen]["brier"]]
+    if better:
+        chosen = min(better, key=lambda k: scores[k]["brier"])
+    return chosen, scores
+
+
 class ChurnModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM churn model on stacked snapshots (see the module docstring).
 
@@ -112,28 +270,42 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         present in ``X`` at fit, then its other numeric columns that are neither keys nor labels).
     refit: after choosing the number of trees, retrain the booster on all cutoffs including the
         validation one (the calibrator stays the one fitted on the held-out predictions).
-    seasonal_shift: the calibration is fitted on the validation cutoff, whose season may differ from
-        the scored one. When the training frame holds a cutoff one year before the validation cutoff
-        (within 20 days), the fitted model reads each row's ``cutoff`` and, where it also knows the
-        churn rate one year before that cutoff, shifts the log-odds by
-        ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))``: last year's observed change of the churn
-        rate between the two seasons (capped at +-1). Only labels of training cutoffs are used.
+    seasonal_shift: shift the log-odds to the forecast level of the scored cutoff (see ``level``);
+        False: the probabilities stay calibrated to the validation cutoff.
+    level: ``"combined"`` (default): :meth:`level_offset`, the mean of the rate forecasts of
+        :meth:`level_forecasts`. ``"seasonal"`` (the former behaviour): when the training frame holds
+        a cutoff one year before the validation cutoff (within 20 days), the fitted model reads each
+        row's ``cutoff`` and, where it also knows the churn rate one year before that cutoff, shifts the
+        log-odds by ``logit(rate(c - 1y)) - logit(rate(c_val - 1y))`` (capped at +-1).
+        ``"validation"``: no shift. Only labels of training cutoffs are used.
+    blend: the output stage: ``"auto"`` (chosen on the held-out cutoff, see the module docstring),
+        ``"none"`` or ``"lgbm"`` (the calibrated LightGBM margin), ``"stack"``, or a baseline name.
+    tune_sample: the search trains and validates on about this many customers (a fixed sample by id
+        hash, the same customers at every cutoff); None or 0: every customer (the full search).
 
     Inputs: ``feature_names_in_`` lists every column ``predict_proba`` reads: the features
     (``feature_names_``) and, when the seasonal shift applies, ``cutoff``. A missing one is an
     error; any other column of ``X`` is ignored, so the same rows score the same whatever else
     the frame carries.
 
-    Learned: ``booster_``, ``calibrator_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
+    Reasons (``contributions``, ``explain``) always come from the LightGBM part, on its log-odds scale:
+    the stack keeps a positive weight on the LightGBM margin (an ``auto`` stack that would not is
+    discarded), so the drivers that raise the margin raise the served probability too, but the
+    BG/NBD and recency terms the stack adds are not among the reasons; after a fallback the reasons
+    still explain the LightGBM margin, not the baseline's score (``fallback_`` says so).
+
+    Learned: ``booster_``, ``calibrator_``, ``output_`` (:class:`OutputStage`), ``chosen_``, ``fallback_``,
+    ``choice_scores_``, ``feature_names_``, ``feature_names_in_``, ``categories_``,
     ``best_iteration_``, ``best_params_``, ``validation_cutoff_``, ``train_cutoffs_``, ``cutoff_rates_``,
     ``validation_metrics_``, ``study_summary_``.
     """
 
     def __init__(self, horizon_days: int = DEFAULT_HORIZON, tier_thresholds: dict | None = None, tune: bool = True,
-                 n_trials: int = 25, tune_timeout: float | None = 600.0, params: dict | None = None,
+                 n_trials: int = 10, tune_timeout: float | None = 300.0, params: dict | None = None,
                  calibration: str = "isotonic", monotone: bool = False, features: list[str] | None = None,
                  refit: bool = False, seasonal_shift: bool = True, max_rounds: int = 3000,
-                 early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False):
+                 early_stopping_rounds: int = 100, random_state: int = 0, n_jobs: int = 2, verbose: bool = False,
+                 blend: str = "auto", level: str = "combined", tune_sample: int | None = 2500):
         self.horizon_days = horizon_days
         self.tier_thresholds = tier_thresholds
         self.tune = tune
@@ -150,6 +322,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.blend = blend
+        self.level = level
+        self.tune_sample = tune_sample
 
     # -- features -----------------------------------------------------------------------------
     def _select_features(self, X: pd.DataFrame) -> list[str]:
@@ -243,15 +418,17 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             out["monotone_constraints_method"] = "advanced"
         return out
 
-    def _train(self, params: dict, dtrain, dval, rounds: int | None = None):
+    def _train(self, params: dict, dtrain, dval, rounds: int | None = None, callbacks: list | None = None,
+               patience: int | None = None, max_rounds: int | None = None):
         import lightgbm as lgb
 
-        callbacks = []
+        callbacks = list(callbacks or [])
         valid = []
         if rounds is None:
-            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+            callbacks.append(lgb.early_stopping(patience or self.early_stopping_rounds, first_metric_only=True,
+                                                verbose=False))
             valid = [dval]
-        booster = lgb.train(self._lgb_params(params), dtrain, num_boost_round=rounds or self.max_rounds,
+        booster = lgb.train(self._lgb_params(params), dtrain, num_boost_round=rounds or max_rounds or self.max_rounds,
                             valid_sets=valid, valid_names=["validation"][: len(valid)], callbacks=callbacks)
         return booster
 
@@ -307,7 +484,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         params = dict(self.params or {})
         self.study_summary_ = None
         if self.tune and self.n_trials > 0:
-            tuned, self.study_summary_ = self._search(dtrain, dval, M[val], yv[val])
+            tuned, self.study_summary_ = self._search(*self._search_data(M, yv, w, train, val, ids, cat_cols,
+                                                                         ds_params))
             params = {**tuned, **params}
         self.best_params_ = {**DEFAULT_PARAMS, **params}
 
@@ -315,7 +493,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         raw_val = booster.predict(M[val], raw_score=True, num_iteration=self.best_iteration_)
         self.calibrator_ = Calibrator(self.calibration).fit(raw_val, yv[val])
-        p_val = self.calibrator_.predict(raw_val)
+        Xval = X.loc[val].reset_index(drop=True)
+        self._fit_output(raw_val, Xval, yv[val], ids[val])
+        p_val = self.output_.predict(raw_val, Xval)
         self.validation_metrics_ = {k: v for k, v in cm.evaluate(yv[val], p_val).items()}
         self.validation_metrics_["auc_uncalibrated"] = cm.roc_auc(yv[val], raw_val)
         if self.refit:
@@ -336,8 +516,62 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
         return self
 
-    def _search(self, dtrain, dval, Mval, yval) -> tuple[dict, dict]:
-        """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round."""
+    def _fit_output(self, margin, Xval: pd.DataFrame, yval, ids) -> None:
+        """Choose and fit the output stage on the held-out cutoff (``blend``): ``chosen_``, ``fallback_``,
+        ``choice_scores_``, ``output_``."""
+        mode = self.blend or "none"
+        if mode == "none":
+            chosen, scores = "lgbm", {}
+        elif mode in OUTPUTS:
+            chosen, scores = mode, {}
+        elif mode == "auto":
+            chosen, scores = choose_output(margin, Xval, yval, ids, calibration=self.calibration)
+        else:
+            raise ValueError(f"blend must be 'auto', 'none' or one of {OUTPUTS}, not {self.blend!r}")
+        stage = OutputStage(chosen, self.calibration).fit(margin, Xval, yval)
+        if chosen == "stack" and stage.coef_[1] <= 0 and mode == "auto":
+            # a stack that reverses the LightGBM margin would make its reasons meaningless
+            chosen = min((k for k in scores if k not in FALLBACKS and k != "stack"), key=lambda k: scores[k]["brier"])
+            stage = OutputStage(chosen, self.calibration).fit(margin, Xval, yval)
+        self.chosen_ = chosen
+        self.fallback_ = chosen if chosen in FALLBACKS else None
+        self.choice_scores_ = scores
+        self.output_ = stage
+        if self.fallback_:
+            log.warning("churn model: on the held-out cutoff the %s baseline beats the model in ROC-AUC and Brier; "
+                        "the model serves the baseline's probabilities", self.fallback_)
+
+    def _search_data(self, M, yv, w, train, val, ids, cat_cols, ds_params):
+        """The search's training and validation Datasets: the same time split, restricted to a fixed sample of
+        ``tune_sample`` customers (by id hash, the same customers in every cutoff) when there are more.
+
+        Why: a trial's cost grows with the rows while the ranking of hyperparameters is stable on a few
+        thousand customers; the final booster still trains on every row with the chosen parameters."""
+        import lightgbm as lgb
+
+        keep = np.ones(len(yv), dtype=bool)
+        n_customers = int(pd.Series(ids).nunique())
+        self.tune_customers_ = n_customers
+        if self.tune_sample and n_customers > int(self.tune_sample):
+            share = int(self.tune_sample) / n_customers
+            keep = _hash_unit(ids) < share
+            self.tune_customers_ = int(pd.Series(ids)[keep].nunique())
+        tr, va = train & keep, val & keep
+        if len(np.unique(yv[tr])) < 2 or len(np.unique(yv[va])) < 2:
+            tr, va = train, val  # a tiny sample with one class: search on every row
+        dtrain = lgb.Dataset(M[tr], yv[tr], weight=None if w is None else w[tr],
+                             categorical_feature=cat_cols or "auto", free_raw_data=False, params=ds_params)
+        dval = lgb.Dataset(M[va], yv[va], reference=dtrain, categorical_feature=cat_cols or "auto",
+                           free_raw_data=False, params=ds_params)
+        return dtrain, dval
+
+    def _search(self, dtrain, dval) -> tuple[dict, dict]:
+        """Optuna TPE over the main LightGBM knobs; objective = validation AUC at the early-stopped round.
+
+        Trials report their validation AUC every 25 rounds; a median pruner stops a trial that is
+        below the median of the earlier trials at the same round (after 4 complete trials). Each trial
+        stops after 50 rounds without progress (at most 1,000 rounds): it only has to rank the settings,
+        the final booster trains with the full patience."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -352,17 +586,22 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 "lambda_l2": trial.suggest_float("lambda_l2", 1e-2, 300.0, log=True),
                 "min_split_gain": trial.suggest_float("min_split_gain", 0.0, 1.0),
             }
-            booster = self._train(params, dtrain, dval)
+            # a trial only ranks parameters: a shorter patience and a round cap are enough for that
+            booster = self._train(params, dtrain, dval, callbacks=[_PruneCallback(trial)],
+                                  patience=min(50, self.early_stopping_rounds), max_rounds=min(1000, self.max_rounds))
             trial.set_user_attr("best_iteration", int(booster.best_iteration))
             return float(booster.best_score["validation"]["auc"])
 
-        sampler = optuna.samplers.TPESampler(seed=self.random_state, n_startup_trials=min(8, self.n_trials))
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+        sampler = optuna.samplers.TPESampler(seed=self.random_state, n_startup_trials=min(5, self.n_trials))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=50, interval_steps=25)
+        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
         study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items()})
         study.optimize(objective, n_trials=self.n_trials, timeout=self.tune_timeout, show_progress_bar=False)
         best = study.best_trial
         summary = {
             "n_trials": len(study.trials),
+            "pruned_trials": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "customers": getattr(self, "tune_customers_", None),
             "best_value_auc": float(best.value),
             "default_value_auc": float(study.trials[0].value) if study.trials[0].value is not None else None,
             "best_params": dict(best.params),
@@ -386,7 +625,11 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """The columns the fitted model reads: its features, and ``cutoff`` when the seasonal shift
         can apply at all (a rate is known one year before the validation cutoff)."""
         reads_cutoff = bool(self.seasonal_shift) and self._season_reference_rate() is not None
-        return np.asarray(self.feature_names_ + (["cutoff"] if reads_cutoff else []), dtype=object)
+        output = getattr(self, "output_", None)
+        extra = [c for c in (output.inputs_ if output is not None else ()) if c not in self.feature_names_]
+        if reads_cutoff and "cutoff" not in extra:
+            extra.append("cutoff")
+        return np.asarray(self.feature_names_ + extra, dtype=object)
 
     def _inputs(self) -> np.ndarray:
         # models pickled before the inputs were declared at fit get them derived the same way
@@ -399,16 +642,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         missing = [c for c in self._inputs() if c not in self.feature_names_ and c not in X.columns]
         if missing:
             raise ValueError(f"X lacks the column(s) {missing} that this model reads (feature_names_in_): "
-                             "the snapshot date of each row sets its seasonal shift")
+                             "the snapshot date of each row sets its level shift, and the output stage "
+                             f"({self.output_kind()}) reads its own columns")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated ``[P(stay), P(churn)]`` per row, from the columns in ``feature_names_in_`` only
         (with the seasonal shift of each row's ``cutoff`` when the model reads it)."""
         self._check()
         self._check_inputs(X)
-        p = self.calibrator_.predict(self.decision_function(X))
-        if "cutoff" in self._inputs():
-            delta = self.season_offset(X["cutoff"])
+        output = getattr(self, "output_", None)
+        margin = self.decision_function(X)
+        p = self.calibrator_.predict(margin) if output is None else output.predict(margin, X)
+        if self.seasonal_shift:
+            delta = self.level_offset(X["cutoff"] if "cutoff" in self._inputs() else None, len(X))
             if np.any(delta != 0):
                 z = np.log(p / (1 - p)) + delta
                 p = np.clip(1.0 / (1.0 + np.exp(-z)), self.calibrator_.eps, 1 - self.calibrator_.eps)
@@ -443,6 +689,59 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
                 out[(c == value).to_numpy()] = float(np.clip(delta, -1.0, 1.0))
         return out
 
+    def output_kind(self) -> str:
+        """What turns scores into probabilities: ``lgbm``, ``stack`` or the baseline fallen back to."""
+        return getattr(self, "chosen_", "lgbm")
+
+    def level_forecasts(self, cutoff=None) -> dict:
+        """Forecasts of the churn rate at a scored cutoff from the training cutoffs' rates (``cutoff_rates_``):
+        ``last`` (the validation cutoff's rate, what the output stage is calibrated to), ``last4`` (the
+        mean of the last four), ``pooled`` (the mean of all), and ``seasonal`` (the last rate moved by last
+        year's change between the two seasons, when ``cutoff`` is given and both rates are known)."""
+        rates = {pd.Timestamp(k): v for k, v in getattr(self, "cutoff_rates_", {}).items() if 0 < v < 1}
+        r0 = self._rate_near(pd.Timestamp(self.validation_cutoff_)) if self.validation_cutoff_ else None
+        if r0 is None or len(rates) < 2:
+            return {}
+        known = [rates[k] for k in sorted(rates) if k <= pd.Timestamp(self.validation_cutoff_)]
+        out = {"last": r0, "last4": float(np.mean(known[-4:])), "pooled": float(np.mean(known))}
+        if (cutoff is not None and self._season_reference_rate() is not None
+                and self._rate_near(pd.Timestamp(cutoff) - pd.Timedelta(days=365)) is not None):
+            delta = float(self.season_offset([cutoff])[0])
+            out["seasonal"] = float(1 / (1 + np.exp(-(np.log(r0 / (1 - r0)) + delta))))
+        return out
+
+    def level_offset(self, cutoffs=None, n: int | None = None) -> np.ndarray:
+        """Log-odds shift per row: the output stage is calibrated on the validation cutoff, whose churn rate
+        differs from the scored cutoff's by season and trend.
+
+        ``level="seasonal"``: :meth:`season_offset` (last year's seasonal change, 0 when unknown).
+        ``level="combined"`` (default): ``mean(logit(forecasts)) - logit(rate at the validation cutoff)``
+        over :meth:`level_forecasts` (an equal-weight forecast combination: on the UCI data no single rule
+        was best at every cutoff; see docs/experiments.md). ``level="validation"``: no shift."""
+        n = len(cutoffs) if cutoffs is not None else int(n or 0)
+        mode = getattr(self, "level", "seasonal")
+        if mode == "seasonal":
+            return self.season_offset(cutoffs) if cutoffs is not None else np.zeros(n)
+        if mode == "validation":
+            return np.zeros(n)
+        if mode != "combined":
+            raise ValueError(f"level must be 'combined', 'seasonal' or 'validation', not {mode!r}")
+
+        def offset(c) -> float:
+            f = self.level_forecasts(c)
+            if not f:
+                return 0.0
+            z = np.mean([np.log(v / (1 - v)) for v in f.values()])
+            return float(z - np.log(f["last"] / (1 - f["last"])))
+
+        if cutoffs is None:
+            return np.full(n, offset(None))
+        c = pd.to_datetime(pd.Series(np.asarray(cutoffs)))
+        out = np.full(n, offset(None))
+        for value in c.dropna().unique():
+            out[(c == value).to_numpy()] = offset(pd.Timestamp(value))
+        return out
+
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(int)
 
@@ -454,7 +753,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
     def explain(self, X: pd.DataFrame, top_k: int = 3) -> list[list[dict]]:
         """Per customer, up to ``top_k`` reasons that push the risk up:
-        ``[{"feature", "value", "contribution", "sentence"}, ...]`` (strongest first)."""
+        ``[{"feature", "value", "contribution", "sentence"}, ...]`` (strongest first), from the LightGBM
+        part (see the class docstring for what the output stage does to them)."""
         contrib = self.contributions(X)
         return retention.reasons_from_contributions(contrib, X.reset_index(drop=True), self.feature_names_, top_k)
 
@@ -509,6 +809,13 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             "fit_seconds": self.fit_seconds_,
             "seasonal_shift": self.seasonal_shift,
             "cutoff_churn_rates": getattr(self, "cutoff_rates_", {}),
+            "blend": self.blend,
+            "level": self.level,
+            "level_forecasts": self.level_forecasts() if self.seasonal_shift else {},
+            "chosen": getattr(self, "chosen_", "lgbm"),
+            "fallback": getattr(self, "fallback_", None),
+            "choice_scores": getattr(self, "choice_scores_", {}),
+            "stack_coef": getattr(getattr(self, "output_", None), "coef_", None),
         }
 
 
@@ -589,8 +896,8 @@ class Evaluation:
             "baselines": BASELINE_DOCS,
             "baseline_probabilities": "score -> probability by centered isotonic regression fitted on the "
                                       "training snapshots (all training cutoffs)",
-            "model_calibration": f"{self.model.calibration} on the held-out validation cutoff"
-            + (", shifted by last year's seasonal change of the churn rate" if self.model.seasonal_shift else ""),
+            "model_calibration": f"output stage '{self.model.output_kind()}' fitted on the held-out validation cutoff"
+            + (f", level shifted ({self.model.level})" if self.model.seasonal_shift else ""),
             "tuned": bool(self.model.tune),
         }
         out["model_info"] = {
@@ -600,6 +907,12 @@ class Evaluation:
             "validation_auc": _clean(self.model.validation_metrics_.get("auc")),
             "seasonal_shift_logodds": _clean(float(self.model.season_offset([self.cutoff])[0]))
             if self.model.seasonal_shift else 0.0,
+            "level_shift_logodds": _clean(float(self.model.level_offset([self.cutoff])[0]))
+            if self.model.seasonal_shift else 0.0,
+            "level_forecasts": self.model.level_forecasts(self.cutoff) if self.model.seasonal_shift else {},
+            "chosen": self.model.output_kind(),
+            "fallback": getattr(self.model, "fallback_", None),
+            "choice_scores": getattr(self.model, "choice_scores_", {}),
             "study": self.model.study_summary_,
         }
         out["calibration_curve"] = self.calibration
@@ -632,7 +945,7 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                       step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                       engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
@@ -750,7 +1063,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
 # ============================================================================================
 # final training and the registry gate
 # ============================================================================================
-def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 25,
+def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                 step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                 engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
     """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
@@ -773,6 +1086,13 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
         "example": frame.head(5),
     }
     return model, info
+
+
+def output_params(model: ChurnModel) -> dict:
+    """The output stage as MLflow run parameters: ``output`` (lgbm, stack or the baseline served),
+    ``fallback`` (the baseline, or "none"), ``blend`` and ``level`` (the settings)."""
+    return {"output": model.output_kind(), "fallback": getattr(model, "fallback_", None) or "none",
+            "blend": model.blend, "level": model.level}
 
 
 def gate_evaluator(workspace) -> Callable[[str], dict]:
@@ -807,6 +1127,6 @@ def gate_evaluator(workspace) -> Callable[[str], dict]:
 
 __all__ = [
     "ChurnModel", "DEFAULT_PARAMS", "EXTRA_FEATURES", "Evaluation", "evaluate_protocol",
-    "gate_evaluator", "score_customers", "train_final", "training_cutoffs",
+    "gate_evaluator", "output_params", "score_customers", "train_final", "training_cutoffs",
     "write_report", "BASELINES",
 ]

@@ -61,14 +61,16 @@ class ChurnEvaluationRun:
     run_id: str | None  # the MLflow run (evaluation, not registered), None without MLflow
 
 
-def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 25,
-                         step_days: int = 30, report: bool = True, json_path: str | Path | None = None,
+def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 10,
+                         step_days: int = 30, tune_sample: int | None = 2500, report: bool = True,
+                         json_path: str | Path | None = None,
                          mlflow: bool = True, progress: Progress | None = None) -> ChurnEvaluationRun:
     """Train on labels ending on or before ``cutoff``, score the customers eligible at it, compare with the
     baselines; write the report (``training.churn.evaluation_json``) and log the run to MLflow as asked."""
     say = progress or _quiet
     ev = churn.evaluate_protocol(ws, pd.Timestamp(cutoff), horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                 step_days=step_days, progress=say)
+                                 step_days=step_days, progress=say,
+                                 model_kwargs={"tune_sample": tune_sample or None})
     data = ev.to_json()
     written = churn.write_report(ev, ws.reports_dir) if report else None
     if json_path is not None:
@@ -79,6 +81,7 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
             ws, registry.CHURN, run_name=f"churn-evaluate-{ev.cutoff.date()}",
             params={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon, "tune": tune,
                     "n_trials": n_trials if tune else 0, "step_days": step_days,
+                    "tune_sample": (tune_sample or "all") if tune else "none", **churn.output_params(ev.model),
                     **{f"lgb.{k}": v for k, v in ev.model.best_params_.items()}},
             lineage={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon,
                      "train_cutoffs": data["protocol"]["train_cutoffs"]},
@@ -93,8 +96,9 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
                               json_path=Path(json_path) if json_path is not None else None, run_id=run_id)
 
 
-def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 25, step_days: int = 30,
-                      backtest: bool = True, register_model: bool = True, progress: Progress | None = None) -> dict:
+def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 10, step_days: int = 30,
+                      backtest: bool = True, tune_sample: int | None = 2500, register_model: bool = True,
+                      progress: Progress | None = None) -> dict:
     """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
     snapshot, log both to MLflow and register the model as challenger.
 
@@ -113,7 +117,8 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         say(f"backtest at the newest labelled cutoff {cutoff.date()}")
         try:
             ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                         step_days=step_days, progress=say)
+                                         step_days=step_days, progress=say,
+                                         model_kwargs={"tune_sample": tune_sample or None})
         except ValueError as exc:
             skipped = str(exc)  # the caller says so; the final model is still trained
         if ev is not None:
@@ -122,8 +127,9 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
     params = dict(ev.model.best_params_) if (ev is not None and tune) else None
     # reuse the backtest's tuned parameters instead of searching twice
     model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
-                                    step_days=step_days, model_kwargs={"params": params} if params else None,
-                                    progress=say)
+                                    step_days=step_days, progress=say,
+                                    model_kwargs={"tune_sample": tune_sample or None,
+                                                  **({"params": params} if params else {})})
     saved = model_dir(ws)
     model.save(saved)
     metrics = dict(ev.metrics["model"]) if ev is not None else dict(model.validation_metrics_)
@@ -135,8 +141,9 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         "metrics_source": f"backtest at {ev.cutoff.date()}" if ev is not None else "validation cutoff",
     }
     run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
+                  "tune_sample": (tune_sample or "all") if tune else "none",
                   "step_days": step_days, "best_iteration": model.best_iteration_,
-                  "calibration": model.calibration,
+                  "calibration": model.calibration, **churn.output_params(model),
                   **{f"lgb.{k}": v for k, v in model.best_params_.items()}}
     with registry.training_run(ws, registry.CHURN, params=run_params, lineage=lineage,
                                feature_docs=retention.feature_docs(model.feature_names_)) as run:
@@ -158,6 +165,10 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         "cutoffs": info["cutoffs"],
         "validation_cutoff": str(model.validation_cutoff_),
         "validation_auc": float(model.validation_metrics_["auc"]),
+        "chosen": model.output_kind(),
+        "fallback": getattr(model, "fallback_", None),
+        "choice_scores": getattr(model, "choice_scores_", {}),
+        "backtest_chosen": ev.model.output_kind() if ev is not None else None,
         "model_dir": str(saved),
         "run_id": run.run_id,
         "version": str(run.model_version) if register_model else None,

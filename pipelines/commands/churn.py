@@ -77,6 +77,15 @@ def print_backtest(result: dict) -> None:
                                                       f"(+{result['horizon_days']} days)"))
 
 
+def print_choice(chosen: str | None, fallback: str | None) -> None:
+    """What the model serves: LightGBM, the stack with BG/NBD, or the baseline it fell back to (and why)."""
+    if fallback:
+        console.print(f"[yellow]fallback:[/] on its held-out cutoff the {fallback} baseline beat the model in ROC-AUC "
+                      f"and Brier; the model serves the {fallback} probabilities")
+    elif chosen:
+        console.print(f"output stage: {chosen} (chosen on the held-out cutoff)")
+
+
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     @evaluate_app.command("churn")
     def evaluate_churn(
@@ -85,7 +94,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning.")] = 25,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 10,
+        tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
+                                                      "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
@@ -98,6 +109,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ws = Workspace(workspace)
         try:
             done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
+                                        tune_sample=tune_sample,
                                         step_days=step_days, report=report, json_path=json_path, mlflow=mlflow,
                                         progress=say)
         except (ValueError, FileNotFoundError) as exc:
@@ -106,6 +118,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ev = done.evaluation
         _wide().print(metrics_table(ev.metrics, f"Churn at {ev.cutoff.date()} (+{horizon} days): "
                                                 f"{len(ev.y):,} customers, churn rate {ev.y.mean():.1%}"))
+        print_choice(ev.model.output_kind(), getattr(ev.model, "fallback_", None))
         if report:
             console.print(f"report: {done.written['json']}")
         if done.json_path is not None:
@@ -120,7 +133,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     def train_churn(
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
-        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning.")] = 25,
+        n_trials: Annotated[int, typer.Option(help="Optuna trials when tuning (pruned when behind).")] = 10,
+        tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
+                                                      "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
@@ -135,12 +150,14 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
 
         try:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
+                                       tune_sample=tune_sample,
                                        step_days=step_days, backtest=backtest, register_model=register_model,
                                        progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
         print_backtest(result)
+        print_choice(result.get("chosen"), result.get("fallback"))
         table = Table(title="crmml-churn")
         table.add_column("")
         table.add_column("value", justify="right")
