@@ -6,9 +6,15 @@
         recency, rfm, bgnbd, n_customers, churn_rate, ...) and reports/churn_evaluation.json + plots,
         and logs the run to MLflow (not registered).
 
-    crmml train churn [--horizon 90] [--no-tune]
-        backtest first (the protocol above at the newest fully-labelled cutoff: metrics of the model
-        and the baselines, plots, report), then the final model on every labelled snapshot; saved
+    crmml evaluate churn --cutoffs 4 [--every 91] [--no-tune]
+        the same protocol at 4 cutoffs, every 91 days (default: the horizon) back from the newest
+        labelled one: AUC, PR-AUC and Brier per cutoff with mean ± sd for the model and each
+        baseline, and the grade (``training.grade``); writes ``training.rolling.rolling_json`` + plot
+        and logs one MLflow run (per-cutoff metrics as steps, tag ``grade``).
+
+    crmml train churn [--horizon 90] [--no-tune] [--backtest-cutoffs N]
+        backtest first (the protocol above at the newest fully-labelled cutoff, or at N rolling
+        cutoffs: metrics of the model and the baselines, plots, report, the grade), then the final model on every labelled snapshot; saved
         under <workspace>/models/churn, logged to MLflow and registered as challenger (the first
         version becomes champion) with the backtest's out-of-time metrics.
 
@@ -77,11 +83,20 @@ def print_backtest(result: dict) -> None:
                                                       f"(+{result['horizon_days']} days)"))
 
 
+ROLLING_TABLES = [("all", "auc", "ROC-AUC per cutoff", True, 3), ("all", "pr_auc", "PR-AUC per cutoff", True, 3),
+                  ("all", "brier", "Brier score per cutoff (lower is better)", False, 4)]
+
+
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     @evaluate_app.command("churn")
     def evaluate_churn(
-        cutoff: Annotated[str, typer.Option(help="Evaluation cutoff date (YYYY-MM-DD): labels are the purchases in "
-                                                 "[cutoff, cutoff + horizon).")],
+        cutoff: Annotated[Optional[str], typer.Option(help="Evaluation cutoff date (YYYY-MM-DD): labels are the purchases "
+                                                           "in [cutoff, cutoff + horizon).")] = None,
+        cutoffs: Annotated[Optional[int], typer.Option("--cutoffs", min=1, help="Rolling-origin evaluation at N cutoffs "
+                                                       "back from the newest labelled one (instead of --cutoff); "
+                                                       "graded A/B/C against the best baseline.")] = None,
+        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the cutoffs of --cutoffs "
+                                                     "(default: the horizon).")] = None,
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
@@ -91,11 +106,22 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
         workspace: WorkspaceOption = None,
     ):
-        """Train on labels ending on or before CUTOFF, score the customers eligible at CUTOFF, compare with baselines."""
+        """Train on labels ending on or before CUTOFF, score the customers eligible at CUTOFF, compare with baselines
+        (or do so at N rolling cutoffs with --cutoffs N and grade the model)."""
         from features.workspace import Workspace
         from training.churn_training import evaluate_churn_model
 
         ws = Workspace(workspace)
+        if cutoffs is not None:
+            from pipelines.commands.rolling import evaluate_rolling
+            from training.names import CHURN
+
+            evaluate_rolling(console, say, ws, CHURN, cutoffs, every, ROLLING_TABLES, json_path, mlflow,
+                             horizon=horizon, tune=tune, n_trials=n_trials, step_days=step_days)
+            return
+        if cutoff is None:
+            console.print("[bold red]error:[/] give --cutoff DATE (one cutoff) or --cutoffs N (rolling evaluation)")
+            raise typer.Exit(2)
         try:
             done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
                                         step_days=step_days, report=report, json_path=json_path, mlflow=mlflow,
