@@ -16,6 +16,10 @@ from features.numeric import finite_or_none
 from training.names import CHURN, RECOMMENDER
 
 GRADES = ("A", "B", "C")
+#: tags of the evaluation's MLflow run and of the registered model version (``/metadata`` and the gate read GRADE_TAG)
+GRADE_TAG = "grade"
+GRADE_REASON_TAG = "grade.reason"
+GRADE_CUTOFFS_TAG = "grade.cutoffs"
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,8 @@ def grade(per_cutoff: dict[str, dict[str, dict[str, float]]], rule: GradeRule, m
     if mean_gap <= 0:
         return Grade("C", f"C: not ahead of the best baseline on average ({mean_txt}; {why})", text, rule.metric,
                      mean_gap, rows)
-    return Grade("C", f"C: {rule.guard} worse than the best baseline's on average (mean gap {mean_guard:+.4f}; "
-                      f"{mean_txt})", text, rule.metric, mean_gap, rows)
+    return Grade("C", f"C: {rule.metric} ahead on average ({mean_txt}) but {rule.guard} worse than the best "
+                      f"baseline's on average (by {abs(mean_guard):.4f}; {why})", text, rule.metric, mean_gap, rows)
 
 
 def is_grade(value) -> bool:
@@ -160,4 +164,4 @@ def is_grade(value) -> bool:
     return isinstance(value, str) and value in GRADES
 
 
-__all__ = ["GRADES", "Grade", "GradeRule", "RULES", "grade", "is_grade"]
+__all__ = ["GRADE_CUTOFFS_TAG", "GRADE_REASON_TAG", "GRADE_TAG", "GRADES", "Grade", "GradeRule", "RULES", "grade", "is_grade"]

@@ -37,7 +37,7 @@ from features import dates
 from features.numeric import finite_or_none
 from features.workspace import Workspace, atomic_write, atomic_write_json
 from training import registry
-from training.grade import RULES, Grade, grade
+from training.grade import GRADE_CUTOFFS_TAG, GRADE_REASON_TAG, GRADE_TAG, RULES, Grade, grade
 from training.names import CHURN, RECOMMENDER
 
 Progress = Callable[[str], None]
@@ -47,10 +47,6 @@ PLOTTED = {
     CHURN: (("all", "auc", "ROC-AUC (higher is better)"), ("all", "brier", "Brier score (lower is better)")),
     RECOMMENDER: (("all", "ndcg@10", "nDCG@10, all purchases"), ("new", "ndcg@10", "nDCG@10, items new to the customer")),
 }
-#: tags of the run and of the registered version (``serving`` reads GRADE_TAG into ``/metadata``)
-GRADE_TAG = "grade"
-GRADE_REASON_TAG = "grade.reason"
-GRADE_CUTOFFS_TAG = "grade.cutoffs"
 
 
 def _quiet(msg: str) -> None:
@@ -206,16 +202,17 @@ def recommender_baselines(params: dict | None = None) -> tuple[str, ...]:
 
 def evaluate_recommender_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None = None, window: int = 90,
                                  k: int = 10, tune: bool = False, params: dict | None = None,
-                                 progress: Progress | None = None) -> RollingResult:
+                                 inputs: tuple | None = None, progress: Progress | None = None) -> RollingResult:
     """``training.recommender.evaluate_time_split`` at each of ``n_cutoffs`` cutoffs every ``every_days``
-    (default: the window) back from the newest full window, with :func:`recommender_baselines`."""
+    (default: the window) back from the newest full window, with :func:`recommender_baselines`.
+    ``inputs``: ``training.recommender_inputs.load_inputs(ws)`` when the caller has already read them."""
     from training.recommender import evaluate_time_split
     from training.recommender_inputs import load_inputs, newest_window_cutoff
 
     say = progress or _quiet
     started = time.perf_counter()
     every = int(every_days or window)
-    interactions, items, users = load_inputs(ws)
+    interactions, items, users = inputs if inputs is not None else load_inputs(ws)
     newest = newest_window_cutoff(interactions, window)
     if newest is None:
         raise ValueError("the interactions have no timestamps: no cutoffs to evaluate at")
@@ -232,11 +229,7 @@ def evaluate_recommender_rolling(ws: Workspace, n_cutoffs: int, every_days: int 
             skipped.append({"cutoff": str(c.date()), "reason": str(exc)})
             say(f"  skipped {c.date()}: {exc}")
             continue
-        per_cutoff.append({
-            "cutoff": str(c.date()),
-            "metrics": {"all": res["all"], "new": res["new"]},
-            "n_users": res["n_users"], "n_users_new": res["n_users_new"], "fit_seconds": res["fit_seconds"],
-        })
+        per_cutoff.append({"metrics": {"all": res.pop("all"), "new": res.pop("new")}, **res})
     if not per_cutoff:
         raise ValueError("no cutoff could be evaluated: " + "; ".join(f"{s['cutoff']}: {s['reason']}" for s in skipped))
     return RollingResult(
@@ -245,6 +238,13 @@ def evaluate_recommender_rolling(ws: Workspace, n_cutoffs: int, every_days: int 
         per_cutoff=per_cutoff, summary=summarize(per_cutoff), grade=_graded(RECOMMENDER, per_cutoff),
         skipped=skipped, seconds=time.perf_counter() - started,
     )
+
+
+def time_split_result(result: RollingResult, index: int = -1) -> dict:
+    """One cutoff of a recommender's rolling evaluation (default: the newest) in the form of
+    ``training.recommender.evaluate_time_split``'s result."""
+    cut = dict(result.per_cutoff[index])
+    return {**cut.pop("metrics"), **cut}
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -346,7 +346,7 @@ def run_rolling(ws: Workspace, model_name: str, n_cutoffs: int, every_days: int 
 
 
 __all__ = [
-    "GRADE_CUTOFFS_TAG", "GRADE_REASON_TAG", "GRADE_TAG", "RollingResult", "evaluate_churn_rolling",
-    "evaluate_recommender_rolling", "figure", "grade_tags", "log_rolling", "recommender_baselines",
+    "RollingResult", "evaluate_churn_rolling",
+    "evaluate_recommender_rolling", "figure", "time_split_result", "grade_tags", "log_rolling", "recommender_baselines",
     "rolling_json", "rolling_plots", "run_rolling", "series", "summarize", "write",
 ]

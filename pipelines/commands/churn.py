@@ -151,6 +151,10 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
                                                     "first (out-of-time metrics for the registry).")] = True,
+        backtest_cutoffs: Annotated[int, typer.Option("--backtest-cutoffs", min=1,
+                                                      help="Backtest at N rolling cutoffs (newest first); the model "
+                                                           "is graded A/B/C on them.")] = 1,
+        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the backtest cutoffs.")] = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         workspace: WorkspaceOption = None,
@@ -162,7 +166,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         try:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
                                        step_days=step_days, backtest=backtest, register_model=register_model,
-                                       progress=say)
+                                       backtest_cutoffs=backtest_cutoffs, every_days=every, progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
@@ -175,6 +179,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         table.add_row("validation AUC", f"{result['validation_auc']:.3f}")
         if result["backtest_cutoff"]:
             table.add_row(f"backtest AUC ({result['backtest_cutoff']})", f"{result['metrics']['model']['auc']:.3f}")
+        if result.get("grade"):
+            table.add_row("grade", f"{result['grade']}: {result['grade_reason'].split(': ', 1)[-1]}")
         table.add_row("saved", result["model_dir"])
         table.add_row("MLflow run", result["run_id"])
         if register_model:

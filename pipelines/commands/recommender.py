@@ -136,6 +136,10 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="k of the backtest metrics.")] = 10,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines on the newest window first.")] = True,
+        backtest_cutoffs: Annotated[int, typer.Option("--backtest-cutoffs", min=1,
+                                                      help="Backtest at N rolling cutoffs (newest first); the model "
+                                                           "is graded A/B/C on them.")] = 1,
+        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the backtest cutoffs.")] = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the model to MLflow.")] = True,
@@ -148,7 +152,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ws = Workspace(workspace)
         try:
             summary = train_recommender_model(ws, tune=tune, window=window, k=k, backtest=backtest,
-                                              register_model=register_model, mlflow=mlflow, progress=say)
+                                              register_model=register_model, mlflow=mlflow,
+                                              backtest_cutoffs=backtest_cutoffs, every_days=every, progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
@@ -162,6 +167,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             table.add_row(f"backtest ndcg@{k} (all / new)",
                           f"{model_m.get(f'ndcg@{k}', float('nan')):.3f} / "
                           f"{summary['metrics_new'].get('model', {}).get(f'ndcg@{k}', float('nan')):.3f}")
+        if summary.get("grade"):
+            table.add_row("grade", f"{summary['grade']}: {summary['grade_reason'].split(': ', 1)[-1]}")
         table.add_row("fit", f"{summary['fit_seconds']} s")
         table.add_row("saved", summary["saved"])
         if summary.get("run_id"):
