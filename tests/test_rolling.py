@@ -172,22 +172,28 @@ def test_evaluate_churn_cutoffs_cli_writes_json_logs_mlflow_and_feeds_the_report
     assert any("Recommender: no rolling evaluation" in n for n in section.notes)
 
 
-def test_evaluate_recommender_cutoffs_cli_compares_every_generator(shop, monkeypatch):
+def test_recommender_rolling_compares_every_generator_and_grades(shop):
+    from pipelines.commands.rolling import print_rolling
+    from rich.console import Console
+    from training import rolling
     from training.recommender import BASELINE_NAMES, Recommender
-    from training.rolling import rolling_json
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = _cli(shop, "evaluate", "recommender", "--cutoffs", "2", "--every", "45", "--no-mlflow")
-    assert out.exit_code == 0, out.output
-    data = json.loads(rolling_json(shop.reports_dir, RECOMMENDER).read_text())
-    assert len(data["per_cutoff"]) == 2 and "nDCG@10 per cutoff" in out.output
+    # small settings keep the test quick; the CLI passes the defaults through the same function
+    small = {"als_factors": 8, "als_iterations": 3, "ranker_n_estimators": 30, "num_threads": 1}
+    result = rolling.evaluate_recommender_rolling(shop, 2, 45, params=small)
+    data = result.to_json()
+    assert len(data["per_cutoff"]) == 2 and data["every_days"] == 45
     # every generator of the model alone (data-driven: whatever Recommender() has) plus popularity
     expected = {"model"} | {BASELINE_NAMES.get(g, g) for g in (*Recommender().generators, "popular")}
     for cut in data["per_cutoff"]:
         assert set(cut["metrics"]["all"]) == expected
         assert set(cut["metrics"]["new"]) == expected - {"buy_again"}
+    console = Console(width=200, record=True)
+    print_rolling(console, result, [("all", "ndcg@10", "nDCG@10 per cutoff", True, 3)])
+    out = console.export_text()
     g = data["grade"]
-    assert g["metric"] == "ndcg@10" and g["letter"] in "ABC" and f"grade {g['letter']}" in out.output
+    assert g["metric"] == "ndcg@10" and g["letter"] in "ABC" and f"grade {g['letter']}" in out
+    assert "nDCG@10 per cutoff" in out and all(c in out for c in data["cutoffs"])
     best = [max(v["ndcg@10"] for n, v in c["metrics"]["all"].items() if n != "model") for c in data["per_cutoff"]]
     gaps = [c["metrics"]["all"]["model"]["ndcg@10"] - b for c, b in zip(data["per_cutoff"], best)]
     assert g["mean_gap"] == pytest.approx(statistics.fmean(gaps))

@@ -44,7 +44,7 @@ def metric_table(result, view: str, metric: str, title: str, higher_is_better: b
 
 def print_rolling(console: Console, result, tables: list[tuple[str, str, str, bool, int]]) -> None:
     """The tables ``(view, metric, title, higher is better, digits)``, skipped cutoffs, then the grade."""
-    wide = Console(width=max(console.width, 120))
+    wide = console if console.width >= 120 else Console(width=120)
     for view, metric, title, higher, digits in tables:
         wide.print(metric_table(result, view, metric, title, higher, digits))
     for s in result.skipped:
