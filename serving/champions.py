@@ -264,7 +264,8 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
                 "metrics": {k: float(v) for k, v in metrics.items()},
                 "lineage": lineage,
                 "workspace": str(ws.root),
-                "grade": tags.get(GRADE_TAG),
+                # BentoML metadata takes no None: an ungraded version has no entry
+                **({"grade": tags[GRADE_TAG]} if is_grade(tags.get(GRADE_TAG)) else {}),
             },
         )
     return _ref_from_bento(model, "registry")

@@ -32,7 +32,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import BacktestCutoffsOption, CutoffsOption, EveryOption, WorkspaceOption
 
 console = Console()
 
@@ -92,11 +92,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     def evaluate_churn(
         cutoff: Annotated[Optional[str], typer.Option(help="Evaluation cutoff date (YYYY-MM-DD): labels are the purchases "
                                                            "in [cutoff, cutoff + horizon).")] = None,
-        cutoffs: Annotated[Optional[int], typer.Option("--cutoffs", min=1, help="Rolling-origin evaluation at N cutoffs "
-                                                       "back from the newest labelled one (instead of --cutoff); "
-                                                       "graded A/B/C against the best baseline.")] = None,
-        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the cutoffs of --cutoffs "
-                                                     "(default: the horizon).")] = None,
+        cutoffs: CutoffsOption = None,
+        every: EveryOption = None,
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
@@ -151,10 +148,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
                                                     "first (out-of-time metrics for the registry).")] = True,
-        backtest_cutoffs: Annotated[int, typer.Option("--backtest-cutoffs", min=1,
-                                                      help="Backtest at N rolling cutoffs (newest first); the model "
-                                                           "is graded A/B/C on them.")] = 1,
-        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the backtest cutoffs.")] = None,
+        backtest_cutoffs: BacktestCutoffsOption = 1,
+        every: EveryOption = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         workspace: WorkspaceOption = None,

@@ -36,7 +36,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import BacktestCutoffsOption, CutoffsOption, EveryOption, WorkspaceOption
 
 console = Console()
 SHOWN = ("ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty")
@@ -85,11 +85,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     def evaluate_cmd(
         cutoff: Annotated[Optional[str], typer.Option(help="Evaluation cutoff (YYYY-MM-DD): fit before it, test on the "
                                                            "window after.")] = None,
-        cutoffs: Annotated[Optional[int], typer.Option("--cutoffs", min=1, help="Rolling-origin evaluation at N cutoffs "
-                                                       "back from the newest full window (instead of --cutoff); graded "
-                                                       "A/B/C against the best single generator.")] = None,
-        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the cutoffs of --cutoffs "
-                                                     "(default: the window).")] = None,
+        cutoffs: CutoffsOption = None,
+        every: EveryOption = None,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the rolling evaluation to MLflow.")] = True,
         window: Annotated[int, typer.Option(help="Days of purchases after the cutoff that are the test set.")] = 90,
         k: Annotated[int, typer.Option(help="Length of each recommendation list.")] = 10,
@@ -136,10 +133,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="k of the backtest metrics.")] = 10,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines on the newest window first.")] = True,
-        backtest_cutoffs: Annotated[int, typer.Option("--backtest-cutoffs", min=1,
-                                                      help="Backtest at N rolling cutoffs (newest first); the model "
-                                                           "is graded A/B/C on them.")] = 1,
-        every: Annotated[Optional[int], typer.Option("--every", min=1, help="Days between the backtest cutoffs.")] = None,
+        backtest_cutoffs: BacktestCutoffsOption = 1,
+        every: EveryOption = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the model to MLflow.")] = True,
