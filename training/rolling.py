@@ -263,24 +263,30 @@ def figure(result: RollingResult):
     fig = Figure(figsize=(5.4 * len(panels), 4.2), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     x = [pd.Timestamp(c) for c in result.cutoffs]
-    palette = ["#f59e0b", "#10b981", "#a855f7", "#ef4444", "#94a3b8", "#14b8a6", "#eab308", "#8b5cf6", "#f472b6",
-               "#84cc16", "#0ea5e9", "#78716c"]
+    palette = ["#f59e0b", "#10b981", "#a855f7", "#ef4444", "#64748b", "#06b6d4", "#84cc16", "#ec4899", "#92400e",
+               "#0f766e", "#facc15", "#1e293b"]
+    # one colour per scorer across the panels (a view may lack a baseline, e.g. buy_again on new items)
+    names = list(dict.fromkeys(n for view, _, _ in panels for n in result.scorers(view) if n != "model"))
+    colour = {"model": "#2563eb", **{n: palette[i % len(palette)] for i, n in enumerate(names)}}
+    handles = {}
     for ax, (view, metric, title) in zip(axes, panels):
         lines = series(result, view, metric)
-        for j, (name, ys) in enumerate(sorted(lines.items(), key=lambda kv: kv[0] == "model")):
+        for name, ys in sorted(lines.items(), key=lambda kv: kv[0] == "model"):
             pts = [(xx, yy) for xx, yy in zip(x, ys) if yy is not None]
             if not pts:
                 continue
             is_model = name == "model"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=5 if is_model else 3,
-                    lw=2.6 if is_model else 1.3, color="#2563eb" if is_model else palette[j % len(palette)],
-                    label=name, zorder=3 if is_model else 2)
+            handles[name] = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=5 if is_model else 3,
+                                    lw=2.6 if is_model else 1.3, color=colour[name], label=name,
+                                    zorder=3 if is_model else 2)[0]
         ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
         ax.set_xticks(x, [d.strftime("%Y-%m-%d") for d in x], rotation=30, ha="right", fontsize=8)
         ax.grid(True, color="#e2e8f0", lw=0.8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    axes[-1].legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    order = ["model", *names]
+    axes[-1].legend([handles[n] for n in order if n in handles], [n for n in order if n in handles], fontsize=8,
+                    frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"{result.model_name} at {len(x)} cutoffs every {result.every_days} days: grade "
                  f"{result.grade.letter}", x=0.01, ha="left", fontsize=11, fontweight="bold")
     return fig
