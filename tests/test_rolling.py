@@ -203,3 +203,11 @@ def test_recommender_rolling_compares_every_generator_and_grades(shop):
 def test_evaluate_needs_a_cutoff_or_cutoffs(shop):
     out = _cli(shop, "evaluate", "churn")
     assert out.exit_code == 2 and "--cutoffs N" in out.output
+
+
+def test_rolling_metrics_in_a_training_run_do_not_leak_into_the_single_evaluation_views():
+    from pipelines.report.evaluations import views_from_metrics
+
+    views = views_from_metrics({"auc": 0.80, "baseline.rfm.auc": 0.70, "rolling.all.bgnbd.auc": 0.95,
+                                "rolling.mean.all.model.auc": 0.5, "rolling.gap.mean": 0.01})
+    assert views == {"": {"model": {"auc": 0.80}, "rfm": {"auc": 0.70}}}

@@ -153,7 +153,7 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         run.log_metrics(model.validation_metrics_, prefix="validation")
         if ev is not None:
             log_evaluation(run, ev, written, prefix_model="backtest.model")
-            rolling.log_rolling(run, rolled, rolled_written, prefix="backtest.rolling")
+            rolling.log_rolling(run, rolled, rolled_written)
         run.log_dict(model.summary(), "model/summary.json")
         model_info = log_churn(model, info["example"])
         if register_model:

@@ -129,7 +129,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
                         prefix = ("" if name == "model" else f"baseline.{name}") if view == "all" else f"{view}.{name}"
                         run.log_metrics(m, prefix=prefix)
                 run.log_dict(result, f"evaluation/{evaluation_json('').name}")
-                rolling.log_rolling(run, rolled, rolled_written, prefix="backtest.rolling")
+                rolling.log_rolling(run, rolled, rolled_written)
             info = log_recommender(model)
             if register_model and result is not None:
                 run.register(info, metrics, tags=rolling.grade_tags(rolled))

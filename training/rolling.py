@@ -41,6 +41,8 @@ from training.grade import GRADE_CUTOFFS_TAG, GRADE_REASON_TAG, GRADE_TAG, RULES
 from training.names import CHURN, RECOMMENDER
 
 Progress = Callable[[str], None]
+#: the prefix of every MLflow metric :func:`log_rolling` writes (readers of single evaluations skip it)
+METRIC_PREFIX = "rolling"
 KINDS = {CHURN: "churn", RECOMMENDER: "recommender"}
 #: the metrics drawn per cutoff (view, metric, title) for each model
 PLOTTED = {
@@ -311,7 +313,7 @@ def grade_tags(result: RollingResult) -> dict[str, str]:
             GRADE_CUTOFFS_TAG: ",".join(result.cutoffs)}
 
 
-def log_rolling(run: registry.TrainingRun, result: RollingResult, written: dict, prefix: str = "rolling") -> None:
+def log_rolling(run: registry.TrainingRun, result: RollingResult, written: dict, prefix: str = METRIC_PREFIX) -> None:
     """Into an open registry run: each cutoff's metrics as steps 0..N-1 (oldest first) under
     ``<prefix>.<view>.<scorer>.<metric>``, the mean and sd under ``<prefix>.mean.*`` / ``<prefix>.sd.*``,
     the grade as tags, the JSON and the plot as artifacts."""
@@ -352,7 +354,7 @@ def run_rolling(ws: Workspace, model_name: str, n_cutoffs: int, every_days: int 
 
 
 __all__ = [
-    "RollingResult", "evaluate_churn_rolling",
+    "METRIC_PREFIX", "RollingResult", "evaluate_churn_rolling",
     "evaluate_recommender_rolling", "figure", "time_split_result", "grade_tags", "log_rolling", "recommender_baselines",
     "rolling_json", "rolling_plots", "run_rolling", "series", "summarize", "write",
 ]
