@@ -1,4 +1,5 @@
-"""The dates every stage agrees on: the as-of date, the newest labelled cutoff, the training cutoffs.
+"""The dates every stage agrees on: the as-of date, the newest labelled cutoff, the training cutoffs,
+the cutoffs of a rolling-origin evaluation.
 
 A cutoff ``c`` splits time: features use events strictly before ``c``, the churn label (or the
 recommender's test window) the events in ``[c, c + horizon)``. The data end on the *as-of date*, the
@@ -50,3 +51,17 @@ def training_cutoffs(first_event, evaluation_cutoff, horizon_days: int, step_day
         out.append(c)
         c = c - pd.Timedelta(days=step_days)
     return sorted(out)
+
+
+def rolling_cutoffs(newest, n: int, every_days: int) -> list[pd.Timestamp]:
+    """The ``n`` cutoffs of a rolling-origin evaluation, oldest first: ``newest`` (normally
+    :func:`newest_labelled_cutoff`) and every ``every_days`` back from it.
+
+    Raises ``ValueError`` when ``n`` or ``every_days`` is below 1.
+    """
+    if int(n) < 1:
+        raise ValueError(f"the number of cutoffs must be at least 1, not {n}")
+    if int(every_days) < 1:
+        raise ValueError(f"the days between cutoffs must be at least 1, not {every_days}")
+    newest = pd.Timestamp(newest).normalize()
+    return [newest - pd.Timedelta(days=int(every_days) * i) for i in range(int(n) - 1, -1, -1)]

@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 
 from features.numeric import finite_or_none
 from features.workspace import Workspace, atomic_write
+from training.grade import GRADE_TAG, is_grade
 from training.names import CHAMPION, CHURN, MODEL_NAMES, RECOMMENDER
 from training.registry import tracking_uri
 
@@ -158,6 +159,7 @@ class ChampionRef:
     registered_at: str | None = None
     metrics: dict = field(default_factory=dict)
     lineage: dict = field(default_factory=dict)
+    grade: str | None = None  # the version's tag training.grade.GRADE_TAG (A/B/C), None when ungraded
 
     @property
     def key(self) -> tuple[str, str, str | None]:
@@ -182,6 +184,7 @@ def _ref_from_bento(model, source: str) -> ChampionRef:
         registered_at=meta.get("registered_at"),
         metrics={k: float(v) for k, v in metrics.items()},
         lineage={str(k): str(v) for k, v in (meta.get("lineage") or {}).items()},
+        grade=meta.get("grade") if is_grade(meta.get("grade")) else None,
     )
 
 
@@ -261,6 +264,8 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
                 "metrics": {k: float(v) for k, v in metrics.items()},
                 "lineage": lineage,
                 "workspace": str(ws.root),
+                # BentoML metadata takes no None: an ungraded version has no entry
+                **({"grade": tags[GRADE_TAG]} if is_grade(tags.get(GRADE_TAG)) else {}),
             },
         )
     return _ref_from_bento(model, "registry")

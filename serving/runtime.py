@@ -160,7 +160,7 @@ class Runtime:
             models[name] = {
                 "name": r.name, "version": r.version, "alias": CHAMPION, "run_id": r.run_id,
                 "bentoml_tag": r.bentoml_tag, "source": r.source, "registered_at": r.registered_at,
-                "metrics": r.metrics, "lineage": r.lineage,
+                "metrics": r.metrics, "lineage": r.lineage, "grade": r.grade,
             }
         return Metadata.model_validate({
             "service": "crmml",

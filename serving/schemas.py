@@ -285,6 +285,9 @@ class ModelInfo(BaseModel):
     registered_at: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: dict[str, str] = Field(default_factory=dict, description="Training data lineage tags of the run.")
+    grade: Literal["A", "B", "C"] | None = Field(
+        None, description="Grade of the version's rolling backtest against its best baseline (A: ahead at every "
+                          "cutoff by the stated margin, B: ahead on average, C: otherwise); null when not graded.")
 
 
 class DataInfo(BaseModel):

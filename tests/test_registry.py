@@ -50,8 +50,9 @@ def ws(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
-def train(ws, metrics: dict, name: str = CHURN, seed: int = 0, crash: str | None = None):
-    """One training run of a tiny real model; ``crash`` = 'before' / 'after' register raises there."""
+def train(ws, metrics: dict, name: str = CHURN, seed: int = 0, crash: str | None = None, tags: dict | None = None):
+    """One training run of a tiny real model; ``crash`` = 'before' / 'after' register raises there;
+    ``tags``: extra version tags (a rolling evaluation's grade)."""
     X, y = _data(seed)
     with registry.training_run(
         ws, name, params={"C": 1.0, "seed": seed}, lineage={"cutoff": "2011-09-01", "horizon_days": 90},
@@ -70,7 +71,7 @@ def train(ws, metrics: dict, name: str = CHURN, seed: int = 0, crash: str | None
         )
         if crash == "before":
             raise RuntimeError("crash before register")
-        run.register(info, metrics)
+        run.register(info, metrics, tags=tags)
         if crash == "after":
             raise RuntimeError("crash after register, before the block ends")
     return run
@@ -204,6 +205,49 @@ def test_guard_tolerance_and_force(ws):
         registry.promote(ws, CHURN, version=42)
     with pytest.raises(RegistryError, match="no registered model"):
         registry.promote(ws, "crmml-nope")
+
+
+def _graded(letter: str) -> dict:
+    """Version tags of a challenger graded ``letter`` by a rolling evaluation (as ``crmml train`` sets them)."""
+    from training.grade import GRADE_REASON_TAG, GRADE_TAG
+
+    return {GRADE_TAG: letter, GRADE_REASON_TAG: f"{letter}: graded by the test"}
+
+
+def test_gate_refuses_a_challenger_graded_c_unless_forced(ws):
+    train(ws, {"auc": 0.80, "brier": 0.15}, tags=_graded("B"))
+    assert vtags(ws, 1)["grade"] == "B"
+    # better on every gate metric, but graded C by its rolling evaluation: refused, the grade the first reason
+    train(ws, {"auc": 0.85, "brier": 0.14}, seed=1, tags=_graded("C"))
+    d = registry.promote(ws, CHURN)
+    assert (d.decision, d.passed, d.promoted, d.grade) == ("refused", False, False, "C")
+    assert d.reasons[0].startswith("grade C:") and "unless forced" in d.reasons[0]
+    assert any("auc" in r and ": ok" in r for r in d.reasons[1:])  # the metric checks themselves passed
+    assert aliases(ws)["champion"] == "1" and vtags(ws, 2)["gate.grade"] == "C"
+    d = registry.promote(ws, CHURN, force=True)
+    assert (d.decision, d.promoted, d.forced) == ("forced", True, True) and aliases(ws)["champion"] == "2"
+    # graded B and better: the grade does not stand in the way
+    train(ws, {"auc": 0.86, "brier": 0.14}, seed=2, tags=_graded("B"))
+    assert registry.promote(ws, CHURN).decision == "promoted"
+    # ungraded (trained without a backtest): only the metrics decide, as before
+    train(ws, {"auc": 0.87, "brier": 0.14}, seed=3)
+    d = registry.promote(ws, CHURN)
+    assert d.decision == "promoted" and d.grade is None
+
+
+def test_cli_promote_refuses_grade_c_with_a_reason_and_force_accepts(ws):
+    train(ws, {"auc": 0.80, "brier": 0.15})
+    train(ws, {"auc": 0.85, "brier": 0.14}, seed=1, tags=_graded("C"))
+    app, pre = _cli_app()
+    runner = CliRunner()
+    w = ["--workspace", str(ws.root), "--recorded"]
+    out = runner.invoke(app, pre + ["promote", CHURN, *w], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "grade C: a challenger graded C is refused unless forced" in out.output and "refused" in out.output
+    assert aliases(ws) == {"champion": "1", "challenger": "2"}
+    out = runner.invoke(app, pre + ["promote", CHURN, "--force", *w], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "forced" in out.output and aliases(ws) == {"champion": "2"}
 
 
 def test_gate_evaluates_both_on_the_same_window(ws):

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from pipelines import report as rp
+from training import rolling
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = [
@@ -28,6 +29,7 @@ SECTIONS = [
     "Churn risk by segment",
     "Churn model evaluation against baselines",
     "Recommendation metrics against baselines",
+    "Models at several cutoffs: rolling evaluation and grade",
     "Items bought together: top association rules",
     "Retention list: top customers by value at stake",
 ]
@@ -252,15 +254,19 @@ def test_sections_from_model_outputs(synthetic_workspace, tmp_path):
                 "popular": {"ndcg@10": 0.03, "recall@10": 0.03, "hit_rate@10": 0.15, "coverage": 0.01}},
         "n_users": 120, "k": 10,
     }))
+    rolling_churn = _rolling_churn([(0.80, 0.17, 0.79, 0.18), (0.78, 0.18, 0.76, 0.18)])
+    rolling.write(rolling_churn, ws.reports_dir)  # what `crmml evaluate churn --cutoffs 2` writes
     path = rp.build_report(ws, tmp_path / "out" / "insight.html")
     assert path == (tmp_path / "out" / "insight.html").resolve()
-    check_images(path, min_images=len(ALWAYS) + 4)
+    check_images(path, min_images=len(ALWAYS) + 5)
     assert outline(path)["missing"] == []
     plots = sections_with_plots(path)
     for title in SECTIONS[1:]:
         assert plots[title] >= 1, f"{title} has no plot"
     text = path.read_text(encoding="utf-8")
     assert "0.810" in text and "recency" in text  # model vs baseline table
+    assert f"churn model graded {rolling_churn.grade.letter} over 2 cutoffs" in text
+    assert "0.790 ± 0.014" in text and "2011-03-01" in text  # the model's AUC per cutoff and mean ± sd
     assert "no purchase for 143 days; 2 complaints in the last 90 days" in text  # retention list reasons
     top = scores.assign(v=p * clv)[p >= 0.3].sort_values("v", ascending=False)["customer_id"].iloc[0]
     assert f"<td class=\"n\">1</td><td>{top}</td>" in text  # ranked by value at stake
@@ -480,6 +486,18 @@ def test_inputs_are_read_where_their_writers_put_them(tmp_path):
     assert not section.missing and len(section.plots) == 1
 
 
+def _rolling_churn(rows):
+    """A churn rolling evaluation of constructed figures: per cutoff (model auc, brier, bgnbd auc, brier)."""
+    from training.grade import RULES, grade
+    from training.names import CHURN
+
+    per = [{"cutoff": f"2011-0{2 * i + 1}-01", "metrics": {"all": {"model": {"auc": a, "brier": b},
+                                                                  "bgnbd": {"auc": x, "brier": y}}}}
+           for i, (a, b, x, y) in enumerate(rows)]
+    return rolling.RollingResult(CHURN, [c["cutoff"] for c in per], 59, {"horizon_days": 90}, per,
+                                 rolling.summarize(per), grade({c["cutoff"]: c["metrics"]["all"] for c in per}, RULES[CHURN]))
+
+
 def _empty_inputs(ws):
     from pipelines.report.inputs import Found, ReportInputs
 
@@ -488,4 +506,4 @@ def _empty_inputs(ws):
     return ReportInputs(workspace=ws, as_of=as_of, events=ev, purchases=ev[ev["event_type"] == "purchase"],
                         summary=rp.data_summary(ev), items=None, customer360=absent, value=absent, scores=absent,
                         customer360_at_scoring=absent, churn_evaluation=absent, recommender_evaluation=absent,
-                        item_rules=absent)
+                        churn_rolling=absent, recommender_rolling=absent, item_rules=absent)

@@ -215,9 +215,13 @@ def _train_churn(ws, num_leaves: int = 15) -> str:
     from training.churn import train_final
     from training.churn_pyfunc import log_churn
 
+    from training.grade import GRADE_REASON_TAG, GRADE_TAG
+
     model, info = train_final(ws, tune=False, model_kwargs={"params": {"num_leaves": num_leaves}, "n_jobs": 1})
     with registry.training_run(ws, registry.CHURN, params={"num_leaves": num_leaves}) as run:
-        run.register(log_churn(model, info["example"]), model.validation_metrics_)
+        # a grade as `crmml train churn` records it from its rolling backtest (served in /metadata)
+        run.register(log_churn(model, info["example"]), model.validation_metrics_,
+                     tags={GRADE_TAG: "B", GRADE_REASON_TAG: "B: set by the test fixture"})
     return run.model_version
 
 
@@ -431,6 +435,8 @@ def test_metadata_metrics_and_openapi(shop, server, client):
         m = meta["models"][name]
         assert m["version"] == "1" and m["source"] == "registry" and m["bentoml_tag"].startswith(f"{name}:v1-")
         assert m["run_id"] and m["lineage"]["data_fingerprint"]
+    # the grade of the version's rolling backtest, read from the registry tag; the recommender here has none
+    assert meta["models"]["crmml-churn"]["grade"] == "B" and meta["models"]["crmml-recommender"]["grade"] is None
     assert meta["data"]["as_of"] and meta["data"]["customers"] >= len(shop["customers"]) * 0.9 and meta["auth"] is True
     spec = client.get("/openapi.json").json()
     for path in ("/churn/score", "/customers/{customer_id}/profile", "/recommend", "/recommend/basket",

@@ -23,7 +23,7 @@ import pandas as pd
 
 from features import dates
 from features.workspace import Workspace, atomic_write_json
-from training import churn, registry, retention
+from training import churn, registry, retention, rolling
 from training.churn_pyfunc import log_churn
 
 Progress = Callable[[str], None]
@@ -98,31 +98,40 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
 
 def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 10, step_days: int = 30,
                       backtest: bool = True, tune_sample: int | None = 2500, register_model: bool = True,
+                      backtest_cutoffs: int = 1, every_days: int | None = None,
                       progress: Progress | None = None) -> dict:
-    """Backtest against the baselines at the newest labelled cutoff, train the final model on every labelled
-    snapshot, log both to MLflow and register the model as challenger.
+    """Backtest against the baselines at the newest labelled cutoff (or at ``backtest_cutoffs`` rolling
+    cutoffs every ``every_days``: ``training.rolling``), grade the model on the backtest's cutoffs
+    (``training.grade``), train the final model on every labelled snapshot, log both to MLflow and
+    register the model as challenger with its grade (version tags ``grade``, ``grade.reason``).
 
     Returns a JSON-able summary: ``primary_metric`` ("auc"), ``metrics`` (model and baselines of the
     backtest, or the model's validation metrics without one), ``backtest_cutoff``, ``backtest_skipped``
     (why, when the backtest could not run), ``horizon_days``, ``n_rows``, ``cutoffs``,
-    ``validation_cutoff``, ``validation_auc``, ``model_dir``, ``run_id``, ``version``, ``seconds``.
+    ``validation_cutoff``, ``validation_auc``, ``model_dir``, ``run_id``, ``version``, ``grade`` and
+    ``grade_reason`` (None without a backtest), ``seconds``.
     """
     say = progress or _quiet
     started = time.perf_counter()
     ev = None
     written = None
     skipped = None
+    rolled, rolled_written = None, None
     if backtest:
         cutoff = dates.newest_labelled_cutoff(dates.workspace_as_of(ws), horizon)
-        say(f"backtest at the newest labelled cutoff {cutoff.date()}")
+        say(f"backtest at the newest labelled cutoff {cutoff.date()}" if backtest_cutoffs == 1 else
+            f"backtest at {backtest_cutoffs} cutoffs back from the newest labelled one ({cutoff.date()})")
         try:
-            ev = churn.evaluate_protocol(ws, cutoff, horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                         step_days=step_days, progress=say,
-                                         model_kwargs={"tune_sample": tune_sample or None})
+            rolled = rolling.evaluate_churn_rolling(ws, backtest_cutoffs, every_days, horizon=horizon, tune=tune,
+                                                    n_trials=n_trials, step_days=step_days, keep_evaluations=True,
+                                                    model_kwargs={"tune_sample": tune_sample or None},
+                                                    progress=say)
         except ValueError as exc:
             skipped = str(exc)  # the caller says so; the final model is still trained
-        if ev is not None:
+        if rolled is not None:
+            ev = rolled.evaluations[-1]  # the newest cutoff: the out-of-time metrics the registry keeps
             written = churn.write_report(ev, ws.reports_dir)
+            rolled_written = rolling.write(rolled, ws.reports_dir)
     say("final model on every labelled snapshot")
     params = dict(ev.model.best_params_) if (ev is not None and tune) else None
     # reuse the backtest's tuned parameters instead of searching twice
@@ -151,10 +160,11 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         run.log_metrics(model.validation_metrics_, prefix="validation")
         if ev is not None:
             log_evaluation(run, ev, written, prefix_model="backtest.model")
+            rolling.log_rolling(run, rolled, rolled_written)
         run.log_dict(model.summary(), "model/summary.json")
         model_info = log_churn(model, info["example"])
         if register_model:
-            run.register(model_info, metrics)
+            run.register(model_info, metrics, tags=rolling.grade_tags(rolled) if rolled is not None else None)
     return {
         "primary_metric": "auc",
         "metrics": json.loads(json.dumps(ev.metrics if ev is not None else {"model": metrics}, default=float)),
@@ -172,6 +182,8 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
         "model_dir": str(saved),
         "run_id": run.run_id,
         "version": str(run.model_version) if register_model else None,
+        "grade": rolled.grade.letter if rolled is not None else None,
+        "grade_reason": rolled.grade.reason if rolled is not None else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
 

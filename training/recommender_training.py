@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 import joblib
+import pandas as pd
 
 from features.workspace import Workspace, atomic_write, atomic_write_json
-from training import registry
+from training import registry, rolling
 from training.recommender import Recommender, evaluate_time_split, evaluation_json
 from training.recommender_inputs import load_inputs, newest_window_cutoff
 from training.recommender_pyfunc import log_recommender
@@ -54,14 +55,17 @@ def evaluate_recommender(ws: Workspace, cutoff, window: int = 90, k: int = 10, t
 
 def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = False, window: int = 90, k: int = 10,
                             backtest: bool = True, register_model: bool = True, mlflow: bool = True,
+                            backtest_cutoffs: int = 1, every_days: int | None = None,
                             progress: Progress | None = None) -> dict:
-    """Backtest, fit on everything, save, log to MLflow and register.
+    """Backtest (at the newest full window, or at ``backtest_cutoffs`` rolling cutoffs every ``every_days``:
+    ``training.rolling``), grade the model on the backtest's cutoffs (``training.grade``), fit on
+    everything, save, log to MLflow and register with the grade (version tags ``grade``, ``grade.reason``).
 
     Returns a JSON-able summary: ``primary_metric`` (``ndcg@k``), ``metrics`` / ``metrics_new`` (model
     and baselines of the backtest's ``all`` / ``new`` views), ``n_users``, ``n_users_new``, ``k``,
     ``window_days``, ``backtest_cutoff``, ``backtest_skipped`` (why, when it could not run),
     ``fit_seconds``, ``saved``, ``users``, ``items``, ``run_id`` and ``model_version`` (with MLflow),
-    ``seconds``.
+    ``grade`` and ``grade_reason`` (None without a backtest), ``seconds``.
     """
     say = progress or _quiet
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
@@ -69,16 +73,22 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
     interactions, items, users = load_inputs(ws)
     result = None
     skipped = None
+    rolled, rolled_written = None, None
     cutoff = newest_window_cutoff(interactions, window)
     if backtest and cutoff is not None:
-        say(f"backtest: fit before {cutoff.date()}, evaluate on the next {window} days")
+        say(f"backtest: fit before {cutoff.date()}, evaluate on the next {window} days"
+            + (f" (and {backtest_cutoffs - 1} earlier cutoffs)" if backtest_cutoffs > 1 else ""))
         try:
-            result = evaluate_time_split(interactions, cutoff, window_days=window, k=k, items=items, users=users,
-                                         params={"show_progress": True}, tune=tune)
+            rolled = rolling.evaluate_recommender_rolling(ws, backtest_cutoffs, every_days, window=window, k=k,
+                                                          tune=tune, params={"show_progress": True},
+                                                          inputs=(interactions, items, users), progress=say)
         except ValueError as exc:
             skipped = str(exc)  # the caller says so; the final model is still trained
-        if result is not None:
+        if rolled is not None:
+            result = rolling.time_split_result(rolled)  # the newest cutoff, as evaluate_time_split gives it
+            cutoff = pd.Timestamp(result["cutoff"])
             atomic_write_json(evaluation_json(ws.reports_dir), result)
+            rolled_written = rolling.write(rolled, ws.reports_dir)
     say("final model on all the data")
     model = Recommender().fit(interactions, items=items, users=users, tune=tune)
     saved = model_path(ws)
@@ -101,6 +111,8 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         "saved": str(saved),
         "users": int(model.state_.matrix.shape[0]),
         "items": int(len(model.item_ids_)),
+        "grade": rolled.grade.letter if rolled is not None else None,
+        "grade_reason": rolled.grade.reason if rolled is not None else None,
     }
     if mlflow:
         # the constructor's parameters, then what tuning chose (recorded in best_params_, never set back)
@@ -117,9 +129,10 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
                         prefix = ("" if name == "model" else f"baseline.{name}") if view == "all" else f"{view}.{name}"
                         run.log_metrics(m, prefix=prefix)
                 run.log_dict(result, f"evaluation/{evaluation_json('').name}")
+                rolling.log_rolling(run, rolled, rolled_written)
             info = log_recommender(model)
             if register_model and result is not None:
-                run.register(info, metrics)
+                run.register(info, metrics, tags=rolling.grade_tags(rolled))
         summary["run_id"] = run.run_id
         summary["model_version"] = getattr(run, "model_version", None)
     summary["seconds"] = round(time.perf_counter() - started, 1)

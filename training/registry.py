@@ -53,6 +53,8 @@ Gate
     a model on the newest evaluation window) both are evaluated now on that same window; otherwise
     the metrics recorded at registration are compared. The challenger passes when it is at least as
     good on the primary metric within the tolerance and not worse than each guard's tolerance.
+    A challenger whose version tag ``grade`` (set at registration from its rolling backtest,
+    ``training.grade``) is in the policy's ``refused_grades`` (C) does not pass, with the reason first.
     ``champion`` moves only if it passed or ``force`` is set. Either way the decision and both sets
     of figures are written as tags on both versions: ``gate.*`` on the challenger
     (``gate.decision`` = promoted | forced | refused, ``gate.passed``, ``gate.forced``,
@@ -88,6 +90,7 @@ from typing import Any, Callable, Iterator
 from features.numeric import finite_or_none as _finite
 from features.numeric import safe_key
 from features.workspace import REPO_ROOT, Workspace
+from training.grade import GRADE_REASON_TAG, GRADE_TAG
 from training.names import CHALLENGER, CHAMPION, CHURN, EXPERIMENT, RECOMMENDER
 
 
@@ -113,7 +116,8 @@ _DIRECTIONS = {"higher": True, "lower": False}
 
 @dataclass
 class GatePolicy:
-    """What a challenger must show: ``primary`` within ``tolerance``, no guard worse than its tolerance.
+    """What a challenger must show: ``primary`` within ``tolerance``, no guard worse than its tolerance, and
+    no grade in ``refused_grades`` (the grade of its rolling evaluation, ``training.grade``).
 
     ``guards`` maps a metric to ``(direction, tolerance)`` with direction ``"higher"`` or ``"lower"``
     (which way is better).
@@ -123,6 +127,8 @@ class GatePolicy:
     higher_is_better: bool = True
     tolerance: float = 0.001
     guards: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: a challenger whose version tag ``grade`` (``training.grade``) is one of these is refused unless forced
+    refused_grades: tuple[str, ...] = ("C",)
 
     def __post_init__(self) -> None:
         for metric, (direction, tol) in self.guards.items():
@@ -362,6 +368,7 @@ class TrainingRun:
         self.experiment_id: str = run.info.experiment_id
         self.policy = policy_for(model_name)
         self._pending: tuple[str, dict[str, float]] | None = None
+        self._version_tags: dict[str, str] = {}
         self._fingerprint: str | None = None
         self.model_version: str | None = None  # set after a successful registration
 
@@ -415,11 +422,13 @@ class TrainingRun:
         mlflow.set_tags({safe_key(k): str(v)[:5000] for k, v in tags.items()})
 
     # -- registration -------------------------------------------------------------------------
-    def register(self, model, metrics: dict) -> None:
+    def register(self, model, metrics: dict, tags: dict | None = None) -> None:
         """Queue ``model`` (a ``ModelInfo`` from ``log_model`` or a model URI) for registration.
 
         The version is created when the ``with`` block exits cleanly; ``metrics`` (must include the
-        primary metric) become its ``metric.*`` tags. Raises now if the model has no signature.
+        primary metric) become its ``metric.*`` tags, ``tags`` (e.g. the grade of a rolling
+        evaluation, ``training.rolling.grade_tags``) further tags of the version. Raises now if the
+        model has no signature.
         """
         from mlflow.models import get_model_info
 
@@ -437,6 +446,7 @@ class TrainingRun:
                 f"register() needs the primary metric {self.policy.primary!r} of {self.model_name}; got {sorted(values)}"
             )
         self._pending = (uri, values)
+        self._version_tags = {str(k): str(v)[:5000] for k, v in (tags or {}).items()}
 
     def _context(self, params: dict | None, lineage: dict | None, feature_docs: list[dict] | None) -> None:
         import mlflow
@@ -497,6 +507,7 @@ class TrainingRun:
                 )
             git = git_info()
             tags = {f"metric.{k}": repr(v) for k, v in metrics.items()}
+            tags.update(self._version_tags)
             tags.update(
                 {
                     "run_id": self.run_id,
@@ -711,6 +722,7 @@ class Decision:
     tolerance: float
     source: str  # evaluate | recorded
     window: str | None = None
+    grade: str | None = None  # the challenger's version tag ``grade`` (training.grade), None when ungraded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -764,6 +776,12 @@ def promote(
             source = "recorded"
             new, old = _recorded_metrics(challenger), _recorded_metrics(champion)
         passed, reasons = policy.check(new, old, tol)
+    grade = (challenger.tags or {}).get(GRADE_TAG)
+    if grade in policy.refused_grades:
+        passed = False
+        why = (challenger.tags or {}).get(GRADE_REASON_TAG, "")
+        reasons.insert(0, f"grade {grade}: a challenger graded {grade} is refused unless forced"
+                          + (f" ({why})" if why else ""))
     move = passed or force
     decision = "promoted" if passed else ("forced" if force else "refused")
     when = _now()
@@ -781,6 +799,8 @@ def promote(
     }
     if window:
         tags["gate.window"] = window[:5000]
+    if grade:
+        tags["gate.grade"] = grade
     tags.update({f"gate.challenger.{k}": repr(v) for k, v in new.items()})
     tags.update({f"gate.champion.{k}": repr(v) for k, v in old.items()})
     for key, value in tags.items():
@@ -813,7 +833,7 @@ def promote(
     return Decision(
         name=name, challenger=version, champion=champion_v, decision=decision, passed=passed, promoted=move,
         forced=bool(force), reasons=reasons, challenger_metrics=new, champion_metrics=old,
-        primary=policy.primary_key, tolerance=tol, source=source, window=window,
+        primary=policy.primary_key, tolerance=tol, source=source, window=window, grade=grade,
     )
 
 

@@ -6,9 +6,15 @@
         recency, rfm, bgnbd, n_customers, churn_rate, ...) and reports/churn_evaluation.json + plots,
         and logs the run to MLflow (not registered).
 
-    crmml train churn [--horizon 90] [--no-tune]
-        backtest first (the protocol above at the newest fully-labelled cutoff: metrics of the model
-        and the baselines, plots, report), then the final model on every labelled snapshot; saved
+    crmml evaluate churn --cutoffs 4 [--every 91] [--no-tune]
+        the same protocol at 4 cutoffs, every 91 days (default: the horizon) back from the newest
+        labelled one: AUC, PR-AUC and Brier per cutoff with mean ± sd for the model and each
+        baseline, and the grade (``training.grade``); writes ``training.rolling.rolling_json`` + plot
+        and logs one MLflow run (per-cutoff metrics as steps, tag ``grade``).
+
+    crmml train churn [--horizon 90] [--no-tune] [--backtest-cutoffs N]
+        backtest first (the protocol above at the newest fully-labelled cutoff, or at N rolling
+        cutoffs: metrics of the model and the baselines, plots, report, the grade), then the final model on every labelled snapshot; saved
         under <workspace>/models/churn, logged to MLflow and registered as challenger (the first
         version becomes champion) with the backtest's out-of-time metrics.
 
@@ -26,7 +32,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import BacktestCutoffsOption, CutoffsOption, EveryOption, WorkspaceOption
 
 console = Console()
 
@@ -86,11 +92,17 @@ def print_choice(chosen: str | None, fallback: str | None) -> None:
         console.print(f"output stage: {chosen} (chosen on the held-out cutoff)")
 
 
+ROLLING_TABLES = [("all", "auc", "ROC-AUC per cutoff", True, 3), ("all", "pr_auc", "PR-AUC per cutoff", True, 3),
+                  ("all", "brier", "Brier score per cutoff (lower is better)", False, 4)]
+
+
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     @evaluate_app.command("churn")
     def evaluate_churn(
-        cutoff: Annotated[str, typer.Option(help="Evaluation cutoff date (YYYY-MM-DD): labels are the purchases in "
-                                                 "[cutoff, cutoff + horizon).")],
+        cutoff: Annotated[Optional[str], typer.Option(help="Evaluation cutoff date (YYYY-MM-DD): labels are the purchases "
+                                                           "in [cutoff, cutoff + horizon).")] = None,
+        cutoffs: CutoffsOption = None,
+        every: EveryOption = None,
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Optuna search on the time split.")] = True,
@@ -102,11 +114,23 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
         workspace: WorkspaceOption = None,
     ):
-        """Train on labels ending on or before CUTOFF, score the customers eligible at CUTOFF, compare with baselines."""
+        """Train on labels ending on or before CUTOFF, score the customers eligible at CUTOFF, compare with baselines
+        (or do so at N rolling cutoffs with --cutoffs N and grade the model)."""
         from features.workspace import Workspace
         from training.churn_training import evaluate_churn_model
 
         ws = Workspace(workspace)
+        if cutoffs is not None:
+            from pipelines.commands.rolling import evaluate_rolling
+            from training.names import CHURN
+
+            evaluate_rolling(console, say, ws, CHURN, cutoffs, every, ROLLING_TABLES, json_path, mlflow,
+                             horizon=horizon, tune=tune, n_trials=n_trials, step_days=step_days,
+                             model_kwargs={"tune_sample": tune_sample or None})
+            return
+        if cutoff is None:
+            console.print("[bold red]error:[/] give --cutoff DATE (one cutoff) or --cutoffs N (rolling evaluation)")
+            raise typer.Exit(2)
         try:
             done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
                                         tune_sample=tune_sample,
@@ -140,6 +164,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
                                                     "first (out-of-time metrics for the registry).")] = True,
+        backtest_cutoffs: BacktestCutoffsOption = 1,
+        every: EveryOption = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         workspace: WorkspaceOption = None,
@@ -152,7 +178,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
                                        tune_sample=tune_sample,
                                        step_days=step_days, backtest=backtest, register_model=register_model,
-                                       progress=say)
+                                       backtest_cutoffs=backtest_cutoffs, every_days=every, progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
@@ -166,6 +192,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         table.add_row("validation AUC", f"{result['validation_auc']:.3f}")
         if result["backtest_cutoff"]:
             table.add_row(f"backtest AUC ({result['backtest_cutoff']})", f"{result['metrics']['model']['auc']:.3f}")
+        if result.get("grade"):
+            table.add_row("grade", f"{result['grade']}: {result['grade_reason'].split(': ', 1)[-1]}")
         table.add_row("saved", result["model_dir"])
         table.add_row("MLflow run", result["run_id"])
         if register_model:

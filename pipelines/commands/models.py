@@ -164,6 +164,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"  - {reason}")
         if d.window:
             console.print(f"  window: {d.window}")
+        if d.grade:
+            console.print(f"  grade: {d.grade}")
         if d.decision == "promoted":
             console.print(f"[bold green]promoted[/]: {name}@champion -> v{d.challenger}")
         elif d.decision == "forced":

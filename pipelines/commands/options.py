@@ -10,3 +10,19 @@ import typer
 WorkspaceOption = Annotated[
     Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
 ]
+
+# rolling-origin evaluation (training.rolling): `crmml evaluate <model> --cutoffs N [--every DAYS]`, and
+# `crmml train <model> --backtest-cutoffs N [--every DAYS]` for the grade of a trained model
+CutoffsOption = Annotated[
+    Optional[int], typer.Option("--cutoffs", min=1, help="Rolling-origin evaluation at N cutoffs back from the newest "
+                                "one whose test window is complete (instead of --cutoff); graded A/B/C against the "
+                                "best baseline.")
+]
+EveryOption = Annotated[
+    Optional[int], typer.Option("--every", min=1, help="Days between the rolling cutoffs (default: the horizon or "
+                                "window).")
+]
+BacktestCutoffsOption = Annotated[
+    int, typer.Option("--backtest-cutoffs", min=1, help="Backtest at N rolling cutoffs (the newest labelled one and "
+                      "earlier ones); the model is graded A/B/C on them.")
+]

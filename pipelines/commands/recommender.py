@@ -8,7 +8,13 @@
         ``{"all": {"model": {...}, "popularity": {...}, ...}, "new": {...}, "n_users": ...}`` and
         ``reports/recommender_evaluation.json`` (read by ``crmml report``).
 
-    crmml train recommender [--tune] [--window 90]
+    crmml evaluate recommender --cutoffs 4 [--every 91]
+        the same protocol at 4 cutoffs every 91 days (default: the window) back from the newest full
+        window, every generator alone plus popularity as baselines: nDCG@10 (all / new) per cutoff
+        with mean ± sd, and the grade (``training.grade``); writes ``training.rolling.rolling_json`` +
+        plot and logs one MLflow run.
+
+    crmml train recommender [--tune] [--window 90] [--backtest-cutoffs N]
         backtest first (the protocol above at the newest full window: out-of-time metrics for the
         registry), then the final model on all the data; saved under
         <workspace>/models/recommender/recommender.joblib, logged to MLflow as a pyfunc and
@@ -30,7 +36,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import BacktestCutoffsOption, CutoffsOption, EveryOption, WorkspaceOption
 
 console = Console()
 SHOWN = ("ndcg", "precision", "recall", "map", "hit_rate", "coverage", "novelty")
@@ -77,7 +83,11 @@ def print_backtest(summary: dict) -> None:
 def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     @evaluate_app.command("recommender")
     def evaluate_cmd(
-        cutoff: Annotated[str, typer.Option(help="Evaluation cutoff (YYYY-MM-DD): fit before it, test on the window after.")],
+        cutoff: Annotated[Optional[str], typer.Option(help="Evaluation cutoff (YYYY-MM-DD): fit before it, test on the "
+                                                           "window after.")] = None,
+        cutoffs: CutoffsOption = None,
+        every: EveryOption = None,
+        mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the rolling evaluation to MLflow.")] = True,
         window: Annotated[int, typer.Option(help="Days of purchases after the cutoff that are the test set.")] = 90,
         k: Annotated[int, typer.Option(help="Length of each recommendation list.")] = 10,
         json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics JSON here.")] = None,
@@ -92,6 +102,18 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
 
         ws = Workspace(workspace)
         started = time.perf_counter()
+        if cutoffs is not None:
+            from pipelines.commands.rolling import evaluate_rolling
+            from training.names import RECOMMENDER
+
+            tables = [("all", f"ndcg@{k}", f"nDCG@{k} per cutoff: all purchases in the window", True, 3),
+                      ("new", f"ndcg@{k}", f"nDCG@{k} per cutoff: items new to the customer", True, 3)]
+            evaluate_rolling(console, say, ws, RECOMMENDER, cutoffs, every, tables, json_path, mlflow,
+                             window=window, k=k, tune=tune)
+            return
+        if cutoff is None:
+            console.print("[bold red]error:[/] give --cutoff DATE (one cutoff) or --cutoffs N (rolling evaluation)")
+            raise typer.Exit(2)
         try:
             result = evaluate_recommender(ws, pd.Timestamp(cutoff), window=window, k=k, tune=tune,
                                           json_path=json_path)
@@ -111,6 +133,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="k of the backtest metrics.")] = 10,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines on the newest window first.")] = True,
+        backtest_cutoffs: BacktestCutoffsOption = 1,
+        every: EveryOption = None,
         register_model: Annotated[bool, typer.Option("--register/--no-register",
                                                      help="Register as challenger in the MLflow registry.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the model to MLflow.")] = True,
@@ -123,7 +147,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         ws = Workspace(workspace)
         try:
             summary = train_recommender_model(ws, tune=tune, window=window, k=k, backtest=backtest,
-                                              register_model=register_model, mlflow=mlflow, progress=say)
+                                              register_model=register_model, mlflow=mlflow,
+                                              backtest_cutoffs=backtest_cutoffs, every_days=every, progress=say)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
@@ -137,6 +162,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             table.add_row(f"backtest ndcg@{k} (all / new)",
                           f"{model_m.get(f'ndcg@{k}', float('nan')):.3f} / "
                           f"{summary['metrics_new'].get('model', {}).get(f'ndcg@{k}', float('nan')):.3f}")
+        if summary.get("grade"):
+            table.add_row("grade", f"{summary['grade']}: {summary['grade_reason'].split(': ', 1)[-1]}")
         table.add_row("fit", f"{summary['fit_seconds']} s")
         table.add_row("saved", summary["saved"])
         if summary.get("run_id"):

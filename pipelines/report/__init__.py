@@ -20,7 +20,8 @@ How it is built, one module per job:
 Sections, in order (a section whose input is missing says so in one line): data summary; revenue Pareto
 curve and value tiers; RFM segments; cohort retention; repeat-purchase and retention rates; churn risk by
 segment; the churn model's backtest against its baselines (``training.churn.write_report``'s JSON and
-plots); recommendation metrics against baselines; top association rules; the retention list.
+plots); recommendation metrics against baselines; both models at the cutoffs of their rolling evaluation with
+their grade (``training.rolling``'s JSON and plots); top association rules; the retention list.
 
 ``log_report(workspace, path)`` logs the HTML and its PNG folder to MLflow (the active run, else a run
 named ``report`` in the workspace's tracking store).
@@ -50,7 +51,13 @@ from pipelines.report.insight import (
     share_of_revenue,
 )
 from pipelines.report.insight_sections import COHORTS, PARETO, RATES, RFM, RULES, SUMMARY
-from pipelines.report.model_sections import CHURN_EVALUATION, CHURN_RISK, RECOMMENDER_EVALUATION, RETENTION
+from pipelines.report.model_sections import (
+    CHURN_EVALUATION,
+    CHURN_RISK,
+    RECOMMENDER_EVALUATION,
+    RETENTION,
+    ROLLING_EVALUATION,
+)
 from pipelines.report.page import Section, SectionSpec
 from pipelines.report.plots import squarify
 from pipelines.report.text import reason_text
@@ -63,7 +70,8 @@ def report_path(ws: Workspace) -> Path:
     return ws.reports_dir / REPORT_NAME
 
 SECTIONS: tuple[SectionSpec, ...] = (  # the page's order; no section reads another's results
-    SUMMARY, PARETO, RFM, COHORTS, RATES, CHURN_RISK, CHURN_EVALUATION, RECOMMENDER_EVALUATION, RULES, RETENTION,
+    SUMMARY, PARETO, RFM, COHORTS, RATES, CHURN_RISK, CHURN_EVALUATION, RECOMMENDER_EVALUATION, ROLLING_EVALUATION,
+    RULES, RETENTION,
 )
 
 

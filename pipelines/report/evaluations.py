@@ -14,6 +14,7 @@ import pandas as pd
 
 from features.numeric import finite_or_none as _finite
 from pipelines.report.text import label as _label
+from training.rolling import METRIC_PREFIX
 
 NOT_MODELS = ("protocol", "model_info", "timings_s", "timings", "calibration_curve", "tiers", "notes", "params")
 MODEL_ROWS = ("model", "champion", "challenger", "lightgbm", "recommender")
@@ -116,7 +117,8 @@ def views_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, dict[st
     model in another view). The unnamed view is called ``all`` when other views exist."""
     views: dict[str, dict[str, dict[str, float]]] = {}
     for key, value in metrics.items():
-        if _finite(value) is None:
+        # a rolling evaluation's metrics (training.rolling.METRIC_PREFIX) belong to its own section
+        if _finite(value) is None or str(key).startswith(f"{METRIC_PREFIX}."):
             continue
         parts = str(key).split(".")
         if parts[0] == "baseline" and len(parts) >= 3:

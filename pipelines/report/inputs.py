@@ -11,6 +11,9 @@
   ``plots/``;
 - ``recommender_evaluation``: ``training.recommender.evaluation_json(ws.reports_dir)``, else MLflow as
   above for ``training.names.RECOMMENDER``;
+- ``churn_rolling`` / ``recommender_rolling``: ``training.rolling.rolling_json(ws.reports_dir, model)`` and
+  ``rolling_plots`` (``crmml evaluate churn|recommender --cutoffs N`` and ``crmml train``'s backtest): the
+  per-cutoff metrics, mean ± sd and the grade;
 - ``item_rules``: ``ws.table_path(features.interactions.ITEM_RULES, "features")``
   (``features.interactions.write_interaction_tables``), else mined from the events now.
 
@@ -49,7 +52,7 @@ from pipelines.report.insight import (
 )
 from pipelines.report.plots import Plot, png_file
 from pipelines.report.text import as_list, date
-from training import churn, names, recommender, registry
+from training import churn, names, recommender, registry, rolling
 
 T = TypeVar("T")
 
@@ -90,6 +93,14 @@ class ModelEvaluation:
 
 
 @dataclass(frozen=True)
+class RollingEvaluation:
+    """A rolling-origin evaluation: its JSON (``training.rolling.RollingResult.to_json``) and its plots."""
+
+    details: dict
+    plots: list[Plot] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     """Everything the sections read; a section names the fields it needs (``SectionSpec.inputs``)."""
 
@@ -105,6 +116,8 @@ class ReportInputs:
     customer360_at_scoring: Found[pd.DataFrame]  # at the scores' as_of (the scores' segments and tiers)
     churn_evaluation: Found[ModelEvaluation]
     recommender_evaluation: Found[ModelEvaluation]
+    churn_rolling: Found[RollingEvaluation]
+    recommender_rolling: Found[RollingEvaluation]
     item_rules: Found[pd.DataFrame]
 
 
@@ -131,6 +144,8 @@ def load(ws: Workspace, as_of=None) -> ReportInputs:
         customer360_at_scoring=at_scoring,
         churn_evaluation=_guarded("the churn evaluation", load_evaluation, ws, names.CHURN),
         recommender_evaluation=_guarded("the recommender evaluation", load_evaluation, ws, names.RECOMMENDER),
+        churn_rolling=_guarded("the churn rolling evaluation", load_rolling, ws, names.CHURN),
+        recommender_rolling=_guarded("the recommender rolling evaluation", load_rolling, ws, names.RECOMMENDER),
         item_rules=_guarded("the association rules", load_item_rules, ws, events, purchases),
     )
 
@@ -267,6 +282,22 @@ def load_evaluation(ws: Workspace, model_name: str) -> Found[ModelEvaluation]:
     if found is not None:
         return found
     return Found(None, f"{_relative(ws, path)} or MLflow")
+
+
+def load_rolling(ws: Workspace, model_name: str) -> Found[RollingEvaluation]:
+    """The model's rolling-origin evaluation in the reports folder (JSON and plots), as its writer put it."""
+    path = rolling.rolling_json(ws.reports_dir, model_name)
+    if not path.exists():
+        return Found(None, _relative(ws, path))
+    details = json.loads(path.read_text())
+    folder = rolling.rolling_plots(ws.reports_dir, model_name)
+    plots = [p for p in (png_file(f) for f in sorted(folder.glob("*.png"))) if p is not None]
+    prefix = f"rolling_{rolling.KINDS[model_name]}"
+    for plot in plots:
+        plot.name = f"{prefix}_{plot.name}"
+        plot.caption = (f"{model_name} at each cutoff of the rolling evaluation: the model (blue, thick) and every "
+                        "baseline.")
+    return Found(RollingEvaluation(details, plots), _relative(ws, path))
 
 
 def _ordered(plots: list[Plot], model_name: str) -> list[Plot]:

@@ -185,6 +185,67 @@ def recommender_evaluation(recommender_evaluation: Found[ModelEvaluation]) -> Se
     return s
 
 
+#: per model: (label, the metrics shown per cutoff as (view, metric, header, digits))
+ROLLING_SHOWN = (
+    ("churn_rolling", "Churn model", (("all", "auc", "ROC-AUC", 3), ("all", "brier", "Brier (lower is better)", 4))),
+    ("recommender_rolling", "Recommender", (("all", "ndcg@10", "nDCG@10, all purchases", 3),
+                                            ("new", "ndcg@10", "nDCG@10, items new to the customer", 3))),
+)
+
+
+def _rolling_table(details: dict, view: str, metric: str, header: str, digits: int) -> Table | None:
+    """Scorers x cutoffs of one metric with mean ± sd, from a rolling evaluation's JSON."""
+    cuts = details.get("per_cutoff") or []
+    scorers = list(dict.fromkeys(n for c in cuts for n in (c.get("metrics", {}).get(view) or {})))
+    if not scorers:
+        return None
+    scorers.sort(key=lambda n: n != "model")
+    summary = (details.get("summary") or {}).get(view, {})
+    rows = []
+    for name in scorers:
+        cells = [label(name)]
+        for c in cuts:
+            v = _finite((c["metrics"].get(view, {}).get(name) or {}).get(metric))
+            cells.append("–" if v is None else f"{v:.{digits}f}")
+        st = summary.get(name, {}).get(metric, {})
+        mean, sd = _finite(st.get("mean")), _finite(st.get("sd"))
+        cells.append("–" if mean is None else f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}"))
+        rows.append(cells)
+    return Table(["scorer"] + [str(c.get("cutoff")) for c in cuts] + ["mean ± sd"], rows, caption=header,
+                 numeric=[False] + [True] * (len(cuts) + 1))
+
+
+def rolling_evaluation(churn_rolling: Found, recommender_rolling: Found) -> Section:
+    s = Section()
+    found = {"churn_rolling": churn_rolling, "recommender_rolling": recommender_rolling}
+    if not any(f.ok for f in found.values()):
+        s.missing = (churn_rolling.error or recommender_rolling.error or
+                     "No rolling evaluation: run `crmml evaluate churn --cutoffs 4` or `crmml evaluate recommender "
+                     "--cutoffs 4` to see the models against their baselines at several cutoffs, graded A/B/C.")
+        return s
+    parts, sources = [], []
+    for key, name, shown in ROLLING_SHOWN:
+        f = found[key]
+        if not f.ok:
+            s.notes.append(f"{name}: no rolling evaluation ({f.error or f.source}).")
+            continue
+        d = f.value.details
+        g = d.get("grade") or {}
+        parts.append(f"{name.lower()} graded {g.get('letter', '?')} over {len(d.get('cutoffs', []))} cutoffs")
+        s.plots.extend(f.value.plots)
+        for view, metric, header, digits in shown:
+            table = _rolling_table(d, view, metric, f"{name}: {header}", digits)
+            if table is not None:
+                s.tables.append(table)
+        s.notes.append(f"{name}: {g.get('reason', 'no grade')}. Rule: {g.get('rule', '')}.")
+        sources.append(f.source)
+    s.takeaway = "The " + " and the ".join(parts) + "." if parts else ""
+    s.notes.append("Each cutoff trains strictly before it and tests on the window after it; baselines are scored on "
+                   "the same customers. The best baseline is the best one at each cutoff.")
+    s.source = ", ".join(sources)
+    return s
+
+
 RETENTION_COLUMNS = [  # (column, header, kind) shown when present, in this order
     ("rank", "#", "int"),
     ("customer_id", "customer", "text"),
@@ -245,5 +306,7 @@ CHURN_EVALUATION = SectionSpec("churn-eval", "Churn model evaluation against bas
                                churn_evaluation)
 RECOMMENDER_EVALUATION = SectionSpec("rec-eval", "Recommendation metrics against baselines",
                                      ("recommender_evaluation",), recommender_evaluation)
+ROLLING_EVALUATION = SectionSpec("rolling-eval", "Models at several cutoffs: rolling evaluation and grade",
+                                 ("churn_rolling", "recommender_rolling"), rolling_evaluation)
 RETENTION = SectionSpec("retention-list", "Retention list: top customers by value at stake",
                         ("scores", "customer360"), retention)
