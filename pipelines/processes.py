@@ -8,6 +8,7 @@ whole process tree: killing only the pid that was started leaves workers holding
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -25,6 +26,20 @@ def free_port(host: str = HOST) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """A one-line reason why a server cannot listen on ``host:port`` now (in use, not allowed), else None."""
+    with socket.socket() as s:
+        # like the server will: a port whose old connections are in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another crmml serve?); choose another with --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 class ServerProcess:

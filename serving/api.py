@@ -69,7 +69,8 @@ def _state():
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID_RE.match(value):
+    # fullmatch: with match, "$" also matches before a trailing newline ("C1\n" would pass)
+    if not _ID_RE.fullmatch(value):
         raise HTTPException(422, f"{what} must be 1-64 characters of letters, digits and _ . : @ -")
     return value
 
@@ -214,7 +215,7 @@ async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
     summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
     tags=["customers"],
 )
-async def customer_profile(customer_id: str = Path(..., max_length=64)) -> Response:
+async def customer_profile(customer_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN)) -> Response:
     _check_id(customer_id, "customer id")
     state = _state()
     record = state.store.get("profile", customer_id)
@@ -294,7 +295,7 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
     tags=["recommendations"],
 )
 async def similar_items(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("similar", item_id, k)
 
@@ -307,7 +308,7 @@ async def similar_items(
     tags=["recommendations"],
 )
 async def bought_together(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("bought_together", item_id, k)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 MAX_CUSTOMER_IDS = 10_000
@@ -30,7 +30,8 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=64)]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K}).")]
+# strict: JSON true or 3.0 is not a k (pydantic's lax mode reads true as 1)
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K}).")]
 
 
 class _Strict(BaseModel):
@@ -225,8 +226,10 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    status: str
+    status: str = Field(..., description="'ok', 'starting', or 'degraded' (a reload refused a model: see detail).")
     detail: str | None = None
+    models: dict[str, str] | None = None
+    as_of: str | None = None
 
 
 class ModelInfo(BaseModel):
@@ -261,6 +264,10 @@ class ReloadInfo(BaseModel):
     last_error: str | None = None
     reloads: int = 0
     registry_reachable: bool | None = None
+    degraded: str | None = Field(
+        None, description="Why the last reload refused a model (content hash mismatch, unreadable files); "
+        "the models loaded before keep serving until a reload succeeds."
+    )
 
 
 class Metadata(BaseModel):
