@@ -93,7 +93,7 @@ class Runtime:
     def _live(new: ServingState, old: ServingState | None) -> None:
         if old is not None:
             old.retired.set()
-        new.go_live()
+        new.go_live(first=old is None)
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:

@@ -30,7 +30,7 @@ from pipelines.processes import ServerProcess, free_port
 os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"crmml-test-bentoml-{os.getuid()}"))
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "test-key-7f3a9c"
+KEY = "test-key-7f3a9c-0b5d2e"  # >= 16 characters (serving.auth.MIN_KEY_LENGTH)
 N_CUSTOMERS = 400
 
 

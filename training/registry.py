@@ -140,8 +140,17 @@ def model_content_sha256(uri: str) -> str:
 
     from mlflow.artifacts import download_artifacts
 
-    with tempfile.TemporaryDirectory(prefix="crmml-hash-") as tmp:
-        return content_sha256(download_artifacts(artifact_uri=uri, dst_path=tmp))
+    # no MLflow progress bar in crmml's output (read at each download)
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory(prefix="crmml-hash-") as tmp:
+            return content_sha256(download_artifacts(artifact_uri=uri, dst_path=tmp))
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 class RegistryError(Exception):
