@@ -49,7 +49,8 @@ class ServerProcess:
         self.cmd = cmd
         self.log = Path(log)
         with open(self.log, "wb") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            # argv from the caller (our own servers), no shell
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
                                          start_new_session=True)
         self.seen: dict[int, psutil.Process] = {}
 

@@ -79,7 +79,7 @@ def _check_id(value: str, what: str) -> str:
 # the FastAPI app
 # --------------------------------------------------------------------------------------------
 ERRORS = {
-    400: {"model": schemas.ErrorResponse, "description": "Malformed request (e.g. invalid JSON)."},
+    400: {"model": schemas.ErrorResponse, "description": "Malformed request (invalid JSON, control characters in the path)."},
     401: {"model": schemas.ErrorResponse, "description": "Missing API key."},
     403: {"model": schemas.ErrorResponse, "description": "Wrong API key."},
     413: {"model": schemas.ErrorResponse, "description": "Body larger than 2 MiB."},
@@ -211,7 +211,7 @@ async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
 @api.get(
     "/customers/{customer_id}/profile",
     response_model=schemas.CustomerProfile,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(400, 401, 403, 422, 503)},
     summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
     tags=["customers"],
 )
@@ -290,7 +290,7 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
 @api.get(
     "/items/{item_id}/similar",
     response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(400, 401, 403, 422, 503)},
     summary="Items similar to an item",
     tags=["recommendations"],
 )
@@ -303,7 +303,7 @@ async def similar_items(
 @api.get(
     "/items/{item_id}/bought-together",
     response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(400, 401, 403, 422, 503)},
     summary="Items frequently bought together with an item",
     tags=["recommendations"],
 )

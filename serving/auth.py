@@ -85,17 +85,26 @@ class ApiKey:
         """``(status, detail)`` when a request to ``path`` with these ASGI headers must be refused, else None."""
         if self.key is None or path in OPEN_PATHS:
             return None
-        given = None
+        # every credential presented must be the key: a valid X-API-Key does not excuse a wrong
+        # Authorization header (or the other way round)
+        given: list[str] = []
+        malformed = False
         for name, value in headers:
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token.strip():
-                    given = token.strip()
-            elif name == b"x-api-key" and given is None:
-                given = value.decode("latin-1").strip() or None
-        if given is None:
+                    given.append(token.strip())
+                else:
+                    malformed = True
+            elif name == b"x-api-key":
+                token = value.decode("latin-1").strip()
+                if token:
+                    given.append(token)
+                else:
+                    malformed = True
+        if not given and not malformed:
             return 401, MISSING
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), self.key.encode("utf-8")):
+        expected = self.key.encode("utf-8")
+        if malformed or not all(hmac.compare_digest(g.encode("utf-8", "replace"), expected) for g in given):
             return 403, INVALID
         return None
-

@@ -63,6 +63,12 @@ class CrmmlGuard:
                 headers = [(b"www-authenticate", b'Bearer realm="crmml"')] if status == 401 else []
                 await self._send(send, status, {"detail": detail}, headers)
                 return
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            # an id with a newline: BentoML's outer router ("." stops at a newline) would answer a
+            # text/plain 404 before the crmml routes see it
+            await self._send(send, 400, {"detail": "the request path contains control characters (e.g. a newline); "
+                                                   "ids are 1-64 characters of letters, digits and _ . : @ -"})
+            return
         length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":

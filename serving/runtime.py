@@ -74,8 +74,8 @@ class Runtime:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(1)  # BLAS and OpenMP: one worker thread per request
-        except Exception:  # pragma: no cover - optional
-            pass
+        except Exception as exc:  # pragma: no cover - optional: the env variables set one thread already
+            log.debug("threadpoolctl could not limit the thread pools: %s", exc)
         started = time.perf_counter()
         refs, warnings = resolve_champions(self.ws, self.registry)
         self.registry_reachable = not any(r.source == "last_imported" for r in refs.values())

@@ -324,7 +324,8 @@ def model_uri(name: str, alias: str = CHAMPION) -> str:
 # --------------------------------------------------------------------------------------------
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
+        # fixed argv, no shell; `git` from PATH on purpose (whichever git the user runs)
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)  # noqa: S603, S607
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None

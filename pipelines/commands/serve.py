@@ -164,7 +164,7 @@ def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5, g
     env = {**env, "CRMML_REFUSAL_FILE": refusal}
     parent = os.getpid()
     # the child gets SIGTERM from the kernel when this process dies, even by SIGKILL
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))  # noqa: PLW1509
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))  # noqa: S603, PLW1509 - our argv
 
     def forward(signum, _frame):
         if proc.poll() is None:
