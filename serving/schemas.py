@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StringConstraints
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 MAX_CUSTOMER_IDS = 10_000
@@ -158,14 +158,15 @@ class RecommendFilters(_Strict):
     allowed_items: list[Id] | None = Field(
         None, max_length=MAX_ITEM_IDS, description="Only these items (a candidate set)."
     )
-    min_price: float | None = Field(None, ge=0, description="Only items with a typical price at least this.")
-    max_price: float | None = Field(None, ge=0, description="Only items with a typical price at most this.")
+    # strict (like k): JSON false is not a price of 0
+    min_price: StrictFloat | None = Field(None, ge=0, description="Only items with a typical price at least this.")
+    max_price: StrictFloat | None = Field(None, ge=0, description="Only items with a typical price at most this.")
 
 
 class RecommendRequest(_Strict):
     customer_id: Id = Field(..., examples=["C000001"])
     k: K = DEFAULT_K
-    exclude_seen: bool = Field(True, description="Leave out items the customer already bought or interacted with.")
+    exclude_seen: StrictBool = Field(True, description="Leave out items the customer already bought or interacted with.")
     filters: RecommendFilters | None = None
 
 

@@ -150,7 +150,10 @@ def test_schemas_limits():
 
     schemas.RecommendRequest(customer_id="C1", k=100)
     for bad in ({"customer_id": "C1", "k": 0}, {"customer_id": "C1", "k": 101}, {"customer_id": "a b"},
-                {"customer_id": "x" * 65}, {"customer_id": "C1", "colour": "red"}):
+                {"customer_id": "x" * 65}, {"customer_id": "C1", "colour": "red"},
+                # issue #16: JSON true/false/strings are not numbers (pydantic's lax mode reads true as 1)
+                {"customer_id": "C1", "k": True}, {"customer_id": "C1", "k": "3"}, {"customer_id": "C1", "exclude_seen": 1},
+                {"customer_id": "C1", "filters": {"max_price": False}}, {"customer_id": "C1", "filters": {"min_price": "1"}}):
         with pytest.raises(ValidationError):
             schemas.RecommendRequest(**bad)
     with pytest.raises(ValidationError):
