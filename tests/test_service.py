@@ -195,6 +195,16 @@ class Server(ServerProcess):
             raise AssertionError(str(exc)) from None
         return self
 
+    def refusal(self, timeout: float = 240.0) -> tuple[int, str, str]:
+        """Wait for a start that must be refused: (exit code, the one-line reason, the output)."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        out = self.tail(100_000)
+        lines = [line for line in out.splitlines() if "refusing to start:" in line]
+        return code, (lines[-1].split("refusing to start:", 1)[1].strip() if lines else ""), out
+
 
 # -- champions --------------------------------------------------------------------------------
 # Both champions are trained with the real code and registered through training.registry:
@@ -693,14 +703,6 @@ def test_truncated_model_file_refuses_with_a_reason_and_a_non_zero_exit(shop, tm
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
     srv = Server(ws.root, tmp_path / "broken.log", {"CRMML_API_KEY": KEY}, ("--reload-seconds", "0"))
-    try:
-        code = srv.proc.wait(timeout=240)
-    finally:
-        srv.stop()
-    out = srv.tail(100_000)
+    code, reason, out = srv.refusal()  # found by crmml serve's pre-flight (the content hash) before BentoML starts
     assert code == 3, out[-3000:]
-    # found by crmml serve's pre-flight (the content hash) before BentoML starts
-    lines = [line for line in out.splitlines() if "refusing to start:" in line]
-    assert lines, out[-3000:]
-    reason = lines[-1].split("refusing to start:", 1)[1].strip()
     assert "crmml-churn" in reason and "content hash mismatch" in reason, reason

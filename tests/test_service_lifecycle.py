@@ -147,15 +147,8 @@ def test_corrupt_models_are_refused_and_the_old_champions_keep_serving(shop, tmp
 
     # 4. a refused start: exit 3 and the reason
     _truncate(_bento_files(ws, registry.RECOMMENDER))
-    refused = Server(ws.root, tmp_path / "refused.log", {"CRMML_API_KEY": KEY})
-    try:
-        code = refused.proc.wait(timeout=240)
-    finally:
-        refused.stop()
-    out = refused.tail(100_000)
+    code, reason, out = Server(ws.root, tmp_path / "refused.log", {"CRMML_API_KEY": KEY}).refusal()
     assert code == 3, out[-3000:]
-    line = [x for x in out.splitlines() if "refusing to start" in x][-1]
-    reason = line.split("refusing to start:", 1)[1].strip()
     assert "crmml-recommender" in reason and "content hash mismatch" in reason, reason
 
 
