@@ -298,12 +298,14 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
                 CONTENT_HASH_TAG: expected,
             },
         )
+        ref = _ref_from_bento(model, "registry")
         try:
-            verify(_ref_from_bento(model, "registry"), model)
+            verify(ref, model)
         except ModelIntegrityError:
             # never leave a copy that does not match in the store: the next start would find it
             bentoml.models.delete(tag)
             raise
+        return ref
     ref = _ref_from_bento(model, "registry")
     if registered_hash is not None and ref.content_sha256 != registered_hash:
         raise ModelIntegrityError(
