@@ -87,9 +87,9 @@ def freeze_heap(full: bool = True) -> None:
     new objects. ``full`` (start-up, before traffic): one full collection first. After a reload
     (``full=False``) there is none: undoing the freeze and collecting everything held the GIL for
     0.5-0.8 s under traffic (issue #16: the p99 during a reload). A replaced state is freed by
-    reference counting when its last request ends (its arrays, frames and models are not in
-    cycles); only cyclic garbage already frozen stays, a few MB per reload at most
-    (BENCHMARKS.md: RSS over reloads). ``CRMML_GC_FREEZE=0`` turns this off.
+    reference counting when its last request ends; what of it sits in reference cycles and was
+    frozen stays until the worker restarts (the worker RSS over reloads in ``bench/bench_soak.py``
+    shows how much). ``CRMML_GC_FREEZE=0`` turns this off.
     """
     import gc
 
