@@ -184,7 +184,8 @@ _LIST += [
 ]
 
 FEATURES: dict[str, Feature] = {f.name: f for f in _LIST}
-assert len(FEATURES) == len(_LIST), "duplicate feature name"
+if len(FEATURES) != len(_LIST):  # not an assert: checked under python -O too
+    raise ValueError("duplicate feature name in the catalog")
 
 # The churn model's features beyond the snapshot columns, computed by ``features.churn_features``
 # (the BG/NBD ones by ``features.bgnbd``, fitted per cutoff on the history before it), in the order
@@ -230,7 +231,8 @@ _EXTRA_LIST: list[Feature] = [
        "{value:.0%} chance of no purchase in the coming period by the purchase rhythm", MORE_RISK, "bgnbd"),
 ]
 EXTRAS: dict[str, Feature] = {f.name: f for f in _EXTRA_LIST}
-assert len(EXTRAS) == len(_EXTRA_LIST) and not set(EXTRAS) & set(FEATURES), "duplicate feature name"
+if len(EXTRAS) != len(_EXTRA_LIST) or set(EXTRAS) & set(FEATURES):
+    raise ValueError("duplicate feature name in the catalog's extra features")
 
 # Columns of a snapshot row that are not features.
 KEYS = ("customer_id", "cutoff")

@@ -951,7 +951,9 @@ def save(workspace: Workspace, result: IngestionResult, max_rejected: float = MA
     ``rejected_path`` and a RejectedShareError says why. An accepted one replaces every canonical table
     at once (``Workspace.publish_tables``): a run killed halfway leaves the previous tables whole.
     """
-    assert result.n_accepted + result.n_rejected == result.n_read, "ingestion lost rows"
+    if result.n_accepted + result.n_rejected != result.n_read:  # never publish a silent loss (python -O too)
+        raise RuntimeError(f"ingestion lost rows: {result.n_accepted} accepted + {result.n_rejected} rejected "
+                           f"!= {result.n_read} read")
     try:
         check_rejects(result, max_rejected, allow_rejects)
     except RejectedShareError:

@@ -573,7 +573,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
         feats |= {"membership_tier": null_s, "points": _null(), "country": null_s, "gender": null_s,
                   "age": _null(), "acquisition_channel": null_s}
     missing = set(catalog.feature_names()) - set(feats)
-    assert not missing, f"catalog features without a definition: {missing}"
+    if missing:
+        raise RuntimeError(f"catalog features without a definition: {sorted(missing)}")
     for name in catalog.feature_names():
         spec = catalog.FEATURES[name]
         cols[name] = feats[name].cast("string" if spec.dtype == "category" else "float64")
@@ -675,7 +676,7 @@ def build_snapshots(source, cutoffs: list, horizon_days: int = DEFAULT_HORIZON,
         for table in cached:
             try:
                 table.release()
-            except Exception:  # noqa: BLE001 - a failed release must not hide the result or the real error
+            except Exception:  # noqa: BLE001, S110 - a failed release must not hide the result or the real error
                 pass
     return _finish(df, extras, presorted)
 

@@ -105,7 +105,7 @@ def publish_version(
     final = versions / f"{stamp}-{secrets.token_hex(3)}"
     try:
         fill(staging)
-        os.chmod(staging, 0o755)  # mkdtemp makes folders private; these are shared outputs
+        os.chmod(staging, 0o755)  # noqa: S103 - mkdtemp makes folders private; these are shared outputs
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,7 @@ whole process tree: killing only the pid that was started leaves workers holding
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -27,6 +28,20 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """A one-line reason why a server cannot listen on ``host:port`` now (in use, not allowed), else None."""
+    with socket.socket() as s:
+        # like the server will: a port whose old connections are in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another crmml serve?); choose another with --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 class ServerProcess:
     """``cmd`` in a new session (its own process group), stdout and stderr to ``log``."""
 
@@ -34,7 +49,8 @@ class ServerProcess:
         self.cmd = cmd
         self.log = Path(log)
         with open(self.log, "wb") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            # argv from the caller (our own servers), no shell
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
                                          start_new_session=True)
         self.seen: dict[int, psutil.Process] = {}
 

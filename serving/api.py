@@ -69,7 +69,8 @@ def _state():
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _ID_RE.match(value):
+    # fullmatch: with match, "$" also matches before a trailing newline ("C1\n" would pass)
+    if not _ID_RE.fullmatch(value):
         raise HTTPException(422, f"{what} must be 1-64 characters of letters, digits and _ . : @ -")
     return value
 
@@ -78,7 +79,7 @@ def _check_id(value: str, what: str) -> str:
 # the FastAPI app
 # --------------------------------------------------------------------------------------------
 ERRORS = {
-    400: {"model": schemas.ErrorResponse, "description": "Malformed request (e.g. invalid JSON)."},
+    400: {"model": schemas.ErrorResponse, "description": "Malformed request (invalid JSON, control characters in the path)."},
     401: {"model": schemas.ErrorResponse, "description": "Missing API key."},
     403: {"model": schemas.ErrorResponse, "description": "Wrong API key."},
     413: {"model": schemas.ErrorResponse, "description": "Body larger than 2 MiB."},
@@ -210,11 +211,11 @@ async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
 @api.get(
     "/customers/{customer_id}/profile",
     response_model=schemas.CustomerProfile,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(400, 401, 403, 422, 503)},
     summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
     tags=["customers"],
 )
-async def customer_profile(customer_id: str = Path(..., max_length=64)) -> Response:
+async def customer_profile(customer_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN)) -> Response:
     _check_id(customer_id, "customer id")
     state = _state()
     record = state.store.get("profile", customer_id)
@@ -290,12 +291,12 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
 @api.get(
     "/items/{item_id}/similar",
     response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(400, 401, 403, 422, 503)},
     summary="Items similar to an item",
     tags=["recommendations"],
 )
 async def similar_items(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("similar", item_id, k)
 
@@ -303,12 +304,12 @@ async def similar_items(
 @api.get(
     "/items/{item_id}/bought-together",
     response_model=schemas.ItemListResponse,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown item."}, **_errors(400, 401, 403, 422, 503)},
     summary="Items frequently bought together with an item",
     tags=["recommendations"],
 )
 async def bought_together(
-    item_id: str = Path(..., max_length=64), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("bought_together", item_id, k)
 

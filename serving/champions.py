@@ -42,7 +42,7 @@ from features.numeric import finite_or_none
 from features.workspace import Workspace, atomic_write
 from training.grade import GRADE_TAG, is_grade
 from training.names import CHAMPION, CHURN, MODEL_NAMES, RECOMMENDER
-from training.registry import tracking_uri
+from training.registry import CONTENT_HASH_TAG, content_sha256, model_content_sha256, tracking_uri
 
 log = logging.getLogger("crmml.serving")
 
@@ -60,6 +60,10 @@ class RegistryUnavailable(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """A champion's files in the BentoML store cannot be loaded (truncated, corrupt, wrong code version)."""
+
+
+class ModelIntegrityError(ModelLoadError):
+    """A champion's files do not hash to the ``content_sha256`` recorded at registration, or cannot be read."""
 
 
 def now() -> str:
@@ -119,11 +123,33 @@ class Registry:
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         return self._client
 
+    def reopen(self) -> None:
+        """Close the pooled SQLite connections of this store: the next query opens the file anew.
+
+        MLflow caches one SQLAlchemy engine per database URI for the life of the process, and its
+        pooled connections keep the file they opened: a ``mlflow.db`` replaced on disk (restored
+        from a backup) would never be seen, the deleted file being still read. Disposing the
+        engines (idle connections only; a query in flight keeps its own) costs well under a ms.
+        """
+        if not self.uri.lower().startswith("sqlite:"):
+            return
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+        for store in (TrackingStore, RegistryStore):
+            engine = getattr(store, "_engine_map", {}).get(self.uri)
+            if engine is not None:
+                engine.dispose()
+
     def champions(self, names=MODEL_NAMES) -> dict[str, Any | None]:
-        """``{name: ModelVersion or None}`` for the ``champion`` alias; RegistryUnavailable on failure."""
+        """``{name: ModelVersion or None}`` for the ``champion`` alias; RegistryUnavailable on failure.
+
+        The store is re-opened first (:meth:`reopen`): every check reads the file now on disk.
+        """
         from mlflow.exceptions import MlflowException
 
         _probe(self.uri)
+        self.reopen()
         out: dict[str, Any | None] = {}
         try:
             client = self.client()
@@ -157,6 +183,7 @@ class ChampionRef:
     bentoml_tag: str
     source: str  # "registry" | "last_imported"
     registered_at: str | None = None
+    content_sha256: str | None = None  # recorded at registration (or at import for older versions)
     metrics: dict = field(default_factory=dict)
     lineage: dict = field(default_factory=dict)
     grade: str | None = None  # the version's tag training.grade.GRADE_TAG (A/B/C), None when ungraded
@@ -182,6 +209,7 @@ def _ref_from_bento(model, source: str) -> ChampionRef:
         bentoml_tag=str(model.tag),
         source=source,
         registered_at=meta.get("registered_at"),
+        content_sha256=meta.get(CONTENT_HASH_TAG) or None,
         metrics={k: float(v) for k, v in metrics.items()},
         lineage={str(k): str(v) for k, v in (meta.get("lineage") or {}).items()},
         grade=meta.get("grade") if is_grade(meta.get("grade")) else None,
@@ -222,11 +250,12 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
 
     name, version, run_id = mv.name, str(mv.version), mv.run_id
     tag = bentoml_tag(name, version, run_id)
+    tags = dict(mv.tags or {})
+    registered_hash = tags.get(CONTENT_HASH_TAG) or None
     try:
         model = bentoml.models.get(tag)
     except NotFound:
         registry.client()  # sets the global MLflow URIs that models:/ downloads use
-        tags = dict(mv.tags or {})
         metrics = {k[len("metric."):]: v for k, v in tags.items() if k.startswith("metric.") and finite_or_none(v) is not None}
         lineage: dict[str, str] = {}
         if run_id:
@@ -248,6 +277,11 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
             download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel")
         except Exception as exc:
             raise RegistryUnavailable(f"{name} version {version}: cannot download the model artifacts: {exc}") from exc
+        expected = registered_hash
+        if expected is None:  # registered before crmml recorded hashes: pin what MLflow holds now
+            log.warning("%s v%s has no %s tag (registered by an older crmml): hashing it at import",
+                        name, version, CONTENT_HASH_TAG)
+            expected = model_content_sha256(f"models:/{name}/{version}")
         model = bentoml.mlflow.import_model(
             tag,
             f"models:/{name}/{version}",
@@ -264,11 +298,28 @@ def import_champion(ws: Workspace, registry: Registry, mv) -> ChampionRef:
                 "metrics": {k: float(v) for k, v in metrics.items()},
                 "lineage": lineage,
                 "workspace": str(ws.root),
+                CONTENT_HASH_TAG: expected,
                 # BentoML metadata takes no None: an ungraded version has no entry
                 **({"grade": tags[GRADE_TAG]} if is_grade(tags.get(GRADE_TAG)) else {}),
             },
         )
-    return _ref_from_bento(model, "registry")
+        ref = _ref_from_bento(model, "registry")
+        try:
+            verify(ref, model)
+        except ModelIntegrityError:
+            # never leave a copy that does not match in the store: the next start would find it
+            bentoml.models.delete(tag)
+            raise
+        return ref
+    ref = _ref_from_bento(model, "registry")
+    if registered_hash is not None and ref.content_sha256 != registered_hash:
+        raise ModelIntegrityError(
+            f"{name} v{version} ({tag}): the BentoML copy was imported with content hash "
+            f"{str(ref.content_sha256)[:12]}, the registry records {registered_hash[:12]}; not serving it "
+            f"(`bentoml models delete {tag}` to import it again)"
+        )
+    verify(ref, model)  # an earlier import: its files may have changed on disk since
+    return ref
 
 
 def last_imported(ws: Workspace, name: str) -> ChampionRef | None:
@@ -377,10 +428,42 @@ class LoadedModel:
     impl: Any
 
 
-def load_champion(ref: ChampionRef) -> LoadedModel:
-    """Load ``ref`` from the BentoML store; ModelLoadError (naming the model and the cause) if it cannot be."""
+def verify(ref: ChampionRef, model=None) -> None:
+    """Check that ``ref``'s files in the BentoML store hash to its recorded ``content_sha256``.
+
+    Runs before anything is unpickled (a changed pickle is code). ModelIntegrityError naming the
+    model, both hashes and the folder on a mismatch or an unreadable file. A ref without a recorded
+    hash (imported by an older crmml) is not verified: a warning says so.
+    """
     import bentoml
 
+    from _bentoml_impl.frameworks.mlflow import MLFLOW_MODEL_FOLDER
+
+    try:
+        model = model or bentoml.models.get(ref.bentoml_tag)
+        folder = model.path_of(MLFLOW_MODEL_FOLDER)
+        if ref.content_sha256 is None:
+            log.warning("%s v%s (%s): no content hash recorded at import; files not verified",
+                        ref.name, ref.version, ref.bentoml_tag)
+            return
+        actual = content_sha256(folder)
+    except Exception as exc:  # OSError (unreadable, missing), BentoML's NotFound...
+        raise ModelIntegrityError(
+            f"{ref.name} v{ref.version} ({ref.bentoml_tag}): the model files cannot be read: {describe(exc)}"
+        ) from exc
+    if actual != ref.content_sha256:
+        raise ModelIntegrityError(
+            f"{ref.name} v{ref.version} ({ref.bentoml_tag}): content hash mismatch: the files in {folder} hash "
+            f"{actual[:12]}, registered {ref.content_sha256[:12]} (changed or truncated); not serving them "
+            f"(`bentoml models delete {ref.bentoml_tag}` to import the version again from MLflow)"
+        )
+
+
+def load_champion(ref: ChampionRef) -> LoadedModel:
+    """Verify and load ``ref`` from the BentoML store; ModelLoadError (naming the model and the cause) if it cannot be."""
+    import bentoml
+
+    verify(ref)
     try:
         pyfunc = bentoml.mlflow.load_model(ref.bentoml_tag)
         impl = unwrap(ref.name, pyfunc)

@@ -15,6 +15,10 @@ from serving.runtime import Runtime
 from serving.schemas import MAX_BODY_BYTES
 
 
+#: answered here, before the routes (BentoML's own probes come before mounted apps)
+PROBES = frozenset({"/healthz", "/readyz"})
+
+
 class BodyTooLarge(Exception):
     """A chunked body went over the limit while it was read."""
 
@@ -40,6 +44,11 @@ class CrmmlGuard:
         if real is not None:  # undo the metrics label rewrite before routing
             scope = {**scope, "path": real}
         path = scope["path"]
+        if path in PROBES and scope.get("method", "GET") not in ("GET", "HEAD"):
+            # TRACE/POST/... on a probe: 405 like every other route (a probe is not an echo service)
+            await self._send(send, 405, {"detail": f"method {scope.get('method')} not allowed; use GET"},
+                             [(b"allow", b"GET, HEAD")])
+            return
         if path == "/healthz":
             await self._send(send, 200, {"status": "ok"})
             return
@@ -54,6 +63,12 @@ class CrmmlGuard:
                 headers = [(b"www-authenticate", b'Bearer realm="crmml"')] if status == 401 else []
                 await self._send(send, status, {"detail": detail}, headers)
                 return
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            # an id with a newline: BentoML's outer router ("." stops at a newline) would answer a
+            # text/plain 404 before the crmml routes see it
+            await self._send(send, 400, {"detail": "the request path contains control characters (e.g. a newline); "
+                                                   "ids are 1-64 characters of letters, digits and _ . : @ -"})
+            return
         length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -96,6 +111,10 @@ class CrmmlGuard:
             await cls._send(send, 503, {"ready": False, "status": "starting", "detail": "models and data not loaded yet"})
             return
         versions = {name: m.ref.version for name, m in state.models.items()}
+        if runtime.degraded:  # still answering with the old champions, but an operator must look
+            await cls._send(send, 503, {"ready": False, "status": "degraded", "detail": runtime.degraded,
+                                        "models": versions, "as_of": state.as_of})
+            return
         await cls._send(send, 200, {"ready": True, "status": "ok", "models": versions, "as_of": state.as_of})
 
     @staticmethod

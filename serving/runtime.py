@@ -18,7 +18,9 @@ import time
 
 from features.workspace import Workspace
 from serving.auth import ApiKey
-from serving.champions import Registry, RegistryUnavailable, import_champion, now, record_served, resolve_champions
+from serving.champions import (
+    ModelLoadError, Registry, RegistryUnavailable, describe, import_champion, now, record_served, resolve_champions,
+)
 from serving.schemas import Metadata
 from serving.state import ServingState, build_state
 from serving.store import data_stamp, risk_tier_counts
@@ -57,6 +59,8 @@ class Runtime:
         self.last_reload: str | None = None
         self.last_error: str | None = None
         self.registry_reachable: bool | None = None
+        #: why the last reload refused a model (hash mismatch, unreadable files); None once one succeeds
+        self.degraded: str | None = None
         self.reloads = 0
 
     @classmethod
@@ -70,8 +74,8 @@ class Runtime:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(1)  # BLAS and OpenMP: one worker thread per request
-        except Exception:  # pragma: no cover - optional
-            pass
+        except Exception as exc:  # pragma: no cover - optional: the env variables set one thread already
+            log.debug("threadpoolctl could not limit the thread pools: %s", exc)
         started = time.perf_counter()
         refs, warnings = resolve_champions(self.ws, self.registry)
         self.registry_reachable = not any(r.source == "last_imported" for r in refs.values())
@@ -89,7 +93,7 @@ class Runtime:
     def _live(new: ServingState, old: ServingState | None) -> None:
         if old is not None:
             old.retired.set()
-        new.go_live()
+        new.go_live(first=old is None)
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:
@@ -136,8 +140,13 @@ class Runtime:
                 refs = {name: import_champion(self.ws, self.registry, mv) for name, mv in found.items()}
                 started = time.perf_counter()
                 new_state = build_state(self.ws, refs, [], current)
+            except ModelLoadError as exc:  # corrupt or changed files: refused, the old champions keep serving
+                self.degraded = describe(exc)
+                self.last_error = f"reload refused, still serving the loaded versions: {self.degraded}"
+                log.error("%s", self.last_error)
+                return False, self.last_error
             except Exception as exc:
-                self.last_error = f"reload failed, still serving the loaded versions: {type(exc).__name__}: {exc}"
+                self.last_error = f"reload failed, still serving the loaded versions: {describe(exc)}"
                 log.exception("reload failed")
                 return False, self.last_error
             self.state = new_state  # the swap: one attribute assignment
@@ -146,6 +155,7 @@ class Runtime:
             self.reloads += 1
             self.last_reload = now()
             self.last_error = None
+            self.degraded = None
             what = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
             reason = "forced" if not (models_changed or data_changed) else ("champion changed" if models_changed else "data changed")
             log.info("reloaded (%s) in %.1f s: serving %s", reason, time.perf_counter() - started, what)
@@ -185,6 +195,7 @@ class Runtime:
                 "last_error": self.last_error,
                 "reloads": self.reloads,
                 "registry_reachable": self.registry_reachable,
+                "degraded": self.degraded,
             },
             "auth": self.api_key.enabled,
             "warnings": state.warnings,

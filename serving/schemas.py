@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StringConstraints
 
 from features.event_log import MAX_EVENTS
 
@@ -32,7 +32,8 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=64)]
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K}).")]
+# strict: JSON true or 3.0 is not a k (pydantic's lax mode reads true as 1)
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K}).")]
 
 
 class _Strict(BaseModel):
@@ -159,14 +160,15 @@ class RecommendFilters(_Strict):
     allowed_items: list[Id] | None = Field(
         None, max_length=MAX_ITEM_IDS, description="Only these items (a candidate set)."
     )
-    min_price: float | None = Field(None, ge=0, description="Only items with a typical price at least this.")
-    max_price: float | None = Field(None, ge=0, description="Only items with a typical price at most this.")
+    # strict (like k): JSON false is not a price of 0
+    min_price: StrictFloat | None = Field(None, ge=0, description="Only items with a typical price at least this.")
+    max_price: StrictFloat | None = Field(None, ge=0, description="Only items with a typical price at most this.")
 
 
 class RecommendRequest(_Strict):
     customer_id: Id = Field(..., examples=["C000001"])
     k: K = DEFAULT_K
-    exclude_seen: bool = Field(True, description="Leave out items the customer already bought or interacted with.")
+    exclude_seen: StrictBool = Field(True, description="Leave out items the customer already bought or interacted with.")
     filters: RecommendFilters | None = None
 
 
@@ -269,8 +271,10 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    status: str
+    status: str = Field(..., description="'ok', 'starting', or 'degraded' (a reload refused a model: see detail).")
     detail: str | None = None
+    models: dict[str, str] | None = None
+    as_of: str | None = None
 
 
 class ModelInfo(BaseModel):
@@ -308,6 +312,10 @@ class ReloadInfo(BaseModel):
     last_error: str | None = None
     reloads: int = 0
     registry_reachable: bool | None = None
+    degraded: str | None = Field(
+        None, description="Why the last reload refused a model (content hash mismatch, unreadable files); "
+        "the models loaded before keep serving until a reload succeeds."
+    )
 
 
 class Metadata(BaseModel):

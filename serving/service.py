@@ -140,6 +140,9 @@ class CrmmlService:
             raise refuse(exc) from None
 
     def __init__(self) -> None:
+        from serving.lifecycle import watch_parent
+
+        watch_parent()  # this worker ends with the `bentoml serve` process that spawned it
         try:
             runtime = Runtime.from_env()
             runtime.start()

@@ -83,41 +83,49 @@ class ServingState:
     warm_order: list = field(default_factory=list)  # known customers, most recent buyers first
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
 
-    def go_live(self) -> None:
-        """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap."""
+    def go_live(self, first: bool = True) -> None:
+        """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap.
+
+        ``first``: the state of a starting worker (a full collection before the freeze is free:
+        no traffic yet); ``False`` for a reload under traffic (freeze only, see :func:`freeze_heap`).
+        """
         if self.online is not None:
             threading.Thread(target=self.online.warm, name="crmml-online-warm", daemon=True).start()
         if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
             self.rec.warm_done = True
-            freeze_heap()
+            freeze_heap(full=first)
             return
 
         def warm_then_freeze():
             self.rec.warm(self.warm_order, self.retired)
             if not self.retired.is_set():
-                freeze_heap()  # its one full collection pauses requests: before "done", not during traffic
+                freeze_heap(full=first)
             self.rec.warm_done = True
 
         threading.Thread(target=warm_then_freeze, name="crmml-warm", daemon=True).start()
 
 
-def freeze_heap() -> None:
+def freeze_heap(full: bool = True) -> None:
     """Move every object alive now (models, online data, libraries) out of the cyclic GC's reach.
 
     The worker holds millions of long-lived objects (MLflow, pandas, LightGBM, the state); a full
     collection over them stalls every request for hundreds of milliseconds, which is what the p99
     showed. ``gc.freeze()`` puts them in the permanent generation: later collections only look at
-    new objects. Before freezing, the previous freeze is undone and a full collection runs, so the
-    cyclic garbage of a replaced state is still reclaimed (one pause per reload, not per request).
-    ``CRMML_GC_FREEZE=0`` turns this off.
+    new objects. ``full`` (start-up, before traffic): one full collection first. After a reload
+    (``full=False``) there is none: undoing the freeze and collecting everything held the GIL for
+    0.5-0.8 s under traffic (issue #16: the p99 during a reload). A replaced state is freed by
+    reference counting when its last request ends; what of it sits in reference cycles and was
+    frozen stays until the worker restarts (the worker RSS over reloads in ``bench/bench_soak.py``
+    shows how much). ``CRMML_GC_FREEZE=0`` turns this off.
     """
     import gc
 
     if os.environ.get("CRMML_GC_FREEZE", "1") in ("0", "false", "off"):
         return
     started = time.perf_counter()
-    gc.unfreeze()
-    gc.collect()
+    if full:
+        gc.unfreeze()
+        gc.collect()
     gc.freeze()
     log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from pipelines.processes import ServerProcess, free_port
 os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"crmml-test-bentoml-{os.getuid()}"))
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "test-key-7f3a9c"
+KEY = "test-key-7f3a9c-0b5d2e"  # >= 16 characters (serving.auth.MIN_KEY_LENGTH)
 N_CUSTOMERS = 400
 
 
@@ -149,7 +150,10 @@ def test_schemas_limits():
 
     schemas.RecommendRequest(customer_id="C1", k=100)
     for bad in ({"customer_id": "C1", "k": 0}, {"customer_id": "C1", "k": 101}, {"customer_id": "a b"},
-                {"customer_id": "x" * 65}, {"customer_id": "C1", "colour": "red"}):
+                {"customer_id": "x" * 65}, {"customer_id": "C1", "colour": "red"},
+                # issue #16: JSON true/false/strings are not numbers (pydantic's lax mode reads true as 1)
+                {"customer_id": "C1", "k": True}, {"customer_id": "C1", "k": "3"}, {"customer_id": "C1", "exclude_seen": 1},
+                {"customer_id": "C1", "filters": {"max_price": False}}, {"customer_id": "C1", "filters": {"min_price": "1"}}):
         with pytest.raises(ValidationError):
             schemas.RecommendRequest(**bad)
     with pytest.raises(ValidationError):
@@ -190,6 +194,16 @@ class Server(ServerProcess):
             self.stop()
             raise AssertionError(str(exc)) from None
         return self
+
+    def refusal(self, timeout: float = 240.0) -> tuple[int, str, str]:
+        """Wait for a start that must be refused: (exit code, the one-line reason, the output)."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        out = self.tail(100_000)
+        lines = [line for line in out.splitlines() if "refusing to start:" in line]
+        return code, (lines[-1].split("refusing to start:", 1)[1].strip() if lines else ""), out
 
 
 # -- champions --------------------------------------------------------------------------------
@@ -429,6 +443,71 @@ def test_bad_requests_get_4xx_with_a_reason(server, client):
 
 
 @pytest.mark.slow
+def test_issue_16_odds(shop, server, client):
+    """Finding 7: k: true, TRACE on the probes, the id pattern in OpenAPI, ids with a newline."""
+    import httpx
+
+    from serving.schemas import ID_PATTERN
+
+    for path, body in (("/recommend", {"customer_id": shop["customer"], "k": True}),
+                       ("/recommend/basket", {"item_ids": [shop["item"]], "k": True}),
+                       ("/recommend", {"customer_id": shop["customer"], "k": 3.0})):
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith("k:"), (path, body, r.text)
+    for path in ("/healthz", "/readyz"):
+        for method in ("TRACE", "POST", "DELETE"):
+            r = httpx.request(method, server.url + path)
+            assert r.status_code == 405 and "GET" in r.headers["allow"] and r.json()["detail"], (method, path)
+        assert httpx.head(server.url + path).status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path, param in (("/customers/{customer_id}/profile", "customer_id"), ("/items/{item_id}/similar", "item_id"),
+                        ("/items/{item_id}/bought-together", "item_id")):
+        (p,) = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == param]
+        assert p["in"] == "path" and p["schema"]["pattern"] == ID_PATTERN and p["schema"]["maxLength"] == 64
+    for url in ("/customers/C1%0A/profile", "/customers/%0A/profile", "/customers/a%0Ab/profile",
+                "/items/I1%0A/similar", "/items/%0D%0A/bought-together", f"/customers/{shop['customer']}%0A/profile"):
+        r = client.get(url)
+        assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/json"), (url, r.text)
+        assert r.json()["detail"], url
+    r = client.post("/recommend", json={"customer_id": shop["customer"] + "\n"})
+    assert r.status_code == 422 and "customer_id" in r.json()["detail"]
+
+
+def _example_values(obj):
+    """(column, value) pairs of every ``{"columns": [...], "data": [[...]]}`` table inside an MLflow example."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("columns"), list) and isinstance(obj.get("data"), list):
+            for row in obj["data"]:
+                yield from zip(obj["columns"], row if isinstance(row, list) else [row])
+        for value in obj.values():
+            yield from _example_values(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _example_values(value)
+
+
+@pytest.mark.slow
+def test_input_examples_hold_no_personal_rows(shop, server):
+    """Finding 7: MLflow's and BentoML's copies of the input examples are synthetic."""
+    customers = set(shop["customers"])
+    files = [p for p in shop["ws"].root.rglob("*.json") if p.name in ("input_example.json", "serving_input_example.json")]
+    assert {p.name for p in files} == {"input_example.json", "serving_input_example.json"}
+    assert any("bentoml" in p.parts for p in files) and any("bentoml" not in p.parts for p in files)
+    seen = 0
+    for path in files:
+        for column, value in _example_values(json.loads(path.read_text())):
+            seen += 1
+            assert value not in customers, (path, column)
+            if column in ("customer_id", "user_id"):
+                assert str(value).startswith("example-"), (path, column, value)
+            elif column != "cutoff" and isinstance(value, str):
+                assert value == "example", (path, column, value)  # no country, gender... of a real row
+            elif column not in ("cutoff", "k", "exclude_seen"):
+                assert value is None or value != value, (path, column, value)  # numeric features: missing
+    assert seen > 10
+
+
+@pytest.mark.slow
 def test_metadata_metrics_and_openapi(shop, server, client):
     meta = client.get("/metadata").json()
     for name in ("crmml-churn", "crmml-recommender"):
@@ -450,6 +529,40 @@ def test_metadata_metrics_and_openapi(shop, server, client):
     assert 'endpoint="/customers/{id}/profile"' in metrics
     assert shop["customer"] not in metrics and "NOBODY" not in metrics
     assert shop["customer"] not in server.tail(200_000)  # no ids in the service log
+
+
+#: the schemathesis checks that must pass (``--checks all`` adds heuristics such as
+#: positive_data_acceptance, which counts the documented 404 of an unknown id as a failure)
+FUZZ_CHECKS = ("not_a_server_error", "response_schema_conformance", "status_code_conformance",
+               "content_type_conformance", "negative_data_rejection", "unsupported_method", "ignored_auth")
+
+
+def run_schemathesis(url: str, key: str, max_examples: int, max_time: int, log: Path) -> tuple[int, str]:
+    """``schemathesis run`` against the served ``/openapi.json``; returns (exit code, output).
+
+    ``/admin/reload`` is left out: a forced reload rebuilds the whole state (tested on its own).
+    """
+    exe = Path(sys.executable).parent / "schemathesis"
+    cmd = [str(exe), "run", f"{url}/openapi.json", "-H", f"X-API-Key: {key}", "-H", f"Authorization: Bearer {key}",
+           "--checks", ",".join(FUZZ_CHECKS),
+           "--max-examples", str(max_examples), "--max-time", str(max_time), "--seed", "16", "--workers", "1",
+           "--generation-database", "none", "--exclude-path", "/admin/reload", "--no-color",
+           "--request-timeout", "30", "--suppress-health-check", "all"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 120, cwd=log.parent)
+    out = r.stdout + r.stderr
+    log.write_text(out)
+    return r.returncode, out
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(shop, server):
+    """Issue #16 item 5: fuzzing the real service from its own OpenAPI document (bounded: ~1 min)."""
+    code, out = run_schemathesis(server.url, KEY, max_examples=15, max_time=90, log=shop["root"] / "schemathesis.log")
+    tail = out[-4000:]
+    assert code == 0, tail
+    found = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert found and int(found[1]) == int(found[2]) >= 500, tail
+    assert "9 selected" in out and "Authentication failed" not in out, tail  # every operation exercised, with the key
 
 
 @pytest.mark.slow
@@ -596,13 +709,6 @@ def test_truncated_model_file_refuses_with_a_reason_and_a_non_zero_exit(shop, tm
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
     srv = Server(ws.root, tmp_path / "broken.log", {"CRMML_API_KEY": KEY}, ("--reload-seconds", "0"))
-    try:
-        code = srv.proc.wait(timeout=240)
-    finally:
-        srv.stop()
-    out = srv.tail(100_000)
-    assert code != 0, out[-3000:]
-    lines = [line for line in out.splitlines() if "refused to start:" in line]
-    assert lines, out[-3000:]
-    reason = lines[-1].split("refused to start:", 1)[1].strip()
-    assert "crmml-churn" in reason and "cannot be loaded" in reason, reason
+    code, reason, out = srv.refusal()  # found by crmml serve's pre-flight (the content hash) before BentoML starts
+    assert code == 3, out[-3000:]
+    assert "crmml-churn" in reason and "content hash mismatch" in reason, reason

@@ -109,7 +109,7 @@ def _tables(source, columns: list[str] | None = None) -> tuple[Any, pd.DataFrame
 # ============================================================================================
 def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
     """Deterministic fold 0..k-1 of each id (only used when there is a single cutoff to learn from)."""
-    return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) % k for i in ids])
+    return np.array([int(hashlib.md5(str(i).encode(), usedforsecurity=False).hexdigest()[:8], 16) % k for i in ids])
 
 
 def _hash_unit(ids: pd.Series) -> np.ndarray:
@@ -382,7 +382,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             info["note"] = "label windows of training and validation overlap (cutoffs closer than the horizon)"
         info["train_cutoffs"] = sorted(str(pd.Timestamp(x).date()) for x in np.unique(c[train]))
         info["gap_cutoffs_dropped"] = sorted(str(pd.Timestamp(x).date()) for x in np.unique(c[~train & ~val]))
-        assert n == len(c)
+        if n != len(c):
+            raise RuntimeError(f"split of {len(c)} rows built for {n}")
         return train, val, info
 
     def _lgb_params(self, params: dict) -> dict:
@@ -974,7 +975,8 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
     frame = frame[frame["eligible"]]
     train = frame[(frame["cutoff"] < cutoff) & frame["label_available"] & frame["churned"].notna()]
     # guard: every training label window ends on or before the evaluation cutoff
-    assert (train["cutoff"] + pd.Timedelta(days=horizon_days) <= cutoff).all()
+    if not (train["cutoff"] + pd.Timedelta(days=horizon_days) <= cutoff).all():  # python -O keeps this guard
+        raise RuntimeError(f"a training label window ends after the evaluation cutoff {cutoff}: leakage")
     test = frame[(frame["cutoff"] == cutoff) & frame["churned"].notna()].reset_index(drop=True)
     if test.empty or test["churned"].nunique() < 2:
         raise ValueError(f"no customers with both outcomes at {cutoff.date()}")

@@ -79,8 +79,10 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
         elif c != "customer_id" and pd.api.types.is_numeric_dtype(example[c]):
             example[c] = example[c].astype("float64")  # features may be missing: never integer columns
     wrapper = ChurnPyfunc(model, top_k=top_k)
-    output = wrapper.predict(None, example)
-    signature = infer_signature(example, output)
+    # the signature comes from real rows (types); what is logged is a synthetic example of the same
+    # shape (issue #16): no customer's id, gender, age or country may reach MLflow or BentoML
+    signature = infer_signature(example, wrapper.predict(None, example))
+    example = synthetic_example(example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "churn_model.joblib"
         joblib.dump(model, path)
@@ -93,6 +95,27 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
             input_example=example,
             pip_requirements=pip_requirements(*PIP_PACKAGES),
         )
+
+
+def synthetic_example(rows: pd.DataFrame, n: int = 2) -> pd.DataFrame:
+    """``n`` made-up rows with the columns and dtypes of ``rows`` and none of their values.
+
+    Ids are ``example-1``...; numeric features are missing (the model takes NaN); text and
+    categorical features are the word ``example`` (an unknown category, read as missing); the
+    snapshot ``cutoff`` (a date shared by every customer of a snapshot, not a personal value) is kept.
+    """
+    out = {}
+    for c in rows.columns:
+        col = rows[c]
+        if c == "customer_id":
+            out[c] = [f"example-{i + 1}" for i in range(n)]
+        elif c == "cutoff":
+            out[c] = [col.iloc[0]] * n
+        elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            out[c] = pd.array([float("nan")] * n, dtype="float64")
+        else:
+            out[c] = ["example"] * n
+    return pd.DataFrame(out)
 
 
 def load_churn(model_uri: str):

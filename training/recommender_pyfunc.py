@@ -85,7 +85,7 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
 
     ``metrics`` (e.g. the evaluation's ``{"ndcg@10": .., "coverage": ..}``) are logged to the run
     with MLflow-safe names (``ndcg@10`` -> ``ndcg_at_10``). The signature is declared
-    (:func:`model_signature`); a small input example (a few known users) travels with the model.
+    (:func:`model_signature`); a small input example (made-up users) travels with the model.
     Requirements are explicit (pinned to the installed versions), so MLflow does not infer them.
     """
     import joblib
@@ -105,7 +105,8 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
         }
         if safe:
             mlflow.log_metrics(safe)
-    users = example_users or [str(u) for u in model.state_.matrix.user_ids[:3]] or ["__unknown__"]
+    # made-up ids (cold-start answers), never customers of the training data (issue #16)
+    users = example_users or ["example-1", "example-2"]
     example = pd.DataFrame({"user_id": users, "k": [3] * len(users), "exclude_seen": [True] * len(users)})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recommender.joblib"

@@ -100,8 +100,60 @@ KEY_PACKAGES = (
     "threadpoolctl", "lifetimes", "ibis-framework", "duckdb", "pandera", "bentoml", "matplotlib",
 )
 
+#: model version tag written at registration: :func:`content_sha256` of the model's artifact files;
+#: the service checks it when it imports, loads and reloads a champion (``serving.champions``)
+CONTENT_HASH_TAG = "content_sha256"
+#: files MLflow adds to a model folder when it downloads one, and Python caches: not the model
+_NOT_CONTENT = frozenset({"registered_model_meta"})
+
 #: a model URI -> its metrics (and optionally "window") on an evaluation window; see ``training.promotion``
 Evaluate = Callable[[str], dict]
+
+
+def content_sha256(folder: str | Path) -> str:
+    """SHA-256 over a model folder: every file's relative path, size and bytes, in path order.
+
+    Leaves out what MLflow writes into a downloaded model folder (``registered_model_meta``) and
+    ``__pycache__`` folders, so an MLflow model folder and its copy in the BentoML store hash the
+    same. Raises OSError when a file cannot be read.
+    """
+    import hashlib
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: model folder not found")
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.name not in _NOT_CONTENT and "__pycache__" not in p.relative_to(root).parts
+        and not p.name.endswith(".pyc")
+    )
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        digest.update(rel.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_content_sha256(uri: str) -> str:
+    """:func:`content_sha256` of the model at ``uri`` (downloaded to a temporary folder)."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    # no MLflow progress bar in crmml's output (read at each download)
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory(prefix="crmml-hash-") as tmp:
+            return content_sha256(download_artifacts(artifact_uri=uri, dst_path=tmp))
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 class RegistryError(Exception):
@@ -278,7 +330,8 @@ def model_uri(name: str, alias: str = CHAMPION) -> str:
 # --------------------------------------------------------------------------------------------
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
+        # fixed argv, no shell; `git` from PATH on purpose (whichever git the user runs)
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)  # noqa: S603, S607
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -518,6 +571,8 @@ class TrainingRun:
             )
             if self._fingerprint:
                 tags["data_fingerprint"] = str(self._fingerprint)
+            # what the service verifies before it serves this version (import, load, reload)
+            tags[CONTENT_HASH_TAG] = model_content_sha256(uri)
             # MLflow prints "already exists" (the model was created above on purpose) and "Created
             # version" on its event stream; crmml reports the version itself
             from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM

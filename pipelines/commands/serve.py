@@ -8,12 +8,16 @@ What it does before running ``bentoml serve serving.service:CrmmlService`` in th
 * environment: ``OPENBLAS_NUM_THREADS=1``, ``BENTOML_DO_NOT_TRACK=True``,
   ``MLFLOW_DISABLE_TELEMETRY=true``, ``CRMML_WORKSPACE``, and ``BENTOML_HOME`` (default
   ``<workspace>/bentoml``, so the model store lives with the workspace, not in ``~/bentoml``);
-* API key: ``$CRMML_API_KEY`` if set, else a fresh random key that is printed once (clients send
-  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``). ``--no-auth`` turns authentication off
+* port: a port already in use is a one-line error (exit 2) before anything is loaded;
+* API key: ``$CRMML_API_KEY`` if set (16 characters at least, else a one-line error, exit 2), else a
+  fresh random key written to ``<workspace>/serve_api_key`` with mode 600; the path is printed,
+  never the key (clients send ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``). ``--no-auth`` turns authentication off
   (the local demo only; the service then says ``auth: false`` in ``/metadata``);
 * pre-flight: resolves ``crmml-churn@champion`` and ``crmml-recommender@champion`` in the registry
   and imports them into the BentoML store (or finds the last imported ones when the registry is
-  unreachable). If nothing can be served it prints why and exits with code 1 instead of starting.
+  unreachable). If nothing can be served it prints why and exits with code 3 instead of starting.
+* lifetime: ``bentoml serve`` runs with a parent-death signal and its worker watches its parent
+  (``serving.lifecycle``): killing ``crmml serve`` in any way stops the whole service.
 
 Start-up problems the service finds itself (model files that cannot be loaded, a model that cannot
 answer) are printed as one line, ``crmml serve: the service refused to start: <reason>``, and
@@ -23,7 +27,6 @@ answer) are printed as one line, ``crmml serve: the service refused to start: <r
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +37,9 @@ import typer
 DEFAULT_PORT = 3000
 HOST = "127.0.0.1"
 SERVICE = "serving.service:CrmmlService"
+#: exit code when the service refuses to start (the same as ``serving.service.EXIT_REFUSED``, which
+#: this module does not import: it loads BentoML)
+EXIT_REFUSED = 3
 
 
 def serve_env(workspace: Path, api_key: str | None, no_auth: bool, reload_seconds: float | None = None,
@@ -103,15 +109,34 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
 
     from features.workspace import Workspace
 
+    from pipelines.processes import port_problem
+    from serving.auth import NoApiKeyError, check_key, write_generated_key
+
     console = Console(stderr=True)
     ws = Workspace(workspace)
-    key = None if no_auth else (os.environ.get("CRMML_API_KEY") or secrets.token_urlsafe(24))
+    problem = port_problem(HOST, port)
+    if problem:  # before anything is loaded: one line, not BentoML's traceback after a minute
+        console.print(f"[bold red]crmml serve:[/] {problem}", soft_wrap=True)
+        raise typer.Exit(2)
+    key_file = None
+    if no_auth:
+        key = None
+    elif os.environ.get("CRMML_API_KEY"):
+        try:
+            key = check_key(os.environ["CRMML_API_KEY"])
+        except NoApiKeyError as exc:
+            console.print(f"[bold red]crmml serve:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(2)
+    else:
+        key, key_file = write_generated_key(ws.root)
     env = store_env(serve_env(ws.root, key, no_auth, reload_seconds), store, redis_url, workers)
     try:
         lines = preflight(ws.root, env)
-    except Exception as exc:  # NoModelError, no events table...
-        console.print(f"[bold red]crmml serve: refusing to start:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(1)
+    except Exception as exc:  # NoModelError, no events table, model files that do not verify...
+        from serving.champions import describe
+
+        console.print(f"[bold red]crmml serve: refusing to start:[/] {describe(exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_REFUSED)
     for line in lines:
         console.print(f"[dim]{line}[/]", soft_wrap=True)
     url = f"http://{HOST}:{port}"
@@ -121,8 +146,9 @@ def serve(workspace: Optional[Path] = None, port: int = DEFAULT_PORT, no_auth: b
     elif os.environ.get("CRMML_API_KEY"):
         console.print("API key: from $CRMML_API_KEY (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
     else:
-        # printed once to the terminal, never logged by the service
-        console.print(f"API key: [bold]{key}[/]  (send 'Authorization: Bearer KEY'; set CRMML_API_KEY to choose one)")
+        # the key itself is never printed: terminals and captured stderr end up in logs
+        console.print(f"API key: generated, in {key_file} (mode 600; send 'Authorization: Bearer KEY'; "
+                      "set CRMML_API_KEY to choose one)", soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
     raise typer.Exit(run_service(serve_command(port), env, console))
@@ -141,11 +167,15 @@ def run_service(cmd: list[str], env: dict, console, poll_seconds: float = 0.5, g
     import subprocess
     import tempfile
 
+    from serving.lifecycle import die_with_parent
+
     fd, refusal = tempfile.mkstemp(prefix="crmml_refusal_")
     os.close(fd)
     refusal_file = Path(refusal)
     env = {**env, "CRMML_REFUSAL_FILE": refusal}
-    proc = subprocess.Popen(cmd, env=env)
+    parent = os.getpid()
+    # the child gets SIGTERM from the kernel when this process dies, even by SIGKILL
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent))  # noqa: S603, PLW1509 - our argv
 
     def forward(signum, _frame):
         if proc.poll() is None:
