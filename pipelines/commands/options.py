@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,3 +11,10 @@ import typer
 WorkspaceOption = Annotated[
     Optional[Path], typer.Option("--workspace", envvar="CRMML_WORKSPACE", help="Workspace folder.")
 ]
+
+
+class Engine(str, Enum):
+    """Where the batch work runs: DuckDB embedded in this process, or PySpark (local, or a cluster's session)."""
+
+    duckdb = "duckdb"
+    spark = "spark"
