@@ -58,9 +58,9 @@ def spark_predict(model_uri: str, spark=None):
     ``features.engines`` unless ``spark`` is given), over the columns of the model's signature; rows
     come back in their input order (a row number travels with them).
     """
-    import mlflow
     from pyspark.sql import functions as F
 
+    import mlflow
     from features.engines import spark_session
 
     spark = spark or spark_session()

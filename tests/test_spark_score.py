@@ -55,9 +55,12 @@ def test_spark_udf_scores_equal_the_default_path(champion_ws):
         assert spark[col].tolist() == duck[col].tolist(), col
     np.testing.assert_allclose(spark["value_at_stake"], duck["value_at_stake"], rtol=1e-9, equal_nan=True)
     # the reasons come through the pyfunc as JSON; the same features and sentences either way
-    strip = lambda rs: [(r["feature"], r.get("sentence")) for r in rs]  # noqa: E731
-    assert [strip(r) for r in spark["reasons"]] == [strip(json.loads(json.dumps(r, default=str)))
-                                                    for r in duck["reasons"]]
+    assert [_named(r) for r in spark["reasons"]] == [_named(json.loads(json.dumps(r, default=str)))
+                                                     for r in duck["reasons"]]
+
+
+def _named(reasons: list[dict]) -> list[tuple]:
+    return [(r["feature"], r.get("sentence")) for r in reasons]
 
 
 def test_unknown_engine_is_refused(champion_ws):
