@@ -39,6 +39,10 @@ from features.workspace import Workspace, atomic_write
 # Parameters of the generative story (rates per 30 days unless said otherwise)
 # ----------------------------------------------------------------------------------------------
 CHUNK_CUSTOMERS = 10_000  # customers per chunk of event generation (fixed: part of determinism)
+# Lighter histories for large shops: above this many customers only purchases and returns are kept
+# (about 21 events per customer instead of about 107), like a shop that exports its orders only;
+# views and carts are still drawn, so the purchases are the same as in the full shop.
+LIGHT_ABOVE = 250_000
 
 PRE_START_SHARE = 0.30  # customers who signed up before `start` (up to PRE_START_YEARS before)
 PRE_START_YEARS = 3.0
@@ -128,6 +132,7 @@ def generate(
     n_items: int | None = None,
     *,
     progress: bool | None = None,
+    light: bool | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Generate a synthetic shop.
 
@@ -135,7 +140,8 @@ def generate(
     (conformed to ``features.contract.TABLES``) and ``ground_truth`` (one row per customer:
     ``customer_id``, ``lapse_at``, ``lapse_driver``, ``base_rate``, ``is_member``,
     ``n_complaints_before_lapse``). Same arguments, same tables. ``progress`` shows a progress bar
-    (default: when more than one chunk of customers is generated).
+    (default: when more than one chunk of customers is generated). ``light``: keep purchases and
+    returns only (default: above :data:`LIGHT_ABOVE` customers).
     """
     if n_customers < 1:
         raise ValueError("n_customers must be positive")
@@ -148,6 +154,7 @@ def generate(
     n_items = max(int(n_items), 30)
 
     shop = _Shop(n_customers, seed, start_ts, horizon, n_items)
+    shop.light = n_customers > LIGHT_ABOVE if light is None else bool(light)
     events = shop.events(progress)
     tables = {
         "events": events,
@@ -255,6 +262,7 @@ class _Shop:
         self._tickets_and_lapse()
         self._campaign_schedule()
         self.order_ts: list[np.ndarray] = []  # purchase time of each order, by order code
+        self.light = False  # keep purchases and returns only (see LIGHT_ABOVE)
         self.campaign_parts: list[tuple[np.ndarray, ...]] = []
 
     # -- calendar: weekly and yearly seasonality, time of day -----------------------------------
@@ -704,6 +712,8 @@ class _Shop:
                 np.full(int(x_cart.sum()), np.nan), np.full(int(x_cart.sum()), -1), s_chan[x_sess][x_cart],
             ),
         ]  # fmt: skip
+        if self.light:
+            ev = [e for e in ev if e[2] in (_PURCHASE, _RETURN)]
         out = []
         for i, dtype in enumerate((np.int32, np.int32, np.int8, np.int64, np.float64, np.float64, np.int64, np.int8)):
             if i == 2:

@@ -47,22 +47,74 @@ def scores_path(ws: Workspace, fmt: str = "parquet") -> Path:
     return ws.outputs_dir / (SCORES_PARQUET if fmt == "parquet" else SCORES_CSV)
 
 
-def score_frame(ws: Workspace, k: int = 10, as_of=None) -> pd.DataFrame:
-    """Score every customer eligible at ``as_of`` with the champion models; one row per customer."""
-    from features import insight
-    from training import registry
+ENGINES = ("duckdb", "spark")
+SPARK_RESULT = "churn_probability double, risk_tier string, reasons string"  # the churn pyfunc's output
+
+
+def spark_predict(model_uri: str, spark=None):
+    """``predict`` for :func:`training.churn.score_customers`: the registered churn pyfunc as a Spark UDF.
+
+    The model is evaluated by ``mlflow.pyfunc.spark_udf`` on Spark's executors (the local session of
+    ``features.engines`` unless ``spark`` is given), over the columns of the model's signature; rows
+    come back in their input order (a row number travels with them).
+    """
+    from pyspark.sql import functions as F
+
+    import mlflow
+    from features.engines import spark_session
+
+    spark = spark or spark_session()
+    columns = mlflow.models.get_model_info(model_uri).signature.inputs.input_names()
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=SPARK_RESULT, env_manager="local")
+
+    def predict(inputs: pd.DataFrame) -> pd.DataFrame:
+        frame = inputs[columns].reset_index(drop=True)
+        frame.insert(0, "_row", range(len(frame)))
+        sdf = spark.createDataFrame(frame)
+        scored = sdf.select("_row", udf(F.struct(*columns)).alias("p")).select("_row", "p.*").toPandas()
+        scored = scored.sort_values("_row").reset_index(drop=True)
+        scored["reasons"] = scored["reasons"].map(json.loads)  # same lists as the in-process path
+        return scored
+
+    return predict
+
+
+def churn_scores(ws: Workspace, as_of: pd.Timestamp, engine: str = "duckdb") -> pd.DataFrame:
+    """The churn champion's scores of the customers eligible at ``as_of`` (``score_customers`` columns).
+
+    The feature matrix is the workspace's stored one (built by ``engine`` when missing); with
+    ``engine="spark"`` the registered model runs as a Spark UDF, otherwise in this process.
+    """
     from features.churn_features import feature_matrix
+    from training import registry
     from training.churn import score_customers
     from training.churn_pyfunc import load_churn
     from training.clv import clv_frame
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    registry.configure(ws)
+    churn_uri = registry.model_uri(registry.CHURN)
+    churn_model = load_churn(churn_uri)
+    frame = feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days, engine=engine)
+    events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
+    predict = spark_predict(churn_uri) if engine == "spark" else None
+    return score_customers(churn_model, frame, clv_frame(events, as_of), predict=predict)
+
+
+def score_frame(ws: Workspace, k: int = 10, as_of=None, engine: str = "duckdb") -> pd.DataFrame:
+    """Score every customer eligible at ``as_of`` with the champion models; one row per customer.
+
+    ``engine``: ``duckdb`` (features on DuckDB, churn model in this process) or ``spark`` (features
+    on Spark, the churn model as a Spark UDF over the feature matrix); the same scores either way.
+    """
+    from features import insight
+    from training import registry
     from training.recommender_pyfunc import load_recommender
 
     registry.configure(ws)
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else as_of_date(ws)
-    churn_model = load_churn(registry.model_uri(registry.CHURN))
-    frame = feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days)
-    events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
-    scored = score_customers(churn_model, frame, clv_frame(events, as_of))
+    scored = churn_scores(ws, as_of, engine=engine)
 
     c360 = insight.build_customer360(ws, as_of=as_of)
     c360["customer_id"] = c360["customer_id"].astype(str)
@@ -147,8 +199,8 @@ def _redacted(url: str) -> str:
 
 
 def score(workspace: Workspace, k: int = 10, db_url: str | None = None, table: str = "crmml_scores",
-          as_of=None) -> dict:
-    scores = score_frame(workspace, k=k, as_of=as_of)
+          as_of=None, engine: str = "duckdb") -> dict:
+    scores = score_frame(workspace, k=k, as_of=as_of, engine=engine)
     summary = write_outputs(scores, workspace.outputs_dir, db_url=db_url, table=table)
     summary["risk_tiers"] = scores["risk_tier"].value_counts().to_dict()
     summary["as_of"] = scores["as_of"].iloc[0] if len(scores) else None

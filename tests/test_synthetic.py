@@ -239,6 +239,19 @@ def test_campaigns(shop):
     assert cp.responded_at.notna()[after].mean() < 0.5 * cp.responded_at.notna()[~after].mean()
 
 
+def test_light_shop_keeps_the_same_orders_without_browsing(shop):
+    """Large shops get lighter histories (purchases and returns only); the orders are those of the full shop."""
+    light = synthetic.generate(n_customers=1000, seed=11, start=START, end=END, light=True)
+    ev, full = light["events"], shop["events"]
+    assert set(ev.event_type.unique()) == {"purchase", "return"}
+    kept = full[full.event_type.isin(["purchase", "return"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ev.reset_index(drop=True), kept)
+    assert len(ev) / 1000 < 30 < len(full) / 1000  # about 21 events per customer instead of about 107
+    for name in ("customers", "tickets", "campaigns", "ground_truth"):
+        pd.testing.assert_frame_equal(light[name], shop[name])
+    assert synthetic.LIGHT_ABOVE >= 100_000  # the shops of the tests and the demo stay full
+
+
 def test_small_and_short_shop():
     tables = synthetic.generate(n_customers=7, seed=3, start="2024-01-01 08:30", end="2024-03-01")
     ev = tables["events"]

@@ -824,13 +824,15 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 # scoring for the CRM
 # ============================================================================================
 def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None = None,
-                    top_k: int = 3) -> pd.DataFrame:
+                    top_k: int = 3, predict=None) -> pd.DataFrame:
     """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
     suggested_action`` (+ ``action_text``, ``cutoff`` when present), sorted by value at stake.
 
     ``snapshot_df``: a ``features.churn_features.feature_matrix`` frame (every input of the model).
     ``clv_df``: :func:`training.clv.clv_frame` output (``customer_id``, ``clv_12m``); when the snapshot
     lacks the ``bg_*`` features the model needs, they are taken from ``clv_df`` too (same BG/NBD fit).
+    ``predict``: ``f(inputs) -> DataFrame`` of ``churn_probability, risk_tier, reasons`` (a list per row),
+    one row per input row in order, for scoring elsewhere (a Spark UDF); the model in-process by default.
     """
     snap = snapshot_df.reset_index(drop=True).copy()
     snap["customer_id"] = snap["customer_id"].astype(str)
@@ -842,13 +844,18 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
         snap = snap.merge(clv[take].drop_duplicates("customer_id"), on="customer_id", how="left")
     if "clv_12m" not in snap.columns:
         snap["clv_12m"] = np.nan
-    p = model.predict_proba(snap)[:, 1]
     out = pd.DataFrame({"customer_id": snap["customer_id"].to_numpy()})
     if "cutoff" in snap.columns:
         out["cutoff"] = snap["cutoff"].to_numpy()
-    out["churn_probability"] = p
-    out["risk_tier"] = model.risk_tier(p)
-    out["reasons"] = model.explain(snap, top_k=top_k)
+    if predict is None:
+        p = model.predict_proba(snap)[:, 1]
+        out["churn_probability"] = p
+        out["risk_tier"] = model.risk_tier(p)
+        out["reasons"] = model.explain(snap, top_k=top_k)
+    else:
+        predicted = predict(snap)
+        for c in ("churn_probability", "risk_tier", "reasons"):
+            out[c] = predicted[c].to_numpy()
     out["clv_12m"] = pd.to_numeric(snap["clv_12m"], errors="coerce").to_numpy()
     out = retention.attach_actions(out)
     cols = ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",

@@ -6,7 +6,6 @@ The work is done by ``features.build.build_features``; this module parses the op
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,14 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import Engine, WorkspaceOption
 
 console = Console()
-
-
-class Engine(str, Enum):
-    duckdb = "duckdb"
-    spark = "spark"
 
 
 def _catalog_table() -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,3 +27,10 @@ BacktestCutoffsOption = Annotated[
     int, typer.Option("--backtest-cutoffs", min=1, help="Backtest at N rolling cutoffs (the newest labelled one and "
                       "earlier ones); the model is graded A/B/C on them.")
 ]
+
+
+class Engine(str, Enum):
+    """Where the batch work runs: DuckDB embedded in this process, or PySpark (local, or a cluster's session)."""
+
+    duckdb = "duckdb"
+    spark = "spark"

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pipelines.commands import churn, recommender
 from pipelines.commands.data import Source
-from pipelines.commands.options import WorkspaceOption
+from pipelines.commands.options import Engine, WorkspaceOption
 
 console = Console()
 
@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
                                                            "(sqlite:////abs/path.db, postgresql+psycopg2://...).")] = None,
         table: Annotated[str, typer.Option(help="Database table name.")] = "crmml_scores",
         as_of: Annotated[Optional[str], typer.Option(help="Score date (default: the day after the last event).")] = None,
+        engine: Annotated[Engine, typer.Option(help="duckdb (features on DuckDB, model in this process) or spark "
+                                                    "(features on Spark, the churn model as a Spark UDF).")] = Engine.duckdb,
         workspace: WorkspaceOption = None,
     ):
         """Score every eligible customer with the champion models; write Parquet, CSV and optionally a table."""
@@ -107,8 +109,8 @@ def register(app: typer.Typer) -> None:
 
         ws = Workspace(workspace)
         started = time.perf_counter()
-        summary = run_score(ws, k=k, db_url=db_url, table=table, as_of=as_of)
-        out = Table(title=f"Batch scores as of {summary['as_of']} ({time.perf_counter() - started:.1f} s)")
+        summary = run_score(ws, k=k, db_url=db_url, table=table, as_of=as_of, engine=engine.value)
+        out = Table(title=f"Batch scores as of {summary['as_of']} ({engine.value}, {time.perf_counter() - started:.1f} s)")
         out.add_column("")
         out.add_column("value")
         out.add_row("customers scored", f"{summary['rows']:,}")
