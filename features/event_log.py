@@ -38,6 +38,7 @@ MAX_EVENTS = 1000  # events per POST /events
 EVENT_FIELDS = ("event_id", *TABLES["events"].column_names)
 ID_REASON = "missing_event_id"
 SOURCE = "events_api"  # the quarantine/lineage name of this source
+ERASED = {"erased": 1}  # what EventLog.erase leaves of a forgotten customer's line
 
 
 def log_path(ws) -> Path:
@@ -112,6 +113,8 @@ def parse_lines(data: bytes) -> tuple[list[dict], int]:
             continue
         if isinstance(rec, dict) and rec.get("event_id"):
             out.append(rec)
+        elif rec == ERASED:  # a line `crmml forget` blanked: not an event, not a broken line either
+            continue
         else:
             bad += 1
     return out, bad
@@ -189,6 +192,34 @@ class EventLog:
                 appended = lines
                 tail.offset = size + len(payload)
             return appended, duplicates, others
+
+    def erase(self, customer_ids: set[str]) -> int:
+        """Overwrite the lines of these customers with ``ERASED`` padded to the same length; return how many.
+
+        In place and length-preserving because every reader (a serving worker's ``Tail``, the ingestion's
+        merged offset) holds byte offsets into the log: a rewritten, shorter file would shift them.
+        """
+        if not self.path.exists():
+            return 0
+        marker = json.dumps(ERASED, separators=(",", ":")).encode()
+        erased = 0
+        with self._locked():  # the appenders' lock; a second descriptor without O_APPEND writes in place
+            data = self.path.read_bytes()
+            with open(self.path, "r+b") as fh:
+                pos = 0
+                for line in data.split(b"\n"):
+                    try:
+                        rec = json.loads(line) if line.strip() else None
+                    except ValueError:
+                        rec = None
+                    if isinstance(rec, dict) and str(rec.get("customer_id")) in customer_ids:
+                        fh.seek(pos)
+                        fh.write(marker.ljust(len(line)) if len(line) >= len(marker) else b" " * len(line))
+                        erased += 1
+                    pos += len(line) + 1
+                fh.flush()
+                os.fsync(fh.fileno())
+        return erased
 
 
 # --------------------------------------------------------------------------------------------

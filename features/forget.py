@@ -3,7 +3,7 @@
 What is erased: every row of theirs in the canonical tables (a new data version, switched in one rename;
 the previous versions are removed), the quarantine (raw lines that hold their id), every Parquet/CSV file
 under ``features/``, ``outputs/``, ``rejected/`` and ``synthetic/`` (feature matrices, scores, the ground
-truth). What is kept: a *token* per customer (keyed hash, or SHA-256 without a key) in ``forgotten.json``
+truth), and their lines in the event log of ``POST /events`` (blanked in place: readers hold byte offsets). What is kept: a *token* per customer (keyed hash, or SHA-256 without a key) in ``forgotten.json``
 so that a later ingestion drops their rows (reason ``forgotten``), and one audit record per erasure in
 ``audit.jsonl`` (when, who ran it, rows removed per file; tokens, never the ids). Models already trained
 still hold what they learned from them: see docs/data.md ("Forgetting a customer").
@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from features import mapping as mappings
+from features.event_log import EventLog, log_path
 from features.workspace import Workspace, atomic_write, atomic_write_json
 
 ID_COLUMNS = ("customer_id", "user_id")
@@ -112,6 +113,9 @@ def forget(ws: Workspace, ids: list[str]) -> dict:
                     atomic_write(path, lambda tmp, k=kept: k.to_parquet(tmp, index=k.index.name in ID_COLUMNS))
                 else:
                     atomic_write(path, lambda tmp, k=kept: k.to_csv(tmp, index=False))
+    erased = EventLog(ws).erase(targets)  # events sent to POST /events, not yet (or already) ingested
+    if erased:
+        removed[str(log_path(ws).relative_to(ws.root))] = erased
     tokens = sorted(forgotten_tokens(ws) | {token(t, key) for t in targets})
     atomic_write_json(forgotten_path(ws), {"keyed": key is not None, "tokens": tokens})
     record = {

@@ -143,3 +143,22 @@ def test_forget_without_pii_ids_in_clear(tmp_path, monkeypatch):
     assert ws.read_table("events")["customer_id"].tolist() == ["42"]
     again = ingest.read_transactions(path, "c", "t", amount_col="a", forget=forget.forgotten_tokens(ws))
     assert again.rejected_by_reason == {"forgotten": 2} and again.n_accepted == 1
+
+
+def test_forget_blanks_the_event_log_in_place(tmp_path):
+    """Events sent to POST /events are erased too, without moving any other line (readers keep byte offsets)."""
+    from features.event_log import EventLog, Tail, log_path
+
+    ws = Workspace(tmp_path / "ws")  # creates the folder
+    log = EventLog(ws)
+    rows = [{"event_id": f"e{i}", "customer_id": cid, "event_type": "purchase", "item_id": "I1",
+             "timestamp": "2026-01-02T03:04:05", "quantity": 1, "amount": 9.5}
+            for i, cid in enumerate(["GONE-1", "KEEP-2", "GONE-1", "KEEP-3"])]
+    log.append(rows, Tail())
+    before = log_path(ws).read_bytes()
+    record = forget.forget(ws, ["GONE-1"])
+    after = log_path(ws).read_bytes()
+    assert len(after) == len(before) and b"GONE-1" not in after
+    assert record["rows_removed"] == {"events_log/events.jsonl": 2}
+    events, offset, bad = log.read_from(0)
+    assert [e["customer_id"] for e in events] == ["KEEP-2", "KEEP-3"] and offset == len(after) and bad == 0
