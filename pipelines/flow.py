@@ -30,6 +30,7 @@ class RunParams:
     k: int = 10
     db_url: str | None = None
     transactions: dict = field(default_factory=dict)
+    config: str | None = None  # a mapping file (crmml init-config): replaces source and files
 
 
 def _params(ctx) -> RunParams:
@@ -42,6 +43,12 @@ def ingest_inputs(ctx) -> dict:
 
     p = _params(ctx)
     logged = log_state(ctx["workspace"])  # events accepted online since: ingest again
+    if p.config is not None:
+        from features import mapping
+
+        cfg = mapping.load(p.config)
+        files = [{"path": str(f.resolve()), "sha256": file_sha256(f)} for src in cfg.sources for f in cfg.files_of(src)]
+        return {"source": "config", "config": file_sha256(Path(p.config)), "files": files, "events_log": logged}
     if p.source == "synthetic":
         return {"source": p.source, "customers": p.customers, "seed": p.seed, "events_log": logged}
     files = [{"path": str(Path(f).resolve()), "sha256": file_sha256(Path(f))} for f in p.files]
@@ -52,7 +59,15 @@ def run_ingest(ctx) -> dict:
     from features import ingest, synthetic
 
     p, ws = _params(ctx), ctx["workspace"]
-    if p.source == "synthetic":
+    if p.config is not None:
+        from features import mapping
+        from features.forget import forgotten_tokens
+
+        result = ingest.read_mapping(mapping.load(p.config), source=Path(p.config).stem,
+                                     forget=forgotten_tokens(ws))
+        ingest.save(ws, result)
+        rows = {"read": result.n_read, "accepted": result.n_accepted, "rejected": result.n_rejected}
+    elif p.source == "synthetic":
         record = synthetic.write(ws, synthetic.generate(n_customers=p.customers, seed=p.seed), p.seed, p.customers)
         rows = record["tables"]
     else:
@@ -74,7 +89,7 @@ def run_ingest(ctx) -> dict:
         rows = {"read": result.n_read, "accepted": result.n_accepted, "rejected": result.n_rejected}
     events = ws.read_table("events", columns=["customer_id", "timestamp"])
     return {
-        "source": p.source,
+        "source": "config" if p.config is not None else p.source,
         "rows": rows,
         "events": int(len(events)),
         "customers": int(events["customer_id"].nunique()),

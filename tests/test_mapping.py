@@ -288,3 +288,27 @@ def test_customer_groups_and_item_categories_of_the_shop_feed_cold_start(tmp_pat
     assert (first["item_id"], first["source"]) == ("900", "popular_segment")
     similar = rec.recommend_for_items(["555"], k=3)  # nobody bought 555: its subclass answers
     assert "900" in similar["item_id"].tolist()
+
+
+def test_run_ingests_through_a_mapping_file_and_sees_it_change(tmp_path):
+    """`crmml run --config`: the ingest step reads the mapping's files, and re-runs when one of them changes."""
+    from features.workspace import Workspace
+    from pipelines import flow
+
+    tables = shop_tables()
+    cfg = tmp_path / "shop.yaml"
+    cfg.write_text(yaml.safe_dump(write_exports(tables, tmp_path)))
+    ws = Workspace(tmp_path / "ws")
+    ctx = {"workspace": ws, "params": flow.RunParams(config=str(cfg))}
+    before = flow.ingest_inputs(ctx)
+    assert before["source"] == "config" and len(before["files"]) >= 3
+    done = flow.run_ingest(ctx)
+    assert done["source"] == "config" and done["customers"] == tables["events"]["customer_id"].nunique()
+    assert len(ws.read_table("tickets")) == len(tables["tickets"])
+    first = next(f for f in before["files"])
+    with open(first["path"], "a") as fh:  # a shop's export grows: the step's inputs change
+        fh.write("\n")
+    assert flow.ingest_inputs(ctx)["files"] != before["files"]
+    res = CliRunner().invoke(app, ["run", "--config", str(cfg), "--source", "online-retail", "--workspace",
+                                   str(tmp_path / "ws2")])
+    assert res.exit_code == 2 and "drop --source and FILES" in res.output

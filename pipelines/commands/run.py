@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         sep: Annotated[Optional[str], typer.Option(help="transactions: separator.")] = None,
         time_format: Annotated[Optional[str], typer.Option(help="transactions: strftime format.")] = None,
         names: Annotated[Optional[str], typer.Option(help="transactions: column names (no header).")] = None,
+        config: Annotated[Optional[Path], typer.Option(help="A mapping file (crmml init-config) naming the shop's "
+                                                       "files; replaces --source and FILES.")] = None,
         workspace: WorkspaceOption = None,
     ):
         """Ingest -> features -> train churn and recommender -> evaluate -> register -> gate -> score -> report."""
@@ -55,7 +57,11 @@ def register(app: typer.Typer) -> None:
             transactions={"customer_col": customer_col, "time_col": time_col, "amount_col": amount_col,
                           "item_col": item_col, "quantity_col": quantity_col, "sep": sep,
                           "time_format": time_format, "names": names.split(",") if names else None},
+            config=str(config) if config is not None else None,
         )
+        if config is not None and (files or source is not None):
+            console.print("[bold red]error:[/] the mapping file names its files: drop --source and FILES")
+            raise typer.Exit(2)
         started = time.perf_counter()
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
