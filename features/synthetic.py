@@ -121,9 +121,9 @@ REGULAR_RATE, ONE_TIME_RATE = 0.6, 0.25  # orders per 30 days: regulars from, on
 #: probability that a contact wins the customer back (an order soon after and a fresh start), by
 #: action and latent segment at the send; a loyal customer only redeems a discount it did not need
 EXPERIMENT_EFFECTS = {
-    "discount": {"lapsing_regular": 0.55, "lapsing_occasional": 0.20, "lapsing_complaint": 0.20},
-    "reminder": {"lapsing_regular": 0.20, "lapsing_occasional": 0.05, "lapsing_complaint": 0.05},
-    "service_call": {"lapsing_regular": 0.10, "lapsing_occasional": 0.05, "lapsing_complaint": 0.60},
+    "discount": {"lapsing_regular": 0.60, "lapsing_occasional": 0.08, "lapsing_complaint": 0.10},
+    "reminder": {"lapsing_regular": 0.25, "lapsing_occasional": 0.02, "lapsing_complaint": 0.02},
+    "service_call": {"lapsing_regular": 0.10, "lapsing_occasional": 0.02, "lapsing_complaint": 0.60},
 }
 SEGMENTS = ("loyal", "lapsing_regular", "lapsing_occasional", "lapsing_complaint", "one_time", "gone")
 LOYAL_REDEEM_P = 0.35  # a loyal customer uses the discount on an order it would have placed anyway

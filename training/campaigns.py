@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 RESPONSE_DAYS = 14
+EFFECTS_NAME = "campaign_effects"
 DEFAULT_HORIZON = 60
 METRICS = ("response", "retained", "revenue")
 #: pre-campaign covariates: behaviour only (no personal data), from the churn feature matrix at the send day
@@ -321,6 +322,13 @@ def evaluate_campaign(campaigns: pd.DataFrame, events: pd.DataFrame, features: p
     return effect
 
 
+def effects_json(reports_dir) -> "Path":
+    """Where ``crmml evaluate campaign`` writes the effects (read by the report)."""
+    from pathlib import Path
+
+    return Path(reports_dir) / f"{EFFECTS_NAME}.json"
+
+
 def campaign_features(source, campaigns: pd.DataFrame, horizon_days: int = DEFAULT_HORIZON) -> pd.DataFrame:
     """The churn feature matrix at every send day of ``campaigns`` (every customer seen before it)."""
     from features.churn_features import feature_matrix
@@ -356,5 +364,5 @@ def evaluate_campaigns(ws, campaign_ids=None, horizon_days: int = DEFAULT_HORIZO
 
 
 __all__ = ["COVARIATES", "CampaignEffect", "DEFAULT_HORIZON", "METRICS", "OBSERVATIONAL_ASSUMPTIONS",
-           "RESPONSE_DAYS", "campaign_features", "campaign_list", "campaign_rows", "difference_in_means",
+           "RESPONSE_DAYS", "campaign_features", "effects_json", "campaign_list", "campaign_rows", "difference_in_means",
            "evaluate_campaign", "evaluate_campaigns", "matched_difference", "outcomes", "propensity_match"]

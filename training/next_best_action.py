@@ -101,5 +101,41 @@ def value_if_retained(frame: pd.DataFrame) -> np.ndarray:
     return clv.fillna(spend).fillna(0.0).to_numpy(float)
 
 
-__all__ = ["ACTION_TEXT", "DEFAULT_COSTS", "action_costs", "next_best_actions", "rule_fallback",
-           "value_if_retained"]
+
+
+def uplift_champion(ws):
+    """(fitted UpliftModel, version) of the registered ``crmml-uplift`` champion, or (None, reason)."""
+    from training import registry
+    from training.names import UPLIFT
+    from training.uplift_training import load_uplift
+
+    registry.configure(ws)
+    version = registry.alias_version(registry.client(ws), UPLIFT, registry.CHAMPION)
+    if version is None:
+        return None, f"no {UPLIFT} champion is registered (crmml train uplift)"
+    return load_uplift(registry.model_uri(UPLIFT)), str(version)
+
+
+def for_customers(scored: pd.DataFrame, features: pd.DataFrame, model=None, campaigns: pd.DataFrame | None = None,
+                  version: str | None = None) -> pd.DataFrame:
+    """``scored`` (churn scores with ``customer_id``, ``clv_12m``, ``suggested_action``) with the next best
+    action columns, from ``model`` (an UpliftModel) on ``features`` (the churn feature matrix rows of the
+    same customers), or the rule fallback without a model. Adds ``uplift_model_version``."""
+    if model is None:
+        out = pd.concat([scored, rule_fallback(scored)], axis=1)
+        out["uplift_model_version"] = None
+        return out
+    feats = features.assign(customer_id=features["customer_id"].astype(str)).drop_duplicates("customer_id")
+    rows = scored[["customer_id"]].astype({"customer_id": str}).merge(feats, on="customer_id", how="left")
+    uplift = model.predict_frame(rows).drop(columns=["churn_risk"])
+    uplift.index = scored.index
+    value = value_if_retained(scored.assign(spend_365d=rows.get("spend_365d", pd.Series(np.nan, rows.index)).to_numpy()))
+    nba = next_best_actions(uplift, value, action_costs(campaigns, model.actions_))
+    out = pd.concat([scored, nba[["next_best_action", "nba_expected_value", "nba_uplift", "nba_reason", "nba_source"]]],
+                    axis=1)
+    out["uplift_model_version"] = version
+    return out
+
+
+__all__ = ["ACTION_TEXT", "DEFAULT_COSTS", "action_costs", "for_customers", "next_best_actions", "rule_fallback",
+           "uplift_champion", "value_if_retained"]

@@ -124,11 +124,19 @@ def evaluate_holdout(model: up.UpliftModel, test: pd.DataFrame) -> dict:
         y, t = g["retained"].to_numpy(), g["treated"].to_numpy(bool)
         res: dict[str, Any] = {"action": action, "n": int(len(g)), "n_treated": int(t.sum()),
                                "ate_observed": float(y[t].mean() - y[~t].mean()), "rules": {}}
+        # what a retained customer brings in the horizon and what a contact costs: the money of a rule
+        kept = g.loc[(~g["treated"]) & (g["retained"] > 0), "revenue"]
+        res["value_per_retained"] = float(kept.mean()) if len(kept) else 0.0
+        res["cost_per_contact"] = float(pd.to_numeric(g.loc[g["treated"], "cost"], errors="coerce").fillna(0).mean())
         has_truth = "y1" in g and g["y1"].notna().all()
         for rule, s in scores.items():
             frac, qini = up.qini_curve(s, y, t)
             _, curve = up.uplift_curve(s, y, t)
             r = {"auuc": up.auuc(s, y, t), "qini": qini.tolist(), "uplift_curve": curve.tolist()}
+            # the next campaign contacting TOP_SHARE of these customers by this rule (observed curve)
+            at = float(curve[int(round(TOP_SHARE * (len(frac) - 1)))]) * len(g)
+            r["incremental_retained_top20"] = at
+            r["expected_value_top20"] = at * res["value_per_retained"] - TOP_SHARE * len(g) * res["cost_per_contact"]
             if has_truth:
                 r["true_gain_top20"] = up.true_gain(s, g["y1"], g["y0"], TOP_SHARE)
                 r["true_auuc"] = up.true_auuc(s, g["y1"], g["y0"])

@@ -66,7 +66,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     ):
         """Effect of each campaign: against its control group, or against matched customers (observational)."""
         from features.workspace import Workspace, atomic_write_json
-        from training.campaigns import evaluate_campaigns
+        from training.campaigns import effects_json, evaluate_campaigns
 
         ws = Workspace(workspace)
         if not ws.has_table("campaigns"):
@@ -88,8 +88,11 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
                           "estimates (matched non-contacted customers), valid only if:[/]")
             for a in observational[0].assumptions:
                 console.print(f"  - {a}")
+        data = [e.to_json() for e in effects]
+        atomic_write_json(effects_json(ws.reports_dir), data)  # the report's section reads this copy
+        console.print(f"effects: {effects_json(ws.reports_dir)}")
         if json_path is not None:
-            atomic_write_json(json_path, [e.to_json() for e in effects])
+            atomic_write_json(json_path, data)
             console.print(f"effects: {json_path}")
 
     @train_app.command("uplift")
