@@ -140,3 +140,33 @@ def test_uplift_targeting_beats_churn_risk_against_the_truth(shop):
     assert (out["nba_expected_value"] >= 0).all() and out["nba_reason"].str.len().gt(10).all()
     assert (out["nba_source"] == "uplift model").all() and out["next_best_action"].ne("none").any()
     json.dumps(out[["next_best_action", "nba_reason"]].to_dict("records"))
+
+
+@pytest.mark.slow
+def test_cli_and_report_section(shop, tmp_path):
+    """`crmml evaluate campaign` prints and writes the effects; the report's section reads them."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.report.campaign_sections import CAMPAIGNS
+    from pipelines.report.inputs import _load_campaigns
+
+    listing = cmp.campaign_list(shop.read_table("campaigns"))
+    regular = str(listing.loc[~listing["randomised"], "campaign_id"].iloc[12])
+    out = tmp_path / "effects.json"
+    res = CliRunner().invoke(app, ["evaluate", "campaign", "EXP03", regular, "--json", str(out),
+                                   "--workspace", str(shop.root)], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "OBSERVATIONAL" in res.output and "EXP03" in res.output and "unmeasured confounding" in res.output
+    data = json.loads(out.read_text())
+    assert [d["campaign_id"] for d in data] == sorted(["EXP03", regular])
+    assert cmp.effects_json(shop.reports_dir).exists()
+    bad = CliRunner().invoke(app, ["evaluate", "campaign", "NOPE", "--workspace", str(shop.root)])
+    assert bad.exit_code == 1 and "unknown campaign" in bad.output
+
+    class Inputs:  # the section reads only what it declares
+        campaigns = _load_campaigns(shop)
+
+    section = CAMPAIGNS.run(Inputs)
+    assert not section.missing and section.tables and section.takeaway
+    assert [t.rows[0][0] for t in section.tables][0] in ("EXP03", regular)

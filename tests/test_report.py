@@ -30,6 +30,7 @@ SECTIONS = [
     "Recommendation metrics against baselines",
     "Items bought together: top association rules",
     "Retention list: top customers by value at stake",
+    "Campaigns: measured effects, uplift targeting and the next campaign",
 ]
 # the sections computed from events and the feature code alone: they must always have plots
 ALWAYS = ["Revenue concentration and value tiers", "RFM segments", "Cohort retention",
