@@ -140,6 +140,15 @@ def test_uplift_targeting_beats_churn_risk_against_the_truth(shop):
     assert (out["nba_expected_value"] >= 0).all() and out["nba_reason"].str.len().gt(10).all()
     assert (out["nba_source"] == "uplift model").all() and out["next_best_action"].ne("none").any()
     json.dumps(out[["next_best_action", "nba_reason"]].to_dict("records"))
+    # a second version is a challenger, put through the gate on the newest held-out campaigns
+    from training import promotion
+
+    second = train_uplift_model(shop, mlflow=True)
+    evaluate, note = promotion.gate_evaluator(shop, UPLIFT)
+    assert evaluate is not None and "uplift_training" in note
+    decision = registry.promote(shop, UPLIFT, evaluate=evaluate)
+    assert decision.challenger == second["version"] and decision.decision in ("promoted", "refused")
+    assert any(r.startswith("auuc (primary") for r in decision.reasons), decision.reasons
 
 
 @pytest.mark.slow
