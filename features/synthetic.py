@@ -642,7 +642,9 @@ class _Shop:
                                ("ind_t", np.where(effective, ind_t, np.inf))):
                 rows[key].append(value)
         self.exp = {key: np.concatenate(v) for key, v in rows.items()}
-        self.gaps = (np.concatenate(g_c).astype(np.int64), np.concatenate(g_lo), np.concatenate(g_hi))
+        g_c, g_lo, g_hi = np.concatenate(g_c).astype(np.int64), np.concatenate(g_lo), np.concatenate(g_hi)
+        o = np.argsort(g_c, kind="stable")
+        self.gaps = (g_c[o], g_lo[o], g_hi[o])
         moved = lapse != self.lapse
         self.driver = np.where(moved & ~np.isfinite(lapse), "none", self.driver)
         self.lapse = lapse
@@ -650,9 +652,14 @@ class _Shop:
     def _drop_gaps(self, cust: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Mask of the sessions (cust, t) outside every gap (a lapsed customer not yet won back)."""
         keep = np.ones(len(cust), bool)
-        g_c, g_lo, g_hi = self.gaps
-        for j in range(len(g_c)):  # a few gaps per experiment (won-back lapsed customers)
-            keep &= ~((cust == g_c[j]) & (t > g_lo[j]) & (t < g_hi[j]))
+        g_c, g_lo, g_hi = self.gaps  # sorted by customer
+        if not len(g_c):
+            return keep
+        first = np.searchsorted(g_c, cust, "left")
+        last = np.searchsorted(g_c, cust, "right")
+        for j in range(int((last - first).max())):  # the j-th gap of each customer (at most one per campaign)
+            i = np.minimum(first + j, len(g_c) - 1)
+            keep &= ~((first + j < last) & (t > g_lo[i]) & (t < g_hi[i]))
         return keep
 
     def _experiment_rows_for(self, cust: np.ndarray) -> np.ndarray:
