@@ -114,6 +114,10 @@ TABLES: dict[str, Table] = {
                 Column("campaign_id", "string", True, "Campaign identifier."),
                 Column("sent_at", "datetime", True, "When the customer was contacted."),
                 Column("responded_at", "datetime", False, "When the customer responded; empty if never."),
+                Column("group", "string", False, "treatment or control (a random hold-out, never contacted); "
+                                                 "empty: contacted, no control group."),
+                Column("action", "string", False, "What the contact offered: reminder, discount, service_call..."),
+                Column("cost", "float", False, "What this contact cost (sending, redeemed discount, call)."),
             ),
             references=(("customer_id", "customers", "customer_id"),),
         ),

@@ -421,6 +421,8 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     if "campaigns" in t:
         cm = t["campaigns"]
         cm = cm.filter(cm.customer_id.notnull() & cm.sent_at.notnull())
+        if "group" in cm.columns:  # a control-group row is a customer held out, not a contact
+            cm = cm.filter(cm["group"].isnull() | (cm["group"] != "control"))
         cm = stage(cm.select("customer_id", ts=_days(cm.sent_at), tr=_days(cm.responded_at), day=_day(cm.sent_at)))
         jm = _windowed(cm, cal, 365.0)
         msince = jm.c - jm.ts

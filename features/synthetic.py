@@ -114,6 +114,26 @@ CAMPAIGN_RESPONSE_P = 0.05  # alive customer, scaled by (0.5 + 0.5 * min(base_ra
 CAMPAIGN_RESPONSE_LAPSED_P = 0.005
 CAMPAIGN_ORDER_P = 0.3  # a response session of an alive customer ends in an order
 
+# experiment campaigns (only with generate(experiments=N)): a random control group, planted effects
+EXPERIMENT_ACTIONS = ("discount", "reminder", "discount", "service_call", "discount", "reminder")  # cycled
+EXPERIMENT_FIRST_DAY = 150.0  # the first experiment; the last leaves EXPERIMENT_HORIZON_DAYS before `end`
+EXPERIMENT_HORIZON_DAYS = 60.0  # the retention window the planted effect is defined on
+EXPERIMENT_CONTROL_SHARE = 0.5
+EXPERIMENT_AUDIENCE_DAYS = 365.0  # customers lapsed longer ago than this are not targeted
+LAPSING_BEFORE_DAYS = 150.0  # "lapsing": lapsed at most this long before the send, or lapsing within the window
+REGULAR_RATE, ONE_TIME_RATE = 0.6, 0.25  # orders per 30 days: regulars from, one-time buyers below
+#: probability that a contact wins the customer back (an order soon after and a fresh start), by
+#: action and latent segment at the send; a loyal customer only redeems a discount it did not need
+EXPERIMENT_EFFECTS = {
+    "discount": {"lapsing_regular": 0.60, "lapsing_occasional": 0.08, "lapsing_complaint": 0.10},
+    "reminder": {"lapsing_regular": 0.25, "lapsing_occasional": 0.02, "lapsing_complaint": 0.02},
+    "service_call": {"lapsing_regular": 0.10, "lapsing_occasional": 0.02, "lapsing_complaint": 0.60},
+}
+SEGMENTS = ("loyal", "lapsing_regular", "lapsing_occasional", "lapsing_complaint", "one_time", "gone")
+LOYAL_REDEEM_P = 0.35  # a loyal customer uses the discount on an order it would have placed anyway
+#: per contact, and per redeemed discount (the incentive's value)
+ACTION_COSTS = {"reminder": (0.05, 0.0), "discount": (0.30, 6.0), "service_call": (4.0, 0.0)}
+
 _HOUR = 1.0 / 24.0
 _MINUTE = 1.0 / 1440.0
 _SECOND_US = 1_000_000
@@ -131,6 +151,7 @@ def generate(
     end="2024-12-31",
     n_items: int | None = None,
     *,
+    experiments: int = 0,
     progress: bool | None = None,
     light: bool | None = None,
 ) -> dict[str, pd.DataFrame]:
@@ -142,6 +163,12 @@ def generate(
     ``n_complaints_before_lapse``). Same arguments, same tables. ``progress`` shows a progress bar
     (default: when more than one chunk of customers is generated). ``light``: keep purchases and
     returns only (default: above :data:`LIGHT_ABOVE` customers).
+
+    ``experiments=N`` adds N experiment campaigns (``EXP01``...: the customers still around in the last year, half held
+    out as a random control group, an action with a cost, effects planted by latent segment) and the
+    table ``campaign_truth`` (both potential outcomes of every assigned customer, see
+    ``docs/synthetic.md``). Their effects change the customers' histories, so ``experiments=0`` (the
+    default) leaves every table as it was without them.
     """
     if n_customers < 1:
         raise ValueError("n_customers must be positive")
@@ -153,7 +180,7 @@ def generate(
         n_items = int(min(3000, max(300, n_customers // 5)))
     n_items = max(int(n_items), 30)
 
-    shop = _Shop(n_customers, seed, start_ts, horizon, n_items)
+    shop = _Shop(n_customers, seed, start_ts, horizon, n_items, experiments)
     shop.light = n_customers > LIGHT_ABOVE if light is None else bool(light)
     events = shop.events(progress)
     tables = {
@@ -165,11 +192,17 @@ def generate(
     }
     out = {name: contract.conform(name, df, source="synthetic") for name, df in tables.items()}
     out["ground_truth"] = shop.ground_truth_table()
+    if experiments:
+        out["campaign_truth"] = shop.campaign_truth_table()
     return out
 
 
 def ground_truth_path(workspace: Workspace) -> Path:
     return workspace.root / "synthetic" / "ground_truth.parquet"
+
+
+def campaign_truth_path(workspace: Workspace) -> Path:
+    return workspace.root / "synthetic" / "campaign_truth.parquet"
 
 
 def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_customers) -> dict:
@@ -198,6 +231,13 @@ def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_custome
         path = ground_truth_path(workspace)
         atomic_write(path, lambda tmp: gt.to_parquet(tmp, index=False))
         record["ground_truth"] = str(path)
+    truth = campaign_truth_path(workspace)
+    if "campaign_truth" in tables:
+        ct = tables["campaign_truth"]
+        atomic_write(truth, lambda tmp: ct.to_parquet(tmp, index=False))
+        record["campaign_truth"] = str(truth)
+    else:
+        truth.unlink(missing_ok=True)  # the truth of another shop
     return workspace.record_ingestion(record)
 
 
@@ -253,17 +293,19 @@ def _group_cumsum(values: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
 class _Shop:
     """Holds the customer-level latent state; events are generated chunk by chunk."""
 
-    def __init__(self, n: int, seed: int, start: pd.Timestamp, horizon: float, n_items: int):
+    def __init__(self, n: int, seed: int, start: pd.Timestamp, horizon: float, n_items: int, experiments: int = 0):
         self.n, self.seed, self.start, self.H = n, int(seed), start, float(horizon)
         self.start_us = int(np.datetime64(start.to_datetime64(), "us").astype(np.int64))
         self._calendar()
         self._catalogue(n_items)
         self._customers()
         self._tickets_and_lapse()
+        self._experiments(int(experiments))  # before the regular campaigns: they see the final lapse
         self._campaign_schedule()
         self.order_ts: list[np.ndarray] = []  # purchase time of each order, by order code
         self.light = False  # keep purchases and returns only (see LIGHT_ABOVE)
         self.campaign_parts: list[tuple[np.ndarray, ...]] = []
+        self.exp_outcomes: list[tuple[np.ndarray, ...]] = []  # (row index, observed y, y without effect)
 
     # -- calendar: weekly and yearly seasonality, time of day -----------------------------------
     def _calendar(self) -> None:
@@ -551,6 +593,95 @@ class _Shop:
         resp = np.where(resp > self.H - _HOUR, np.inf, resp)
         return c, ki, sent, resp
 
+    # -- experiment campaigns --------------------------------------------------------------------
+    def _experiments(self, n_exp: int) -> None:
+        """Plant ``n_exp`` randomised campaigns: assignment, latent segment, effect, new lapse.
+
+        Processed in time order (a loop over campaigns, not customers), each seeing the lapse left by
+        the earlier ones. A treated customer who is won back gets an order within days (``ind_t``) and a
+        fresh start: its lapse moves to after the window; one already lapsed is absent in between (a
+        gap, from which sessions are dropped). Tickets keep the original lapse (a simplification).
+        """
+        self.exp_n = n_exp
+        self.gaps = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        if n_exp <= 0:
+            return
+        rng = _rng(self.seed, 5)
+        h = EXPERIMENT_HORIZON_DAYS
+        last = self.H - h - 2.0
+        first = min(EXPERIMENT_FIRST_DAY, max(last, 0.0))
+        days = np.linspace(first, last, n_exp) if n_exp > 1 else np.array([first])
+        days = np.floor(days + self.start_frac) - self.start_frac + 10.0 * _HOUR
+        self.exp_day = _floor_seconds(np.clip(days, 0.0, self.H - 1.0))
+        self.exp_action = np.array([EXPERIMENT_ACTIONS[k % len(EXPERIMENT_ACTIONS)] for k in range(n_exp)])
+        hazard = BASELINE_HAZARD * np.where(self.is_member, MEMBER_HAZARD_MULT, 1.0)
+        lapse = self.lapse.copy()
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("k", "c", "treated", "seg", "tau", "won", "lapse_before",
+                                                              "sent", "resp", "ind_t")}
+        g_c, g_lo, g_hi = [], [], []
+        seg_index = {name: i for i, name in enumerate(SEGMENTS)}
+        for k, s in enumerate(self.exp_day):  # loop over campaigns
+            # the target: customers signed up and still around in the last year (a retention audience)
+            c = np.flatnonzero((self.signup < s) & (lapse > s - EXPERIMENT_AUDIENCE_DAYS))
+            m = len(c)
+            treated = rng.random(m) >= EXPERIMENT_CONTROL_SHARE
+            before = lapse[c]
+            rate = self.base_rate[c]
+            lapsing = (before > s - LAPSING_BEFORE_DAYS) & (before <= s + h)
+            seg = np.full(m, seg_index["loyal"])
+            seg = np.where(lapsing & (rate >= REGULAR_RATE), seg_index["lapsing_regular"], seg)
+            seg = np.where(lapsing & (rate < REGULAR_RATE), seg_index["lapsing_occasional"], seg)
+            # a complaint-driven lapse is answered by a call (the driver is that of the original lapse)
+            complaint = lapsing & (self.driver[c] == "complaints") & (before == self.lapse[c])
+            seg = np.where(complaint & (rate >= ONE_TIME_RATE), seg_index["lapsing_complaint"], seg)
+            seg = np.where(before <= s - LAPSING_BEFORE_DAYS, seg_index["gone"], seg)
+            seg = np.where(rate < ONE_TIME_RATE, seg_index["one_time"], seg)
+            effects = EXPERIMENT_EFFECTS[self.exp_action[k]]
+            tau = np.array([effects.get(name, 0.0) for name in SEGMENTS])[seg]
+            won = rng.random(m) < tau  # latent for everyone: the control group's y1 uses it
+            sent = _floor_seconds(s + rng.random(m) * 20.0 * _MINUTE)
+            ind_t = _floor_seconds(np.minimum(sent + _MINUTE + rng.exponential(2.0, m), sent + 14.0))
+            redeem = (self.exp_action[k] == "discount") & (seg == seg_index["loyal"]) & (rng.random(m) < LOYAL_REDEEM_P)
+            resp = np.where(treated & won, ind_t, np.where(treated & redeem, _floor_seconds(sent + rng.exponential(5.0, m)), np.inf))
+            resp = np.where(resp > self.H - _HOUR, np.inf, resp)
+            effective = treated & won
+            new_lapse = ind_t + h + rng.exponential(1.0, m) / hazard[c]
+            new_lapse = np.where(new_lapse > self.H, np.inf, _floor_seconds(new_lapse))
+            gap = effective & (before < ind_t)
+            g_c.append(c[gap]), g_lo.append(before[gap]), g_hi.append(ind_t[gap])
+            lapse[c[effective]] = new_lapse[effective]
+            for key, value in (("k", np.full(m, k)), ("c", c), ("treated", treated), ("seg", seg), ("tau", tau),
+                               ("won", won), ("lapse_before", before), ("sent", sent), ("resp", resp),
+                               ("ind_t", np.where(effective, ind_t, np.inf))):
+                rows[key].append(value)
+        self.exp = {key: np.concatenate(v) for key, v in rows.items()}
+        g_c, g_lo, g_hi = np.concatenate(g_c).astype(np.int64), np.concatenate(g_lo), np.concatenate(g_hi)
+        o = np.argsort(g_c, kind="stable")
+        self.gaps = (g_c[o], g_lo[o], g_hi[o])
+        moved = lapse != self.lapse
+        self.driver = np.where(moved & ~np.isfinite(lapse), "none", self.driver)
+        self.lapse = lapse
+
+    def _drop_gaps(self, cust: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Mask of the sessions (cust, t) outside every gap (a lapsed customer not yet won back)."""
+        keep = np.ones(len(cust), bool)
+        g_c, g_lo, g_hi = self.gaps  # sorted by customer
+        if not len(g_c):
+            return keep
+        first = np.searchsorted(g_c, cust, "left")
+        last = np.searchsorted(g_c, cust, "right")
+        for j in range(int((last - first).max())):  # the j-th gap of each customer (at most one per campaign)
+            i = np.minimum(first + j, len(g_c) - 1)
+            keep &= ~((first + j < last) & (t > g_lo[i]) & (t < g_hi[i]))
+        return keep
+
+    def _experiment_rows_for(self, cust: np.ndarray) -> np.ndarray:
+        """Indices of the experiment rows of the customers ``cust`` (a contiguous chunk)."""
+        if not self.exp_n:
+            return np.zeros(0, np.int64)
+        c = self.exp["c"]
+        return np.flatnonzero((c >= cust[0]) & (c <= cust[-1]))
+
     # -- events ----------------------------------------------------------------------------------
     def events(self, progress: bool | None) -> pd.DataFrame:
         n_chunks = -(-self.n // CHUNK_CUSTOMERS)
@@ -637,11 +768,22 @@ class _Shop:
         rc, rt = cc[rsp], cresp[rsp]
         r_alive = rt < np.minimum(lapse[rc], H) - _HOUR
         r_order = r_alive & (rng.random(len(rc)) < CAMPAIGN_ORDER_P)
+        # experiment campaigns: no session while a won-back customer was away, its win-back order
+        exp_rows = self._experiment_rows_for(cust)
+        ind = exp_rows[np.isfinite(self.exp["ind_t"][exp_rows])] if self.exp_n else exp_rows
+        ec = self.exp["c"][ind] if self.exp_n else np.zeros(0, np.int64)
+        et = self.exp["ind_t"][ind] if self.exp_n else np.zeros(0)
+        if self.exp_n:
+            keep = self._drop_gaps(oc, ot)
+            oc, ot = oc[keep], ot[keep]
+            keep = self._drop_gaps(bc, bt)
+            bc, bt = bc[keep], bt[keep]
+            r_order &= self._drop_gaps(rc, rt)
 
-        s_cust = np.concatenate([oc, bc, pc_, new, rc]).astype(np.int64)
-        s_t = np.concatenate([ot, bt, pt, wt, rt])
+        s_cust = np.concatenate([oc, bc, pc_, new, rc, ec]).astype(np.int64)
+        s_t = np.concatenate([ot, bt, pt, wt, rt, et])
         s_order = np.concatenate(
-            [np.ones(len(oc), bool), np.zeros(len(bc) + len(pc_), bool), w_order, r_order]
+            [np.ones(len(oc), bool), np.zeros(len(bc) + len(pc_), bool), w_order, r_order, np.ones(len(ec), bool)]
         )
         ns = len(s_cust)
         s_dur = np.minimum(np.exp(rng.normal(math.log(12 * _MINUTE), 0.6, ns)), 45 * _MINUTE)
@@ -671,6 +813,10 @@ class _Shop:
         amount = np.round(qty * self.item_price[l_item] * (1.0 - disc), 2)
         p_time = s_t[l_sess] + s_dur[l_sess]
         self.order_ts.append(s_t[o_idx] + s_dur[o_idx])
+        if len(exp_rows):
+            induced = np.zeros(ns, bool)
+            induced[ns - len(ec):] = True
+            self._experiment_outcomes(exp_rows, s_cust[o_idx], s_t[o_idx] + s_dur[o_idx], induced[o_idx])
         online = s_chan[l_sess] != 2
         v_off = rng.random(m) * 0.6 * s_dur[l_sess]
         v_time = s_t[l_sess] + v_off
@@ -725,6 +871,25 @@ class _Shop:
             out.append(arr)
         return out, n_orders
 
+    def _experiment_outcomes(self, rows: np.ndarray, o_c: np.ndarray, o_t: np.ndarray, o_ind: np.ndarray) -> None:
+        """Retention (an order within the window) of experiment rows, observed and without the effect.
+
+        For a treated customer won back, "without the effect" counts its other orders before its
+        lapse as it stood at the send: the same process as in a world without the contact.
+        """
+        span = math.ceil(self.H) + 100.0
+        e = self.exp
+        c, sent = e["c"][rows], e["sent"][rows]
+        hi = sent + EXPERIMENT_HORIZON_DAYS
+
+        def count(mask, lo_, hi_):
+            keys = np.sort(o_c[mask] * span + o_t[mask])
+            return np.searchsorted(keys, c * span + hi_, "right") - np.searchsorted(keys, c * span + lo_, "right")
+
+        y_obs = count(np.ones(len(o_c), bool), sent, hi) > 0
+        y_wo = count(~o_ind, sent, np.minimum(hi, e["lapse_before"][rows])) > 0
+        self.exp_outcomes.append((rows, y_obs, y_wo))
+
     # -- tables ----------------------------------------------------------------------------------
     def customers_table(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -770,12 +935,62 @@ class _Shop:
         resp = np.concatenate([p[3] for p in parts])
         o = np.lexsort((c, sent))
         n_c = max(len(self.camp_day), 1)
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
                 "customer_id": _decode(self.customer_ids, c[o]),
                 "campaign_id": _decode(_id_strings("CMP", n_c, 3), k[o]),
                 "sent_at": _timestamps(self.start_us, sent[o]),
                 "responded_at": _timestamps(self.start_us, resp[o]),
+            }
+        )
+        if not self.exp_n:
+            return out
+        e = self.exp
+        action = self.exp_action[e["k"]]
+        contact, redeemed = (np.array([ACTION_COSTS[a][i] for a in self.exp_action])[e["k"]] for i in (0, 1))
+        cost = np.where(e["treated"], contact + np.where(np.isfinite(e["resp"]), redeemed, 0.0), 0.0)
+        exp = pd.DataFrame(
+            {
+                "customer_id": _decode(self.customer_ids, e["c"]),
+                "campaign_id": _decode(_id_strings("EXP", max(self.exp_n, 1), 2), e["k"]),
+                "sent_at": _timestamps(self.start_us, e["sent"]),
+                "responded_at": _timestamps(self.start_us, e["resp"]),
+                "group": np.where(e["treated"], "treatment", "control"),
+                "action": action,
+                "cost": cost,
+            }
+        )
+        both = pd.concat([out, exp], ignore_index=True)
+        return both.sort_values(["sent_at", "customer_id"], kind="stable", ignore_index=True)
+
+    def campaign_truth_table(self) -> pd.DataFrame:
+        """Both potential outcomes of every customer assigned to an experiment campaign.
+
+        ``y1``/``y0``: an order within ``EXPERIMENT_HORIZON_DAYS`` after the send with/without the
+        contact (one of them observed, the other known from the planted effect); ``tau``: the planted
+        probability of a win-back; ``segment``: the latent state that set it.
+        """
+        e = self.exp
+        idx = np.concatenate([p[0] for p in self.exp_outcomes])
+        y_obs = np.zeros(len(e["c"]), bool)
+        y_wo = np.zeros(len(e["c"]), bool)
+        y_obs[idx] = np.concatenate([p[1] for p in self.exp_outcomes])
+        y_wo[idx] = np.concatenate([p[2] for p in self.exp_outcomes])
+        treated, won = e["treated"], e["won"]
+        y1 = np.where(treated, y_obs, y_obs | won)
+        y0 = np.where(treated & won, y_wo, y_obs)
+        return pd.DataFrame(
+            {
+                "campaign_id": _decode(_id_strings("EXP", max(self.exp_n, 1), 2), e["k"]),
+                "customer_id": _decode(self.customer_ids, e["c"]),
+                "action": self.exp_action[e["k"]],
+                "group": np.where(treated, "treatment", "control"),
+                "segment": np.array(SEGMENTS)[e["seg"]],
+                "tau": e["tau"],
+                "won_back": won,
+                "y0": y0.astype(np.int8),
+                "y1": y1.astype(np.int8),
+                "horizon_days": np.full(len(e["c"]), EXPERIMENT_HORIZON_DAYS),
             }
         )
 

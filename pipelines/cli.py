@@ -16,7 +16,7 @@ quiet.install()  # third-party notices out of the normal output: see pipelines/q
 
 import typer  # noqa: E402
 
-from pipelines.commands import churn, data, features, models, recommender, report, run, serve  # noqa: E402
+from pipelines.commands import campaigns, churn, data, features, models, recommender, report, run, serve  # noqa: E402
 
 app = typer.Typer(help="crmml: churn warnings, recommendations and customer insight.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a model and register it as challenger.", no_args_is_help=True)
@@ -31,6 +31,7 @@ data.register(app)
 features.register(app)
 churn.register(train_app, evaluate_app)
 recommender.register(train_app, evaluate_app)
+campaigns.register(train_app, evaluate_app)
 models.register(models_app)
 report.register(app)
 run.register(app)

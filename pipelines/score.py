@@ -24,6 +24,7 @@ OUTPUT_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
     "suggested_action", "action_text", "rfm_segment", "value_tier", "lifecycle_stage", "recommendations",
     "churn_model_version", "recommender_model_version",
+    "next_best_action", "nba_expected_value", "nba_reason", "nba_source", "uplift_model_version",
 ]
 
 
@@ -129,6 +130,12 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None, engine: str = "duckdb") 
     scored["as_of"] = as_of.date().isoformat()
     scored["churn_model_version"] = champion_version(ws, registry.CHURN)
     scored["recommender_model_version"] = champion_version(ws, registry.RECOMMENDER)
+    # the next best action: the uplift champion when registered, else the rules (flagged in nba_source)
+    from training import next_best_action as nba
+
+    model, version = nba.uplift_champion(ws)
+    campaigns = ws.read_table("campaigns") if ws.has_table("campaigns") else None
+    scored = nba.for_customers(scored, frame, model, campaigns, version if model is not None else None)
     return scored[OUTPUT_COLUMNS]
 
 

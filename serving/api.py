@@ -224,6 +224,25 @@ async def customer_profile(customer_id: str = Path(..., min_length=1, max_length
     return Response(record, media_type=JSON)
 
 
+@api.get(
+    "/customers/{customer_id}/next-best-action",
+    response_model=schemas.NextBestAction,
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
+    summary="The action with the highest expected value (uplift x value - cost), with the reason",
+    tags=["customers"],
+)
+async def next_best_action(customer_id: str = Path(..., max_length=64)) -> Response:
+    from serving.nba import UnknownCustomer
+
+    _check_id(customer_id, "customer id")
+    state = _state()
+    try:  # the first call loads the uplift model: off the event loop
+        body = await anyio.to_thread.run_sync(state.nba.answer, state, customer_id)
+    except UnknownCustomer:
+        raise HTTPException(404, f"unknown customer (no record as of {state.as_of})") from None
+    return _json(body)
+
+
 # -- recommendations --------------------------------------------------------------------------
 def _items(items: list[dict]) -> list[dict]:
     out = []

@@ -335,3 +335,25 @@ class ReloadResponse(BaseModel):
     detail: str
     models: dict[str, str] = Field(default_factory=dict, description="Model name -> registry version now served.")
 
+
+# --------------------------------------------------------------------------------------------
+# next best action
+# --------------------------------------------------------------------------------------------
+class ActionValue(BaseModel):
+    action: str
+    uplift: float = Field(..., description="Change of the probability to buy within the horizon if contacted.")
+    cost: float = Field(..., description="Average cost of one contact with this action.")
+    expected_value: float = Field(..., description="uplift x value if retained - cost.")
+
+
+class NextBestAction(BaseModel):
+    customer_id: str
+    as_of: str
+    action: str = Field(..., description="none, reminder, discount, service_call... (rules: a suggested action code).")
+    source: str = Field(..., description='"uplift model", or "rules" when no uplift model is registered.')
+    expected_value: float | None = Field(None, description="Expected incremental value of the action (uplift model).")
+    uplift: float | None = None
+    value_if_retained: float | None = Field(None, description="12-month CLV (last year's spend when unknown).")
+    reason: str = Field(..., description="Why, in words, with the numbers.")
+    alternatives: list[ActionValue] = Field(default_factory=list)
+    uplift_model_version: str | None = None

@@ -19,6 +19,7 @@ from features.workspace import Workspace
 from serving import store as st
 from serving.champions import ChampionRef, LoadedModel, ModelLoadError, describe, load_champion, now, resolve_champions
 from serving.events import MemoryRecords, OnlineEvents, RedisRecords
+from serving.nba import NextBestActions
 from serving.rec_cache import RecommenderAdapter
 from training.names import CHURN, RECOMMENDER
 
@@ -82,6 +83,7 @@ class ServingState:
     online: OnlineEvents | None = None  # events accepted after the batch data (POST /events)
     warm_order: list = field(default_factory=list)  # known customers, most recent buyers first
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
+    nba: NextBestActions = field(default_factory=NextBestActions)  # loads the uplift model on first use
 
     def go_live(self, first: bool = True) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap.

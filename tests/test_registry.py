@@ -390,11 +390,12 @@ def test_cli_list_compare_promote_rollback(ws):
 
 def test_promotion_injects_each_models_evaluator(ws, monkeypatch):
     """training.promotion hands registry.promote the evaluator of the model (plain imports, no strings)."""
-    from training import churn, promotion, recommender
-    from training.names import MODEL_NAMES
+    from training import churn, promotion, recommender, uplift_training
+    from training.names import MODEL_NAMES, UPLIFT
 
-    assert promotion.GATE_EVALUATORS == {CHURN: churn.gate_evaluator, RECOMMENDER: recommender.gate_evaluator}
-    assert set(promotion.GATE_EVALUATORS) == set(MODEL_NAMES)
+    assert promotion.GATE_EVALUATORS == {CHURN: churn.gate_evaluator, RECOMMENDER: recommender.gate_evaluator,
+                                         UPLIFT: uplift_training.gate_evaluator}
+    assert set(promotion.GATE_EVALUATORS) == {*MODEL_NAMES, UPLIFT}  # the uplift model is optional
     fn, note = promotion.gate_evaluator(ws, "crmml-nope")
     assert fn is None and "no evaluator" in note
 

@@ -335,6 +335,61 @@ def test_profile(shop, client):
     assert r.status_code == 422 and "1-64 characters" in r.json()["detail"]
 
 
+# -- next best action ---------------------------------------------------------------------------
+def _train_uplift(ws) -> str:
+    """An uplift model fitted with the real code on a random assignment of this shop's customers
+    (the effects are noise here: the route is under test), logged and registered via training.registry."""
+    from features.churn_features import feature_matrix
+    from features.dates import workspace_as_of
+    from training import campaigns as cmp
+    from training import registry
+    from training.names import UPLIFT
+    from training.uplift import UpliftModel
+    from training.uplift_training import log_uplift
+
+    cutoff = workspace_as_of(ws) - pd.Timedelta(days=120)
+    frame = feature_matrix(ws, [cutoff], horizon_days=60, include_ineligible=True)
+    rng = np.random.default_rng(0)
+    rows = frame[["customer_id"]].assign(sent_at=cutoff + pd.Timedelta(hours=10), treated=rng.random(len(frame)) < 0.5,
+                                         action=rng.choice(["discount", "reminder"], len(frame)))
+    data = cmp.outcomes(rows, ws.read_table("events"), 60).join(frame.drop(columns=["customer_id"]))
+    model = UpliftModel(params={"min_child_samples": 5, "n_estimators": 20}).fit(
+        data, data["retained"], data["treated"], data["action"])
+    with registry.training_run(ws, UPLIFT) as run:
+        run.register(log_uplift(model, data), {"auuc": 0.01})
+    return run.model_version
+
+
+@pytest.mark.slow
+def test_next_best_action(shop, server, client):
+    cid = shop["customer"]
+    r = client.get(f"/customers/{cid}/next-best-action")
+    body = r.json()
+    # no uplift model registered: the rule-based action, flagged, with the reason
+    assert r.status_code == 200 and body["source"] == "rules", body
+    assert "no crmml-uplift champion" in body["reason"] and body["expected_value"] is None and body["action"]
+    r = client.get("/customers/NOBODY-1/next-best-action")
+    assert r.status_code == 404 and "unknown customer" in r.json()["detail"]
+    assert client.get("/customers/bad%20id/next-best-action").status_code == 422
+    assert client.get(f"/customers/{cid}/next-best-action", headers={"Authorization": ""}).status_code in (401, 403)
+
+    version = _train_uplift(shop["ws"])
+    assert client.post("/admin/reload", params={"force": "true"}).status_code == 200
+    r = client.get(f"/customers/{cid}/next-best-action")
+    body = r.json()
+    assert r.status_code == 200 and body["source"] == "uplift model" and body["uplift_model_version"] == version
+    alternatives = {a["action"]: a for a in body["alternatives"]}
+    assert set(alternatives) == {"discount", "reminder"}
+    for a in alternatives.values():  # expected value = uplift x value if retained - cost
+        assert a["expected_value"] == pytest.approx(a["uplift"] * body["value_if_retained"] - a["cost"], abs=1e-6)
+    best = max(alternatives.values(), key=lambda a: a["expected_value"])
+    if best["expected_value"] > 0:
+        assert body["action"] == best["action"] and body["expected_value"] == pytest.approx(best["expected_value"])
+    else:
+        assert body["action"] == "none" and body["expected_value"] == 0.0
+    assert body["reason"] and body["as_of"]
+
+
 @pytest.mark.slow
 def test_recommend(shop, client):
     cid = shop["customer"]

@@ -2,6 +2,7 @@
 
 CHURN = "crmml-churn"
 RECOMMENDER = "crmml-recommender"
+UPLIFT = "crmml-uplift"  # optional: registered by `crmml train uplift`, not part of MODEL_NAMES
 MODEL_NAMES = (CHURN, RECOMMENDER)
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Callable
 
 from features.workspace import Workspace
-from training import churn, recommender, registry
-from training.names import CHALLENGER, CHAMPION, CHURN, MODEL_NAMES, RECOMMENDER
+from training import churn, recommender, registry, uplift_training
+from training.names import CHALLENGER, CHAMPION, CHURN, MODEL_NAMES, RECOMMENDER, UPLIFT
 
 #: registered model -> factory(workspace) returning evaluate(model_uri) -> {metric: value, "window": date}
 GATE_EVALUATORS: dict[str, Callable[[Workspace], registry.Evaluate]] = {
     CHURN: churn.gate_evaluator,
     RECOMMENDER: recommender.gate_evaluator,
+    UPLIFT: uplift_training.gate_evaluator,
 }
 
 

@@ -91,7 +91,7 @@ from features.numeric import finite_or_none as _finite
 from features.numeric import safe_key
 from features.workspace import REPO_ROOT, Workspace
 from training.grade import GRADE_REASON_TAG, GRADE_TAG
-from training.names import CHALLENGER, CHAMPION, CHURN, EXPERIMENT, RECOMMENDER
+from training.names import CHALLENGER, CHAMPION, CHURN, EXPERIMENT, RECOMMENDER, UPLIFT
 
 
 # Packages whose versions every run records (and that ``pip_requirements`` can pin).
@@ -228,6 +228,7 @@ class GatePolicy:
 POLICIES: dict[str, GatePolicy] = {
     CHURN: GatePolicy("auc", True, 0.001, {"brier": ("lower", 0.005)}),
     RECOMMENDER: GatePolicy("ndcg@10", True, 0.001, {"coverage": ("higher", 0.02)}),
+    UPLIFT: GatePolicy("auuc", True, 0.001),
 }
 
 

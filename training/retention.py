@@ -278,7 +278,8 @@ def attach_actions(scored: pd.DataFrame, high_value_quantile: float = 0.8) -> pd
 
 
 def retention_list(scored: pd.DataFrame, top: int | None = None, include_low: bool = False) -> pd.DataFrame:
-    """The prioritised call list: customers sorted by value at stake (highest first), ranked from 1.
+    """The prioritised call list: customers sorted by value at stake (highest first), ranked from 1;
+    by expected incremental value (``nba_expected_value``, ``training.next_best_action``) when known.
 
     Low-risk customers are left out unless ``include_low``. Adds ``value_at_stake`` and
     ``suggested_action`` when missing, and a readable ``why`` column (the reason sentences joined).
@@ -288,7 +289,11 @@ def retention_list(scored: pd.DataFrame, top: int | None = None, include_low: bo
         df = attach_actions(df)
     if not include_low:
         df = df[df["risk_tier"] != "low"]
-    df = df.sort_values(["value_at_stake", "churn_probability"], ascending=[False, False], kind="stable")
+    if "nba_expected_value" in df.columns and df["nba_expected_value"].notna().any():
+        # with an uplift model: what a contact is expected to bring back, not what is at risk
+        df = df.sort_values(["nba_expected_value", "value_at_stake"], ascending=[False, False], kind="stable")
+    else:
+        df = df.sort_values(["value_at_stake", "churn_probability"], ascending=[False, False], kind="stable")
     if top is not None:
         df = df.head(top)
     df = df.reset_index(drop=True)

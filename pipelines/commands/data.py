@@ -177,6 +177,8 @@ def register(app: typer.Typer) -> None:
     def generate(
         customers: Annotated[int, typer.Option(min=10, help="Number of customers.")] = 5000,
         seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
+        experiments: Annotated[int, typer.Option(min=0, help="Randomised campaigns with planted effects "
+                                                             "(control groups, ground truth of the effects).")] = 0,
         workspace: WorkspaceOption = None,
     ):
         """Generate the embedded synthetic shop (with its ground truth) into the workspace."""
@@ -186,7 +188,7 @@ def register(app: typer.Typer) -> None:
 
         ws = Workspace(workspace)
         started = time.perf_counter()
-        tables = synthetic.generate(n_customers=customers, seed=seed)
+        tables = synthetic.generate(n_customers=customers, seed=seed, experiments=experiments)
         for name in ing.TABLES:  # replace whatever source was there before
             if name not in tables:
                 ws.remove_table(name)

@@ -50,6 +50,7 @@ from pipelines.report.insight import (
     segment_summary,
     share_of_revenue,
 )
+from pipelines.report.campaign_sections import CAMPAIGNS
 from pipelines.report.insight_sections import COHORTS, PARETO, RATES, RFM, RULES, SUMMARY
 from pipelines.report.model_sections import (
     CHURN_EVALUATION,
@@ -71,7 +72,7 @@ def report_path(ws: Workspace) -> Path:
 
 SECTIONS: tuple[SectionSpec, ...] = (  # the page's order; no section reads another's results
     SUMMARY, PARETO, RFM, COHORTS, RATES, CHURN_RISK, CHURN_EVALUATION, RECOMMENDER_EVALUATION, ROLLING_EVALUATION,
-    RULES, RETENTION,
+    RULES, RETENTION, CAMPAIGNS,
 )
 
 

@@ -119,6 +119,7 @@ class ReportInputs:
     churn_rolling: Found[RollingEvaluation]
     recommender_rolling: Found[RollingEvaluation]
     item_rules: Found[pd.DataFrame]
+    campaigns: Found[dict] = Found(None, "not loaded")  # campaign effects and uplift evaluation (JSON)
 
 
 def load(ws: Workspace, as_of=None) -> ReportInputs:
@@ -147,7 +148,22 @@ def load(ws: Workspace, as_of=None) -> ReportInputs:
         churn_rolling=_guarded("the churn rolling evaluation", load_rolling, ws, names.CHURN),
         recommender_rolling=_guarded("the recommender rolling evaluation", load_rolling, ws, names.RECOMMENDER),
         item_rules=_guarded("the association rules", load_item_rules, ws, events, purchases),
+        campaigns=_guarded("the campaign results", _load_campaigns, ws),
     )
+
+
+def _load_campaigns(ws: Workspace) -> Found[dict]:
+    """``crmml evaluate campaign``'s effects and ``crmml train uplift``'s held-out evaluation (JSON in the
+    reports folder; either may be missing, None when both are)."""
+    from training.campaigns import effects_json
+    from training.uplift_training import evaluation_json
+
+    out = {}
+    paths = {"effects": effects_json(ws.reports_dir), "uplift": evaluation_json(ws.reports_dir)}
+    for key, path in paths.items():
+        if path.exists():
+            out[key] = json.loads(path.read_text())
+    return Found(out or None, " and ".join(_relative(ws, p) for p in paths.values()))
 
 
 def _guarded(what: str, load_input, *args) -> Found:
