@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_file = tmp / "inputs.json"
     data_file.write_text(json.dumps(inputs))
     key = secrets.token_urlsafe(16)
-    results: dict = {"date": "2026-11-23", "users": args.users, "seconds": args.seconds, "runs": [],
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "users": args.users, "seconds": args.seconds, "runs": [],
                      "inputs": {k: inputs[k] for k in ("customers", "as_of", "mlflow_customer")},
                      "load_before": load_average(), "code": code_version(), "rate": args.rate, "nice": args.nice}
     procs: list[ServerProcess] = []
