@@ -23,7 +23,7 @@ import joblib
 
 from features.workspace import Workspace, atomic_write, atomic_write_json
 from training import registry
-from training.recommender import Recommender, evaluate_time_split, evaluation_json
+from training.recommender import Recommender, evaluate_time_split, evaluation_json, selection_params
 from training.recommender_inputs import load_inputs, newest_window_cutoff
 from training.recommender_pyfunc import log_recommender
 
@@ -60,7 +60,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
     Returns a JSON-able summary: ``primary_metric`` (``ndcg@k``), ``metrics`` / ``metrics_new`` (model
     and baselines of the backtest's ``all`` / ``new`` views), ``n_users``, ``n_users_new``, ``k``,
     ``window_days``, ``backtest_cutoff``, ``backtest_skipped`` (why, when it could not run),
-    ``fit_seconds``, ``saved``, ``users``, ``items``, ``run_id`` and ``model_version`` (with MLflow),
+    ``fit_seconds``, ``selection`` (what ``Recommender.fit`` chose: re-ranker or blend, per view), ``saved``, ``users``, ``items``, ``run_id`` and ``model_version`` (with MLflow),
     ``seconds``.
     """
     say = progress or _quiet
@@ -98,6 +98,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         "backtest_cutoff": str(cutoff.date()) if result is not None else None,
         "backtest_skipped": skipped,
         "fit_seconds": round(model.fit_seconds_, 1),
+        "selection": model.selection_,
         "saved": str(saved),
         "users": int(model.state_.matrix.shape[0]),
         "items": int(len(model.item_ids_)),
@@ -106,6 +107,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         # the constructor's parameters, then what tuning chose (recorded in best_params_, never set back)
         chosen = {**model.get_params(), **{f"best.{k}": v for k, v in model.best_params_.items()}}
         params = {key: (",".join(v) if isinstance(v, tuple) else v) for key, v in chosen.items()}
+        params.update(selection_params(model.selection_))  # what fit chose on its inner split
         lineage = {"window_days": window, "k": k, "backtest_cutoff": str(cutoff.date()) if cutoff is not None else None,
                    "n_interactions": int(len(interactions)),
                    "metrics_source": f"backtest at {cutoff.date()}" if result is not None else "none"}
