@@ -4,7 +4,7 @@ and the fit time on a large synthetic catalogue.
 
     python -m bench.bench_rec_cutoffs --workspace /tmp/uci            # the four quarterly cutoffs
     python -m bench.bench_rec_cutoffs --workspace /tmp/uci --ratings  # + the ratings-like table
-    python -m bench.bench_rec_cutoffs --scale                        # 25,000 items x 30,000 customers
+    python -m bench.bench_rec_cutoffs --no-cutoffs --scale           # 25,000 items x 30,000 customers
 
 At each cutoff: ``training.recommender.evaluate_time_split`` (fit before the cutoff, test on the next
 90 days; nDCG@10 over all purchases and over items new to the customer), the model beside every
@@ -69,10 +69,11 @@ def ratings_run(interactions: pd.DataFrame, params: dict, seed: int = 0) -> dict
     train, test = random_split(table, test_fraction=0.2, seed=seed)
     _, truth = holdout_truth(train, test)
     users = truth["user_id"].unique()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     model = Recommender(**params).fit(train)
-    fit_s = time.perf_counter() - started
+    fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
     res = {"rows": int(len(table)), "users": int(len(users)), "fit_seconds": round(fit_s, 1),
+           "fit_cpu_seconds": round(fit_cpu, 1),
            "model": ranking_metrics(truth, model.recommend(users, k=10, exclude_seen=True), k=10)["ndcg@10"],
            "popularity": ranking_metrics(truth, model.recommend_baseline(users, "popular", 10, True), k=10)["ndcg@10"],
            "selection": getattr(model, "selection_", None)}
@@ -115,10 +116,11 @@ def scale_run(params: dict) -> dict:
     from training.recommender import Recommender
 
     df = synthetic_large()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     model = Recommender(**params).fit(df)
     res = {"lines": int(len(df)), "customers": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()),
-           "fit_seconds": round(time.perf_counter() - started, 1), "selection": getattr(model, "selection_", None)}
+           "fit_seconds": round(time.perf_counter() - started, 1), "fit_cpu_seconds": round(time.process_time() - cpu, 1),
+           "load_average": os.getloadavg(), "selection": getattr(model, "selection_", None)}
     print(json.dumps(res, default=str), flush=True)
     return res
 
@@ -139,7 +141,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workspace", help="workspace with the ingested UCI data")
+    ap.add_argument("--workspace", help="workspace with the ingested UCI data (default: ingest into /tmp)")
     ap.add_argument("--cutoffs", default=",".join(CUTOFFS))
     ap.add_argument("--no-cutoffs", action="store_true")
     ap.add_argument("--ratings", action="store_true", help="also the ratings-like table against a tuned EASE")
@@ -149,11 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     params = {"show_progress": False, **json.loads(args.params)}
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "params": params}
-    if args.workspace and (not args.no_cutoffs or args.ratings):
-        from features.workspace import Workspace
+    if not args.no_cutoffs or args.ratings:
+        from bench.bench_features import real_workspace
         from training.recommender_inputs import load_inputs
 
-        interactions, items, users = load_inputs(Workspace(args.workspace))
+        interactions, items, users = load_inputs(real_workspace(args.workspace))
         if not args.no_cutoffs:
             res["cutoffs"] = cutoffs_run(interactions, items, users, args.cutoffs.split(","), params)
             print(markdown(res["cutoffs"]))

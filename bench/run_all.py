@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     "features": ["bench.bench_features"],
     "recommender": ["bench.bench_recommender"],
+    "rec_cutoffs": ["bench.bench_rec_cutoffs", "--ratings", "--scale"],
     "service": ["bench.bench_service", "--prepare", "5000"],
 }
 
