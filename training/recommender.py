@@ -508,10 +508,6 @@ class Recommender(BaseEstimator):
         check_rows = [r for r, c in zip(rows, check) if c]
         pack_all = _Pack.of(rows, len(names), self.random_state)
         alone = {n: float(pack_all.ndcg(np.eye(len(names))[g])) for g, n in enumerate(names) if active[g]}
-        pack_fit = _Pack.of(fit_rows, len(names), self.random_state)
-        pack_check = _Pack.of(check_rows, len(names), self.random_state)
-        w_fit = search_blend(pack_fit, active)
-        blend_check = float(pack_check.ndcg(w_fit))
         choice = {**base, "check_users": len(check_rows), "generators_alone": alone}
         if self.use_ranker is True:  # forced: no comparison with the blend
             boosters, info = self._fit_ranker(rows)
@@ -519,6 +515,10 @@ class Recommender(BaseEstimator):
             method = "ranker" if boosters is not None else "blend"
             return boosters, weights, info, {**choice, "method": method, "reason": "use_ranker=True",
                                              "weights": _named(names, weights)}
+        pack_fit = _Pack.of(fit_rows, len(names), self.random_state)
+        pack_check = _Pack.of(check_rows, len(names), sample=False)  # the users the ranker is checked on
+        w_fit = search_blend(pack_fit, active)
+        blend_check = float(pack_check.ndcg(w_fit))
         boosters, info = self._fit_ranker(fit_rows)
         ranker_check = None
         if boosters is not None:
@@ -959,8 +959,8 @@ class _Pack:
     MAX_USERS = 3000
 
     @classmethod
-    def of(cls, rows: list, n_gen: int, seed: int = 0) -> _Pack:
-        if len(rows) > cls.MAX_USERS:
+    def of(cls, rows: list, n_gen: int, seed: int = 0, sample: bool = True) -> _Pack:
+        if sample and len(rows) > cls.MAX_USERS:
             pick = np.sort(np.random.default_rng(seed).choice(len(rows), cls.MAX_USERS, replace=False))
             rows = [rows[i] for i in pick]
         width = max((len(r.y) for r in rows), default=0)
