@@ -1,10 +1,10 @@
 """Run every benchmark in turn and update BENCHMARKS.md (``make bench``).
 
-    python -m bench.run_all [--skip features,recommender,service]
+    python -m bench.run_all [--skip features,recommender,rec_cutoffs,service]
 
 Each benchmark runs in its own process (one at a time: they time the same two cores), with its
 defaults: the feature build on the UCI data and 10M synthetic events, the recommender on the UCI
-data, and the service against ``mlflow models serve`` on a freshly trained synthetic workspace.
+data (and at the four quarterly cutoffs, a ratings-like table and a 25,000-item fit), and the service against ``mlflow models serve`` on a freshly trained synthetic workspace.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     "features": ["bench.bench_features"],
     "recommender": ["bench.bench_recommender"],
+    "rec_cutoffs": ["bench.bench_rec_cutoffs", "--ratings", "--scale"],
     "service": ["bench.bench_service", "--prepare", "5000"],
     "events": ["bench.bench_events", "--prepare", "2000"],
 }

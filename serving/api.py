@@ -248,8 +248,9 @@ def _items(items: list[dict]) -> list[dict]:
     out = []
     for n, it in enumerate(items, 1):
         row = {"item_id": it["item_id"], "score": it.get("score"), "source": it.get("source", "model"), "rank": n}
-        if "confidence" in it:
-            row.update(support=it.get("support"), confidence=it.get("confidence"), lift=it.get("lift"))
+        if "confidence" in it:  # NaN: a cold-start fallback has no rule figures
+            row.update({key: None if it.get(key) is None or it[key] != it[key] else it[key]
+                        for key in ("support", "confidence", "lift")})
         out.append(row)
     return out
 
@@ -301,8 +302,10 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
     items = state.rec.similar(item_id, k) if kind == "similar" else state.rec.bought_together(item_id, k)
     if items is None:
         raise HTTPException(404, "unknown item")
+    # bought-together answers only positive associations; without any, popular items stand in
+    cold = kind == "bought_together" and bool(items) and all(it["source"] != "cooc" for it in items)
     return _json({
-        "item_id": item_id, "k": k, "kind": kind, "items": _items(items),
+        "item_id": item_id, "k": k, "kind": kind, "cold_start": cold, "items": _items(items),
         "model_version": state.models[RECOMMENDER].ref.version,
     })
 

@@ -183,7 +183,8 @@ class BasketRequest(_Strict):
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float | None = Field(None, description="Ranking score (confidence for bought-together).")
+    score: float | None = Field(None, description="Ranking score (bought-together: the association "
+                                "n(A,B) / (E + 1), E the baskets expected to hold both by chance).")
     source: str = Field(
         ..., description="What produced the item: buy_again, als, bm25, ease, cooc, popular, trending, "
         "popular_segment, or a fallback (popular_<segment>, popular_category, popular, catalogue)."
@@ -216,6 +217,10 @@ class ItemListResponse(BaseModel):
     item_id: str
     k: int
     kind: Literal["similar", "bought_together"]
+    cold_start: bool = Field(
+        False, description="Bought-together: True when no item is bought with this one more often than chance "
+        "(new or rarely bought): the items are the popular fallback (source popular_category / popular)."
+    )
     items: list[RecommendedItem]
     model_version: str
 

@@ -85,3 +85,20 @@ def test_ranking_metrics_keys_follow_k():
     out = rm.ranking_metrics(TRUE, PRED, k=5, catalog_size=10, item_popularity=pd.Series({"a": 1.0}))
     assert set(out) == {"ndcg@5", "precision@5", "recall@5", "map@5", "hit_rate@5", "coverage", "novelty"}
     assert rm.ranking_metrics(TRUE, PRED.iloc[:0], k=3)["ndcg@3"] == 0.0
+
+
+def test_ndcg_of_scores_matches_ndcg_at_k():
+    """The array form used by the recommender's selection gives ndcg_at_k's value for the same lists."""
+    from training.rec_metrics import ndcg_at_k, ndcg_of_scores
+
+    scores = np.array([[0.9, 0.1, 0.5, -np.inf], [0.2, 0.2, 0.7, 0.1]])
+    labels = np.array([[0, 1, 1, 1], [1, 0, 0, 1]])
+    n_relevant = np.array([4, 2])  # u0 has a relevant item outside its candidates
+    got = ndcg_of_scores(scores, labels, n_relevant, k=3)
+    # the same rankings as frames: u0 a, c, b (d is padding); u1 c, then a before b (equal scores keep order), d
+    pred = pd.DataFrame({"user_id": ["u0"] * 3 + ["u1"] * 3, "item_id": ["a", "c", "b", "c", "a", "b"],
+                         "rank": [1, 2, 3, 1, 2, 3]})
+    truth = pd.DataFrame({"user_id": ["u0"] * 4 + ["u1"] * 2, "item_id": ["b", "c", "d", "x", "a", "d"]})
+    ref = [ndcg_at_k(truth[truth.user_id == u], pred[pred.user_id == u], k=3) for u in ("u0", "u1")]
+    assert got == pytest.approx(ref)
+    assert 0 < got[0] < 1 and got[1] == pytest.approx(1 / np.log2(3) / (1 + 1 / np.log2(3)))

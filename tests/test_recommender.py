@@ -239,17 +239,89 @@ def test_similar_items_and_new_item_through_category(shop):
 
 
 def test_bought_together_exact(shop):
+    """Only positive, significant associations, ranked by association n(A,B) / (E + 1)."""
     rec = _fit(shop, ("cooc",))
     out = rec.bought_together("B1")
+    # B1 is in 6 of 16 orders, A1 in 7, both in 6: E = 6 * 7 / 16 = 2.625 orders expected by chance
     assert out.to_dict("records") == [
-        {"item_id": "A1", "support": pytest.approx(6 / 16), "confidence": pytest.approx(1.0),
-         "lift": pytest.approx(16 / 7), "count": 6, "rank": 1, "source": "cooc"}
+        {"item_id": "A1", "score": pytest.approx(6 / 3.625), "support": pytest.approx(6 / 16),
+         "confidence": pytest.approx(1.0), "lift": pytest.approx(16 / 7), "count": 6, "rank": 1, "source": "cooc"}
     ]
+    # A1 -> A2 has lift 2 / 1.75 > 1 but on 2 orders (exact test p = 0.61): not an association
     out = rec.bought_together("A1")
-    assert ids(out) == ["B1", "A2"]
-    assert out["confidence"].tolist() == pytest.approx([6 / 7, 2 / 7])
-    assert rec.bought_together("A1", filters={"exclude_items": ["B1"]})["item_id"].tolist() == ["A2"]
+    assert ids(out) == ["B1"] and out["confidence"].tolist() == pytest.approx([6 / 7])
     assert rec.bought_together("unknown").empty
+
+
+def test_bought_together_never_offers_negatively_associated_items():
+    """A best-seller in most orders is bought *less* often with X than without: confidence ranks it
+    first, the association leaves it out (lift < 1); the positively associated Y comes first."""
+    rows, n = [], 0
+    def order(*items):
+        nonlocal n
+        n += 1
+        rows.extend({"user_id": f"c{n % 7}", "item_id": i, "order_id": f"o{n}",
+                     "timestamp": pd.Timestamp("2024-01-01") + pd.Timedelta(hours=n)} for i in items)
+    for _ in range(6):
+        order("X", "Y")  # X always with Y
+    for _ in range(3):
+        order("X", "TOP")  # X with the best-seller in 3 of its 9 orders
+    for _ in range(40):
+        order("TOP", "Z")  # the best-seller is in 43 of 49 orders, Y only with X
+    rec = Recommender(generators=("cooc", "popular"), use_ranker=False, show_progress=False).fit(pd.DataFrame(rows))
+    gen = rec._generator("cooc")
+    assert gen.item_scores(np.array([rec.item_index_["X"]]))[rec.item_index_["TOP"]] > 0  # confidence 1/3
+    out = rec.bought_together("X", k=5)
+    assert ids(out) == ["Y"] and (out["lift"] > 1).all() and set(out["source"]) == {"cooc"}
+
+
+def test_bought_together_fallback_is_flagged(shop):
+    """Without a positively associated item the answer is the popular fallback, with its own source
+    and no rule figures: a new item brings its category's best-sellers."""
+    rec = _fit(shop, ("cooc", "popular"))
+    new = rec.bought_together("NEW1", k=3)
+    assert ids(new) == ["A1", "A2", "A3"] and set(new["source"]) == {"popular_category"}
+    assert new["lift"].isna().all() and (new["count"] == 0).all()
+    # C1 is in orders with B2 and A3 twice each, not significantly more than chance
+    lone = rec.bought_together("C1", k=2)
+    assert set(lone["source"]) == {"popular"} and "C1" not in ids(lone)
+
+
+def test_frequency_generator_ranks_own_items_by_count_then_recency(shop):
+    rec = _fit(shop, ("frequency",))
+    # u1: A1 and B1 in 2 orders (days 1, 10), C1 once on day 10, A2 once on day 20
+    assert ids(rec.recommend_baseline(["u1"], "frequency", k=10, exclude_seen=False)) == ["A1", "B1", "A2", "C1"]
+    assert rec.recommend_baseline(["u1"], "frequency", k=10, exclude_seen=True).empty  # only own items
+    gen = rec._generator("frequency")
+    s = gen.score(rec.state_.query(np.array([rec.user_index_["u1"]])))[0]
+    assert np.floor(s[rec.item_index_["A1"]]) == 2 and np.floor(s[rec.item_index_["A2"]]) == 1
+
+
+def test_selection_drops_a_reranker_that_cannot_help():
+    """Each customer's next order repeats their most frequent item: frequency alone is perfect on
+    the inner split, so a (deliberately tiny) re-ranker cannot beat the blend and is not used."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(120):
+        fav = f"i{u % 30:02d}"
+        others = [f"i{j:02d}" for j in rng.choice(30, 6)]
+        for o in range(8):  # the favourite in every order, 1-2 others by chance, every 50 days
+            basket = {fav, *rng.choice(others, rng.integers(1, 3))}
+            rows += [{"user_id": f"u{u}", "item_id": i, "order_id": f"o{u}_{o}",
+                      "timestamp": pd.Timestamp("2023-01-01") + pd.Timedelta(days=50 * o + u % 40)} for i in basket]
+    inter = pd.DataFrame(rows)
+    rec = Recommender(generators=("frequency", "popular", "cooc"), ranker_n_estimators=2, ranker_num_leaves=2,
+                      rank_window_days=60, show_progress=False).fit(inter)
+    chosen = rec.selection_["all"]
+    assert chosen["method"] == "blend" and "all" not in rec.rankers_
+    assert chosen["ranker_check_ndcg@10"] is not None and chosen["ranker_check_ndcg@10"] <= chosen["blend_check_ndcg@10"]
+    assert max(chosen["generators_alone"], key=chosen["generators_alone"].get) == "frequency"
+    assert "frequency" in chosen["weights"]
+    # the answer follows the blend: the favourite first
+    assert ids(rec.recommend_one("u7", k=3, exclude_seen=False))[0] == "i07"
+    from training.recommender import selection_params
+
+    assert selection_params(rec.selection_)["selection.all"] == "blend"
 
 
 # -- the full model on synthetic data -------------------------------------------------------------
@@ -277,7 +349,7 @@ def synthetic_interactions(n_users=240, n_items=60, days=400, seed=0, with_time=
 def fitted():
     inter = synthetic_interactions()
     rec = Recommender(als_factors=8, als_iterations=5, n_candidates=20, rank_depth=40, ranker_n_estimators=30,
-                      show_progress=False).fit(inter)
+                      use_ranker=True, show_progress=False).fit(inter)
     return rec, inter
 
 
@@ -313,7 +385,7 @@ def test_baselines_and_pickle(fitted, tmp_path):
 def test_ranker_bags_average_several_boosters():
     inter = synthetic_interactions()
     params = dict(als_factors=8, als_iterations=5, n_candidates=20, rank_depth=40, ranker_n_estimators=20,
-                  show_progress=False)
+                  use_ranker=True, show_progress=False)
     one = Recommender(**params).fit(inter)
     bagged = Recommender(ranker_bags=3, **params).fit(inter)
     assert len(bagged.rankers_["all"]) == 3 and bagged.ranker_info_["all"]["bags"] == 3
@@ -341,7 +413,8 @@ def test_evaluate_time_split_shape():
     out = evaluate_time_split(inter, "2024-01-06", window_days=60, k=5,
                               params=dict(als_factors=8, als_iterations=3, ranker_n_estimators=20, show_progress=False))
     assert {"model", "popularity", "buy_again", "als", "bm25", "ease", "cooccurrence"} <= set(out["all"])
-    assert "buy_again" not in out["new"] and "model" in out["new"]
+    assert "buy_again" not in out["new"] and "frequency" not in out["new"] and "model" in out["new"]
+    assert "frequency" in out["all"] and out["selection"]["all"]["method"] in ("ranker", "blend")
     assert {"ndcg@5", "precision@5", "recall@5", "map@5", "coverage"} <= set(out["all"]["model"])
     assert out["n_users"] > 0
 

@@ -147,3 +147,31 @@ def ranking_metrics(
     if item_popularity is not None:
         out["novelty"] = novelty(rating_pred, item_popularity, k, **cols)
     return out
+
+
+def ndcg_of_scores(scores: np.ndarray, labels: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per row of a users × candidates score matrix, the ``ndcg@k`` of ranking the candidates by score.
+
+    ``labels`` (same shape, 0/1): which candidates are relevant; ``n_relevant`` (one per row): the
+    user's number of relevant items, candidates or not (the IDCG uses ``min(k, n_relevant)``, as in
+    :func:`ndcg_at_k`, so relevant items the candidates miss count against the row). Candidates
+    scored ``-inf`` are padding and never ranked; among equal scores the earlier column ranks first.
+    ``DCG = Σ_{r ≤ k} label(r) / log2(r + 1)``, ``IDCG = Σ_{r ≤ min(k, n_relevant)} 1 / log2(r + 1)``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n, c = scores.shape
+    if n == 0 or c == 0:
+        return np.zeros(n)
+    kk = min(k, c)
+    # equal scores keep column order: a tie-break far below any real score difference
+    s = scores - np.arange(c) * 1e-12
+    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < c else np.tile(np.arange(c), (n, 1))
+    order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, 1)
+    gain = np.take_along_axis(np.asarray(labels, dtype=np.float64), top, 1)
+    gain[~np.isfinite(np.take_along_axis(s, top, 1))] = 0.0
+    discount = 1.0 / np.log2(np.arange(2, kk + 2))
+    dcg = gain @ discount
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    idcg = ideal[np.minimum(np.asarray(n_relevant, dtype=np.int64), k)]
+    return np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)

@@ -12,24 +12,36 @@ How ``fit`` works
 -----------------
 1. Candidate generators (``training/candidates``) are fitted on the data before an inner cutoff
    (``now - rank_window_days``; a random per-user hold-out when there are no timestamps).
-2. For the users active in the inner window, the union of the generators' top lists is built and
-   each candidate gets features (generator scores and ranks, item popularity and trend, price band,
-   how often and how recently the user bought the item and its category, the user's segment).
-   Two LambdaRank models are trained: ``all`` (labels: every item bought in the window, the user's
-   own items included) and ``new`` (already-bought items excluded from candidates and labels).
-3. The generators are refitted on all the data; ``recommend`` ranks with ``all`` when
-   ``exclude_seen=False`` and with ``new`` when ``exclude_seen=True``.
+2. For the users active in the inner window (a random sample of at most ``rank_max_users``), the
+   union of the generators' top lists is built and each candidate gets features (generator scores
+   and ranks, item popularity and trend, price band, how often and how recently the user bought the
+   item and its category, the user's segment). Two modes are chosen separately: ``all`` (labels:
+   every item bought in the window, the user's own items included) and ``new`` (already-bought items
+   excluded from candidates and labels).
+3. **Selection** (``_select``): the labelled users are split 70/30 by a hash of their id. On the 70%,
+   blend weights of the generators are searched (:func:`search_blend`: a weighted reciprocal-rank
+   fusion ``sum_g w_g / (60 + rank_g)``, greedy over a few weights per generator, generators at 0
+   dropped) and a LambdaRank model is trained; both are scored by nDCG@10 on the 30%. The re-ranker
+   is used only if it beats the blend there (then refitted on every labelled user); otherwise the
+   mode ranks by the blend, its weights searched again on every labelled user. The choice, each
+   generator's nDCG@10 alone and both check scores are kept in ``selection_`` (logged to MLflow and
+   the evaluation JSON). ``use_ranker=True`` forces the re-ranker, ``use_ranker=False`` skips the
+   inner split and ranks by the equal-weight fusion.
+4. The generators are refitted on all the data; ``recommend`` ranks with the ``all`` choice when
+   ``exclude_seen=False`` and with the ``new`` one when ``exclude_seen=True``.
+
+Fit time is bounded for large catalogues: EASE (a dense items × items inverse, cubic in items) is
+fitted on the ``ease_max_items`` most popular items (5,000 by default; None for all), and the
+ranker and the selection use at most ``rank_max_users`` labelled users (None for all): the full
+search is ``Recommender(ease_max_items=None, rank_max_users=None)`` with ``fit(tune=True)``.
 
 With ``fit(tune=True)`` the generators' hyperparameters (:data:`TUNING_GRID`) are first chosen
 on an inner validation split; the chosen values are recorded in ``best_params_`` and used by that
 fit, while the constructor's parameters stay as given (scikit-learn's contract: ``clone`` gives
 the untuned model).
 
-Without enough labelled users for a ranker (tiny data, ``use_ranker=False``), candidates are
-ordered by reciprocal-rank fusion of the generators: ``sum_g 1 / (60 + rank_g)``.
-
 Every answer says which ``source`` produced each item: the generator that ranked it best
-(``buy_again``, ``als``, ``bm25``, ``ease``, ``cooc``, ``popular``, ``trending``,
+(``buy_again``, ``frequency``, ``als``, ``bm25``, ``ease``, ``cooc``, ``popular``, ``trending``,
 ``popular_segment``), or a cold-start fallback: ``popular_<segment column>`` (e.g.
 ``popular_country``) for a new customer, ``popular_category`` for a new item, ``popular`` /
 ``catalogue`` when filters leave too few candidates.
@@ -62,7 +74,9 @@ from training.candidates import (
     CooccurrenceGenerator,
     EASEGenerator,
     GENERATOR_NAMES,
+    OWN_ITEM_GENERATORS,
     FitData,
+    FrequencyGenerator,
     ItemKNNGenerator,
     PopularityGenerator,
     Query,
@@ -78,11 +92,11 @@ from training.candidates.union import (
     history_windows,
     user_candidates,
 )
-from training.rec_metrics import ranking_metrics
+from training.rec_metrics import ndcg_of_scores, ranking_metrics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GENERATORS = ("buy_again", "als", "bm25", "ease", "cooc", "popular", "trending", "popular_segment", "seasonal")
+DEFAULT_GENERATORS = ("buy_again", "frequency", "als", "bm25", "ease", "cooc", "popular", "trending", "popular_segment", "seasonal")
 FILTER_KEYS = ("include_categories", "exclude_categories", "exclude_items", "allowed_items", "min_price", "max_price")
 RRF_K = 60.0
 CHUNK = 512
@@ -163,7 +177,9 @@ class Recommender(BaseEstimator):
     """Top-N recommendations from implicit ALS, item-kNN, EASE, co-occurrence, buy-again and
     popularity candidates, re-ranked by LightGBM LambdaRank. See the module docstring.
 
-    Learned: ``state_`` (the generators fitted on all the data), ``rankers_`` and ``ranker_info_``,
+    Learned: ``state_`` (the generators fitted on all the data), ``rankers_`` and ``ranker_info_``
+    (the re-rankers of the modes that use one), ``blend_weights_`` (per mode, the generators' weights
+    when ranking without a re-ranker), ``selection_`` (what was chosen and why),
     the catalogue (``item_ids_``, ``item_index_``, ``item_price_``, ``item_category_``,
     ``category_names_``, ``segment_names_``), ``best_params_`` (the hyperparameters chosen by
     ``fit(tune=True)``, ``{}`` without tuning) and ``tuning_`` (the tuning grid with its scores).
@@ -182,12 +198,12 @@ class Recommender(BaseEstimator):
         als_iterations: int = 15,
         knn_neighbours: int = 100,
         ease_l2: float = 500.0,
-        ease_max_items: int = 20000,
+        ease_max_items: int | None = 5000,
         cooc_neighbours: int = 50,
         cooc_min_count: int = 2,
         popularity_window_days: float | None = None,
         trending_days: float = 30.0,
-        use_ranker: bool = True,
+        use_ranker: bool | str = "auto",
         rank_window_days: float = 90.0,
         rank_windows: int = 1,
         rank_season_window: bool = True,
@@ -196,6 +212,7 @@ class Recommender(BaseEstimator):
         ranker_num_leaves: int = 31,
         ranker_negatives: int = 60,
         ranker_bags: int = 1,
+        rank_max_users: int | None = 5000,
         segment_col: str | None = None,
         random_state: int = 0,
         num_threads: int = 0,
@@ -226,6 +243,7 @@ class Recommender(BaseEstimator):
         self.ranker_num_leaves = ranker_num_leaves
         self.ranker_negatives = ranker_negatives
         self.ranker_bags = ranker_bags
+        self.rank_max_users = rank_max_users
         self.segment_col = segment_col
         self.random_state = random_state
         self.num_threads = num_threads
@@ -237,6 +255,8 @@ class Recommender(BaseEstimator):
         p = params
         if name == "buy_again":
             return BuyAgainGenerator(value="buy_again")
+        if name == "frequency":
+            return FrequencyGenerator()
         if name in ("als", "bpr"):
             return ALSGenerator(
                 kind=name, factors=p["als_factors"], regularization=p["als_regularization"], alpha=p["als_alpha"],
@@ -245,7 +265,7 @@ class Recommender(BaseEstimator):
         if name in ("bm25", "cosine"):
             return ItemKNNGenerator(similarity=name, neighbours=p["knn_neighbours"])
         if name == "ease":
-            return EASEGenerator(l2=p["ease_l2"], max_items=p["ease_max_items"])
+            return EASEGenerator(l2=p["ease_l2"], max_items=p["ease_max_items"] or 10**9)
         if name == "cooc":
             return CooccurrenceGenerator(neighbours=p["cooc_neighbours"], min_count=p["cooc_min_count"])
         if name == "popular":
@@ -342,20 +362,24 @@ class Recommender(BaseEstimator):
         with Progress(disable=not self.show_progress, transient=True) as bar:
             task = bar.add_task("fitting recommender", total=n_steps)
             adv = _Advance(bar, task)
+            self.blend_weights_ = {}
+            self.selection_ = {"split": "none", "reason": "no inner split (use_ranker=False or too little history)"}
             if splits:
-                rows = {"all": ([], [], []), "new": ([], [], [])}
+                rows = {"all": [], "new": []}
                 for inner_train, labels, inner_now in splits:
                     inner = self._fit_state(inner_train, inner_now, params, adv)
-                    for mode, (xs, ys, gs) in self._training_rows(inner, inner_train, labels).items():
-                        rows[mode][0].extend(xs)
-                        rows[mode][1].extend(ys)
-                        rows[mode][2].extend(gs)
+                    for mode, found in self._training_rows(inner, inner_train, labels).items():
+                        rows[mode].extend(found)
                     adv.advance()
+                windows = [str(n) if n is not None else "random" for *_, n in splits]
+                self.selection_ = {"split": "time" if self.has_time_ else "random", "windows": windows}
                 for mode in ("all", "new"):
-                    booster, info = self._fit_ranker(*rows[mode])
+                    booster, weights, info, chosen = self._select(rows[mode], mode == "new")
                     if booster is not None:
                         self.rankers_[mode] = booster
-                    self.ranker_info_[mode] = {**info, "windows": [str(n) if n is not None else "random" for *_, n in splits]}
+                    self.blend_weights_[mode] = weights
+                    self.ranker_info_[mode] = {**info, "windows": windows}
+                    self.selection_[mode] = chosen
                     adv.advance()
             self.state_ = self._fit_state(df, self.now_, params, adv)
         self.feature_names_ = feature_names(list(self.generators))
@@ -427,7 +451,9 @@ class Recommender(BaseEstimator):
 
     # ------------------------------------------------------------------ ranker
     def _training_rows(self, inner: _State, inner_train: pd.DataFrame, labels: pd.DataFrame) -> dict:
-        """Candidates, features and labels of the users with history and labels, per mode."""
+        """Per mode, one :class:`_Labelled` per user with history and labels whose candidates hold
+        at least one of them (at most ``rank_max_users`` users, a random sample: the ranker and the
+        selection need thousands of users, not all of a large shop's)."""
         truth_all, truth_new = holdout_truth(inner_train, labels)
         m = inner.matrix
         sets = {}
@@ -435,7 +461,10 @@ class Recommender(BaseEstimator):
             t = truth.assign(u=truth["user_id"].map(m.user_index), i=truth["item_id"].map(self.item_index_)).dropna()
             sets[mode] = t.groupby(t["u"].astype(np.int64))["i"].agg(lambda s: set(s.astype(np.int64)))
         users = np.asarray(sorted(sets["all"].index), dtype=np.int64)
-        out = {mode: ([], [], []) for mode in sets}
+        if self.rank_max_users and len(users) > self.rank_max_users:
+            rng = np.random.default_rng(self.random_state)
+            users = np.sort(rng.choice(users, size=int(self.rank_max_users), replace=False))
+        out = {mode: [] for mode in sets}
         for start in range(0, len(users), CHUNK):
             chunk = users[start : start + CHUNK]
             q = inner.query(chunk)
@@ -446,17 +475,79 @@ class Recommender(BaseEstimator):
                     positives = sets[mode].get(u)
                     if not positives:
                         continue
-                    union, x = self._user_rows(inner, [s[r] for s in scores], hist, exclude_seen=mode == "new", blocked=None)[:2]
+                    union, x, ranks, _ = self._user_rows(inner, [s[r] for s in scores], hist, exclude_seen=mode == "new", blocked=None)
                     y = np.fromiter((i in positives for i in union), dtype=bool, count=len(union))
-                    if y.any() and not y.all():
-                        out[mode][0].append(x)
-                        out[mode][1].append(y.astype(np.int32))
-                        out[mode][2].append(len(union))
+                    if y.any():
+                        out[mode].append(_Labelled(str(m.user_ids[u]), x, y.astype(np.int32), ranks, len(positives)))
         return out
 
-    def _fit_ranker(self, xs: list, ys: list, groups: list):
+    def _select(self, rows: list, exclude_seen: bool) -> tuple:
+        """Choose how one mode ranks: the re-ranker, or a weighted blend of the generators.
+
+        The labelled users of the inner split(s) are divided (by a hash of their id) into a fitting
+        part (70%) and a check part (30%). On the fitting part, blend weights are searched
+        (:func:`search_blend`) and a LambdaRank model is trained; both are scored by nDCG@10 on the
+        check part. The re-ranker is kept only when it beats the blend there (it is then refitted on
+        every labelled user); otherwise the blend's weights are searched again on every labelled user
+        and the mode ranks by the blend. Returns ``(boosters or None, weights, ranker info, choice)``,
+        the choice recording each generator's nDCG@10 alone, the blend and the ranker.
+        """
+        names = list(self.generators)
+        if exclude_seen:  # own-item generators have nothing to offer among new items
+            active = np.array([n not in OWN_ITEM_GENERATORS for n in names])
+        else:
+            active = np.ones(len(names), dtype=bool)
+        base = {"users": len(rows)}
+        if len(rows) < 10:
+            weights = active.astype(np.float64)
+            info = {"queries": len(rows), "used": False, "reason": "fewer than 10 labelled users"}
+            return None, weights, info, {**base, "method": "blend", "reason": info["reason"], "weights": _named(names, weights)}
+        import zlib
+
+        check = np.array([zlib.crc32(r.user.encode()) % 10 < 3 for r in rows])
+        if check.all() or not check.any():
+            check = np.arange(len(rows)) % 10 < 3
+        fit_rows = [r for r, c in zip(rows, check) if not c]
+        check_rows = [r for r, c in zip(rows, check) if c]
+        pack_all = _Pack.of(rows, len(names), self.random_state)
+        alone = {n: float(pack_all.ndcg(np.eye(len(names))[g])) for g, n in enumerate(names) if active[g]}
+        choice = {**base, "check_users": len(check_rows), "generators_alone": alone}
+        if self.use_ranker is True:  # forced: no comparison with the blend
+            boosters, info = self._fit_ranker(rows)
+            weights = active.astype(np.float64)
+            method = "ranker" if boosters is not None else "blend"
+            return boosters, weights, info, {**choice, "method": method, "reason": "use_ranker=True",
+                                             "weights": _named(names, weights)}
+        pack_fit = _Pack.of(fit_rows, len(names), self.random_state)
+        pack_check = _Pack.of(check_rows, len(names), sample=False)  # the users the ranker is checked on
+        w_fit = search_blend(pack_fit, active)
+        blend_check = float(pack_check.ndcg(w_fit))
+        boosters, info = self._fit_ranker(fit_rows)
+        ranker_check = None
+        if boosters is not None:
+            x = np.vstack([r.x for r in check_rows])
+            s = sum(b.predict(x, num_threads=self.num_threads or 0) for b in boosters)
+            ranker_check = float(np.mean(_split_ndcg(s, check_rows)))
+        choice.update({"blend_check_ndcg@10": round(blend_check, 5),
+                       "ranker_check_ndcg@10": None if ranker_check is None else round(ranker_check, 5)})
+        if ranker_check is not None and ranker_check > blend_check:
+            boosters, info = self._fit_ranker(rows)
+            weights = active.astype(np.float64)  # the RRF of the candidates when the ranker cannot answer
+            choice.update({"method": "ranker", "weights": _named(names, weights)})
+            return boosters, weights, info, choice
+        weights = search_blend(pack_all, active)
+        info = {**info, "used": False, "reason": "the blend of generators did as well on the check users"
+                if ranker_check is not None else info.get("reason", "no ranker")}
+        choice.update({"method": "blend", "weights": _named(names, weights),
+                       "blend_ndcg@10": round(float(pack_all.ndcg(weights)), 5)})
+        return None, weights, info, choice
+
+    def _fit_ranker(self, rows: list):
         """LambdaRank boosters (``ranker_bags`` of them, each on its own sample of negatives and
-        seed; their scores are averaged), or None with the reason when there is too little data."""
+        seed; their scores are averaged), or None with the reason when there is too little data.
+        Users whose candidates are all relevant teach a ranker nothing and are left out."""
+        rows = [r for r in rows if not r.y.all()]
+        xs, ys, groups = [r.x for r in rows], [r.y for r in rows], [len(r.y) for r in rows]
         info = {"queries": len(groups), "rows": int(sum(groups)), "positives": int(sum(int(y.sum()) for y in ys))}
         if len(groups) < 10:
             return None, {**info, "used": False, "reason": "fewer than 10 labelled users"}
@@ -547,7 +638,8 @@ class Recommender(BaseEstimator):
             for b in boosters[1:]:
                 s = s + b.predict(x, num_threads=1)
         else:
-            s = (1.0 / (RRF_K + ranks)).sum(axis=0)
+            weights = getattr(self, "blend_weights_", {}).get("new" if exclude_seen else "all")
+            s = (1.0 / (RRF_K + ranks)).sum(axis=0) if weights is None else weights @ (1.0 / (RRF_K + ranks))
         order = np.argsort(-s, kind="stable")[:k]
         names = [g.name for g in state.generators]
         return union[order], s[order], [names[b] for b in best[order]]
@@ -738,30 +830,48 @@ class Recommender(BaseEstimator):
         return pd.DataFrame(self._answer(items, scores, sources), columns=["item_id", "score", "rank", "source"])
 
     def bought_together(self, item_id: str, k: int = 10, filters: dict | None = None) -> pd.DataFrame:
-        """Items most often in the same order as ``item_id`` (market-basket rules ``item → other``),
-        by confidence: item_id, support, confidence, lift, count, rank, source ("cooc")."""
+        """Items bought with ``item_id`` more often than chance: item_id, score (the association,
+        ``n(A,B) / (E + 1)``), support, confidence, lift, count, rank, source ``cooc``; only positively
+        associated items (lift above 1, ``min_count`` baskets, a significant one-sided exact test;
+        see ``training.candidates.cooccurrence``), so the answer may be shorter than ``k``.
+
+        An item with no such partner (new, rarely bought, or a generator set without ``cooc``) gets
+        the cold-start fallback instead: popular items of its category, then overall, with source
+        ``popular_category`` / ``popular``, no support, confidence or lift, and count 0. An id the
+        model does not know at all gives an empty frame.
+        """
         self._check_fitted()
-        cols = ["item_id", "support", "confidence", "lift", "count", "rank", "source"]
+        cols = ["item_id", "score", "support", "confidence", "lift", "count", "rank", "source"]
         blocked = self._blocked(check_filters(filters))
         gen = self._generator("cooc")
         j = self.item_index_.get(str(item_id))
-        if gen is None or j is None:
+        if j is None:
             return pd.DataFrame(columns=cols)
-        r = gen.rules_for(j)
-        keep = np.ones(len(r["consequent"]), dtype=bool) if blocked is None else ~blocked[r["consequent"]]
-        order = np.lexsort((r["consequent"][keep], -r["lift"][keep], -r["confidence"][keep]))[:k]
-        out = pd.DataFrame(
-            {
+        out = pd.DataFrame(columns=cols[:-2])
+        if gen is not None and hasattr(gen, "together_"):
+            r = gen.together_for(j)
+            keep = np.ones(len(r["consequent"]), dtype=bool) if blocked is None else ~blocked[r["consequent"]]
+            order = np.lexsort((r["consequent"][keep], -r["association"][keep]))[:k]
+            out = pd.DataFrame({
                 "item_id": self.item_ids_[r["consequent"][keep][order]],
+                "score": r["association"][keep][order],
                 "support": r["support"][keep][order],
                 "confidence": r["confidence"][keep][order],
                 "lift": r["lift"][keep][order],
                 "count": r["count"][keep][order].astype(np.int64),
-            }
-        )
-        out["rank"] = np.arange(1, len(out) + 1)
-        out["source"] = "cooc"
-        return out[cols]
+            })
+        if len(out):
+            out["rank"] = np.arange(1, len(out) + 1)
+            out["source"] = "cooc"
+            return out[cols]
+        cats = [self.category_names_[self.item_category_[j]]] if self.item_category_[j] >= 0 else []
+        items, scores, sources = [], [], []
+        self._fallbacks(items, scores, sources, k, blocked, [j], categories=cats)
+        fallback = pd.DataFrame(self._answer(items, scores, sources))
+        if fallback.empty:
+            return pd.DataFrame(columns=cols)
+        fallback = fallback.assign(support=np.nan, confidence=np.nan, lift=np.nan, count=0)
+        return fallback[cols]
 
     # ------------------------------------------------------------------ baselines and batch scoring
     def recommend_baseline(self, user_ids, source: str, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
@@ -827,7 +937,7 @@ class Recommender(BaseEstimator):
                 probe.fit(train, items=catalogue)
                 score = 0.0
                 for view, truth, excl in (("all", truth_all, False), ("new", truth_new, True)):
-                    if name == "buy_again" and view == "new":
+                    if name in OWN_ITEM_GENERATORS and view == "new":
                         continue
                     pred = probe.recommend_baseline(truth["user_id"].unique() if view == "new" else users, name, 10, excl)
                     score += ranking_metrics(truth, pred, k=10)["ndcg@10"]
@@ -852,6 +962,134 @@ class Recommender(BaseEstimator):
         return random_split(df, test_fraction=0.2, seed=self.random_state)
 
 
+@dataclass
+class _Labelled:
+    """One labelled user of the inner split: candidates' features ``x``, relevance ``y``, the
+    generators' ranks of the candidates (generators × candidates) and the user's number of
+    relevant items (candidates or not)."""
+
+    user: str
+    x: np.ndarray
+    y: np.ndarray
+    ranks: np.ndarray
+    n_relevant: int
+
+
+@dataclass
+class _Pack:
+    """Labelled users padded into arrays, to score many blends at once: ``rrf`` (users × generators
+    × candidates) holds ``1 / (RRF_K + rank)``, padding candidates are marked in ``pad``."""
+
+    rrf: np.ndarray
+    labels: np.ndarray
+    pad: np.ndarray
+    n_relevant: np.ndarray
+
+    #: at most this many users are packed (a random sample): the search is about weights, not users
+    MAX_USERS = 3000
+
+    @classmethod
+    def of(cls, rows: list, n_gen: int, seed: int = 0, sample: bool = True) -> _Pack:
+        if sample and len(rows) > cls.MAX_USERS:
+            pick = np.sort(np.random.default_rng(seed).choice(len(rows), cls.MAX_USERS, replace=False))
+            rows = [rows[i] for i in pick]
+        width = max((len(r.y) for r in rows), default=0)
+        rrf = np.zeros((len(rows), n_gen, width), dtype=np.float32)
+        labels = np.zeros((len(rows), width), dtype=np.int8)
+        pad = np.ones((len(rows), width), dtype=bool)
+        for j, r in enumerate(rows):
+            c = len(r.y)
+            rrf[j, :, :c] = 1.0 / (RRF_K + r.ranks)
+            labels[j, :c] = r.y
+            pad[j, :c] = False
+        return cls(rrf, labels, pad, np.array([r.n_relevant for r in rows], dtype=np.int64))
+
+    def ndcg(self, weights: np.ndarray, k: int = 10) -> float:
+        """Mean nDCG@k of ranking each user's candidates by the blend ``Σ_g w_g / (RRF_K + rank_g)``."""
+        if not len(self.labels):
+            return 0.0
+        s = np.einsum("g,ugc->uc", np.asarray(weights, dtype=np.float32), self.rrf).astype(np.float64)
+        s[self.pad] = -np.inf
+        return float(ndcg_of_scores(s, self.labels, self.n_relevant, k).mean())
+
+
+#: the weights tried for each generator by :func:`search_blend`
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def search_blend(pack: _Pack, active: np.ndarray, rounds: int = 4, min_gain: float = 1e-4) -> np.ndarray:
+    """Blend weights by greedy coordinate search: start from the best single generator, then in
+    each round make the one change of one generator's weight (among :data:`BLEND_WEIGHTS`) that
+    raises the blend's nDCG@10 most, while it gains more than ``min_gain``. Inactive generators
+    keep weight 0. A generator left at 0 is dropped from the blend."""
+    n = len(active)
+    eye = np.eye(n)
+    singles = [pack.ndcg(eye[g]) if active[g] else -1.0 for g in range(n)]
+    w = eye[int(np.argmax(singles))].copy()
+    best = max(singles)
+    for _ in range(rounds):
+        move = None
+        for g in np.flatnonzero(active):
+            for v in BLEND_WEIGHTS:
+                if v == w[g]:
+                    continue
+                trial = w.copy()
+                trial[g] = v
+                if trial.sum() <= 0:
+                    continue
+                score = pack.ndcg(trial)
+                if score > best + min_gain and (move is None or score > move[1]):
+                    move = (trial, score)
+        if move is None:
+            break
+        w, best = move
+    return w
+
+
+def _named(names: list[str], weights: np.ndarray) -> dict[str, float]:
+    return {n: float(w) for n, w in zip(names, weights) if w > 0}
+
+
+def _split_ndcg(scores: np.ndarray, rows: list, k: int = 10) -> np.ndarray:
+    """nDCG@k of each row of ``rows`` ranked by its slice of ``scores`` (rows stacked in order)."""
+    out = np.empty(len(rows))
+    at = 0
+    for j, r in enumerate(rows):
+        c = len(r.y)
+        out[j] = ndcg_of_scores(scores[None, at : at + c], r.y[None, :], np.array([r.n_relevant]), k)[0]
+        at += c
+    return out
+
+
+def selection_params(selection: dict | None) -> dict[str, str]:
+    """The choice of ``Recommender.fit`` as flat MLflow parameters: per mode (``all``: every purchase,
+    ``new``: items new to the customer) the method (``ranker`` or ``blend``) and the blend's weights."""
+    out = {}
+    for mode in ("all", "new"):
+        chosen = (selection or {}).get(mode)
+        if chosen:
+            out[f"selection.{mode}"] = chosen.get("method", "")
+            out[f"selection.{mode}.weights"] = ",".join(f"{g}:{w:g}" for g, w in chosen.get("weights", {}).items())
+    return out
+
+
+def selection_lines(selection: dict | None) -> list[str]:
+    """The choice of ``Recommender.fit`` in plain words, one line per mode (for the CLI)."""
+    if not selection or not any(m in selection for m in ("all", "new")):
+        return [f"selection: {(selection or {}).get('reason', 'none')}"]
+    lines = []
+    for mode, what in (("all", "all purchases"), ("new", "new items")):
+        c = selection.get(mode)
+        if not c:
+            continue
+        blend = " + ".join(f"{w:g}×{g}" for g, w in c.get("weights", {}).items())
+        ranker, mixed = c.get("ranker_check_ndcg@10"), c.get("blend_check_ndcg@10")
+        checked = f" (check users: ranker {ranker}, blend {mixed})" if ranker is not None else ""
+        how = "LambdaRank re-ranker" if c.get("method") == "ranker" else f"blend {blend}"
+        lines.append(f"{what}: {how}{checked}")
+    return lines
+
+
 class _Advance:
     """Adapter so fitting code can call ``progress.advance()`` on a rich task."""
 
@@ -863,11 +1101,11 @@ class _Advance:
 
 
 # ---------------------------------------------------------------------- evaluation
-BASELINES = ("popular", "trending", "popular_segment", "seasonal", "buy_again", "als", "bpr", "bm25", "cosine", "ease", "cooc")
+BASELINES = ("popular", "trending", "popular_segment", "seasonal", "buy_again", "frequency", "als", "bpr", "bm25", "cosine", "ease", "cooc")
 #: names of the generators as baselines in evaluation results
 BASELINE_NAMES = {
     "popular": "popularity", "popular_segment": "popularity_segment", "trending": "trending", "seasonal": "seasonal",
-    "buy_again": "buy_again", "als": "als", "bpr": "bpr", "bm25": "bm25", "cosine": "cosine", "ease": "ease",
+    "buy_again": "buy_again", "frequency": "frequency", "als": "als", "bpr": "bpr", "bm25": "bm25", "cosine": "cosine", "ease": "ease",
     "cooc": "cooccurrence",
 }
 
@@ -913,13 +1151,14 @@ def evaluate_time_split(
     for view, truth, users_v, excl in (("all", truth_all, users_all, False), ("new", truth_new, users_new, True)):
         preds = {"model": model.recommend(users_v, k=k, exclude_seen=excl)}
         for b in baselines:
-            if model._generator(b) is None or (b == "buy_again" and view == "new"):
+            if model._generator(b) is None or (b in OWN_ITEM_GENERATORS and view == "new"):
                 continue
             preds[BASELINE_NAMES.get(b, b)] = model.recommend_baseline(users_v, b, k=k, exclude_seen=excl)
         for name, pred in preds.items():
             out[view][name] = ranking_metrics(truth, pred, k=k, catalog_size=catalogue, item_popularity=popularity)
     out["n_users"] = int(len(users_all))
     out["n_users_new"] = int(len(users_new))
+    out["selection"] = model.selection_
     out["fit_seconds"] = round(model.fit_seconds_, 1)
     out["cutoff"] = str(pd.Timestamp(cutoff).date())
     out["window_days"] = window_days

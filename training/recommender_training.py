@@ -24,7 +24,7 @@ import pandas as pd
 
 from features.workspace import Workspace, atomic_write, atomic_write_json
 from training import registry, rolling
-from training.recommender import Recommender, evaluate_time_split, evaluation_json
+from training.recommender import Recommender, evaluate_time_split, evaluation_json, selection_params
 from training.recommender_inputs import load_inputs, newest_window_cutoff
 from training.recommender_pyfunc import log_recommender
 
@@ -64,8 +64,9 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
     Returns a JSON-able summary: ``primary_metric`` (``ndcg@k``), ``metrics`` / ``metrics_new`` (model
     and baselines of the backtest's ``all`` / ``new`` views), ``n_users``, ``n_users_new``, ``k``,
     ``window_days``, ``backtest_cutoff``, ``backtest_skipped`` (why, when it could not run),
-    ``fit_seconds``, ``saved``, ``users``, ``items``, ``run_id`` and ``model_version`` (with MLflow),
-    ``grade`` and ``grade_reason`` (None without a backtest), ``seconds``.
+    ``fit_seconds``, ``selection`` (what ``Recommender.fit`` chose: re-ranker or blend, per view), ``saved``,
+    ``users``, ``items``, ``run_id`` and ``model_version`` (with MLflow), ``grade`` and ``grade_reason``
+    (None without a backtest), ``seconds``.
     """
     say = progress or _quiet
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
@@ -108,6 +109,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         "backtest_cutoff": str(cutoff.date()) if result is not None else None,
         "backtest_skipped": skipped,
         "fit_seconds": round(model.fit_seconds_, 1),
+        "selection": model.selection_,
         "saved": str(saved),
         "users": int(model.state_.matrix.shape[0]),
         "items": int(len(model.item_ids_)),
@@ -118,6 +120,7 @@ def train_recommender_model(ws: Workspace | str | Path | None, tune: bool = Fals
         # the constructor's parameters, then what tuning chose (recorded in best_params_, never set back)
         chosen = {**model.get_params(), **{f"best.{k}": v for k, v in model.best_params_.items()}}
         params = {key: (",".join(v) if isinstance(v, tuple) else v) for key, v in chosen.items()}
+        params.update(selection_params(model.selection_))  # what fit chose on its inner split
         lineage = {"window_days": window, "k": k, "backtest_cutoff": str(cutoff.date()) if cutoff is not None else None,
                    "n_interactions": int(len(interactions)),
                    "metrics_source": f"backtest at {cutoff.date()}" if result is not None else "none"}

@@ -98,6 +98,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         import pandas as pd
 
         from features.workspace import Workspace
+        from training.recommender import selection_lines
         from training.recommender_training import evaluate_recommender
 
         ws = Workspace(workspace)
@@ -122,6 +123,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             raise typer.Exit(1)
         console.print(metrics_table(result, "all"))
         console.print(metrics_table(result, "new"))
+        for line in selection_lines(result.get("selection")):
+            console.print(f"[dim]model's choice on its inner split, {line}[/]")
         if json_path is not None:
             console.print(f"metrics: {json_path}")
         console.print(f"[dim]fit {result['fit_seconds']} s, total {time.perf_counter() - started:.0f} s[/]")
@@ -142,6 +145,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
     ):
         """Fit the recommender on all the data in the workspace, save it, log it to MLflow, register it."""
         from features.workspace import Workspace
+        from training.recommender import selection_lines
         from training.recommender_training import train_recommender_model
 
         ws = Workspace(workspace)
@@ -153,6 +157,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
         print_backtest(summary)
+        for line in selection_lines(summary.get("selection")):
+            console.print(f"[dim]final model's choice on its inner split, {line}[/]")
         table = Table(title="crmml-recommender")
         table.add_column("")
         table.add_column("value", justify="right")

@@ -4,6 +4,7 @@
 name               what it proposes                                    module
 =================  ==================================================  ==========================
 buy_again          the user's own items, recency-decayed               ``buy_again.py``
+frequency          the user's own items by purchase count              ``frequency.py``
 als / bpr          implicit matrix factorisation                       ``als.py``
 bm25 / cosine      implicit item-item neighbours                       ``item_knn.py``
 ease               closed-form item-item linear model                  ``ease.py``
@@ -22,6 +23,7 @@ from training.candidates.base import CandidateGenerator, FitData, Query
 from training.candidates.buy_again import BuyAgainGenerator
 from training.candidates.cooccurrence import CooccurrenceGenerator
 from training.candidates.ease import EASEGenerator
+from training.candidates.frequency import FrequencyGenerator
 from training.candidates.item_knn import ItemKNNGenerator
 from training.candidates.popularity import (
     PopularityGenerator,
@@ -37,6 +39,7 @@ __all__ = [
     "CooccurrenceGenerator",
     "EASEGenerator",
     "FitData",
+    "FrequencyGenerator",
     "ItemKNNGenerator",
     "PopularityGenerator",
     "Query",
@@ -44,6 +47,9 @@ __all__ = [
     "SegmentPopularityGenerator",
     "TrendingGenerator",
     "GENERATOR_NAMES",
+    "OWN_ITEM_GENERATORS",
 ]
 
-GENERATOR_NAMES = ("buy_again", "als", "bpr", "bm25", "cosine", "ease", "cooc", "popular", "trending", "popular_segment", "seasonal")
+GENERATOR_NAMES = ("buy_again", "frequency", "als", "bpr", "bm25", "cosine", "ease", "cooc", "popular", "trending", "popular_segment", "seasonal")
+#: generators that only score the user's own items: nothing to say about items new to the user
+OWN_ITEM_GENERATORS = ("buy_again", "frequency")
