@@ -4,6 +4,15 @@
 this package (``training.names``, ``training.registry``) does not load the estimators' libraries.
 """
 
+import os
+
+# LightGBM's OpenMP threads (churn model, recommender re-ranker, uplift learners) spin while they wait for
+# each other; on a machine whose cores are busy with other work a spinning thread holds a core its partner
+# needs, and a 2-thread fit measured 9x slower in wall time and 11x in CPU than with sleeping waits
+# (BENCHMARKS.md, churn training time). Set here, before any LightGBM fit starts the OpenMP runtime, for
+# every model of the package; a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def __getattr__(name: str):
     if name == "ChurnModel":

@@ -52,7 +52,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -71,12 +70,6 @@ from training import retention
 from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
 
 log = logging.getLogger(__name__)
-
-# LightGBM's OpenMP threads spin while they wait for each other; on a machine whose cores are busy
-# with other work a spinning thread holds a core its partner needs, and a 2-thread fit measured 9x
-# slower in wall time and 11x in CPU than with sleeping waits (BENCHMARKS.md, churn training time).
-# Must be set before the OpenMP runtime starts (the first LightGBM fit); a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_HORIZON = 90
 KEY_COLUMNS = ("customer_id", "cutoff")
