@@ -71,7 +71,7 @@ def test_single_events_get_the_ingestion_contracts_reasons():
         good,
         {**good, "event_id": "e2", "event_type": "wishlist"},
         {**good, "event_id": "e3", "timestamp": "2027-01-01T00:00:00"},
-        {**good, "event_id": "e4", "amount": 0.0},
+        {**good, "event_id": "e4", "amount": -5.0},  # a $0 line is a free item (issue #18), a negative one is not
         {**good, "event_id": "e5", "customer_id": None},
         {**good, "event_id": "e6", "timestamp": "yesterday-ish"},
         {**good, "event_id": None},
