@@ -247,7 +247,7 @@ def snapshot_expr(t: dict, cuts, facts: dict, horizon_days: int, eligibility_day
     """
     stage = stage or (lambda x: x)
     stage_parts = stage_parts or (lambda x: x)
-    h, el = float(horizon_days), float(eligibility_days)
+    el = float(eligibility_days)
     ev = t["events"]
     ev = ev.filter(ev.customer_id.notnull() & ev.timestamp.notnull())
     # times as float days are taken after min/max where possible (_days is monotone): fewer conversions

@@ -80,11 +80,18 @@ def spark_predict(model_uri: str, spark=None):
     return predict
 
 
-def churn_scores(ws: Workspace, as_of: pd.Timestamp, engine: str = "duckdb") -> pd.DataFrame:
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def churn_scores(ws: Workspace, as_of: pd.Timestamp, engine: str = "duckdb", model=None,
+                 matrix: pd.DataFrame | None = None) -> pd.DataFrame:
     """The churn champion's scores of the customers eligible at ``as_of`` (``score_customers`` columns).
 
     The feature matrix is the workspace's stored one (built by ``engine`` when missing); with
-    ``engine="spark"`` the registered model runs as a Spark UDF, otherwise in this process.
+    ``engine="spark"`` the registered model runs as a Spark UDF, otherwise in this process. ``model`` and
+    ``matrix``: the champion and the matrix when the caller has them already (``score_frame``).
     """
     from features.churn_features import feature_matrix
     from training import registry
@@ -92,12 +99,12 @@ def churn_scores(ws: Workspace, as_of: pd.Timestamp, engine: str = "duckdb") -> 
     from training.churn_pyfunc import load_churn
     from training.clv import clv_frame
 
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    check_engine(engine)
     registry.configure(ws)
     churn_uri = registry.model_uri(registry.CHURN)
-    churn_model = load_churn(churn_uri)
-    frame = feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days, engine=engine)
+    churn_model = model if model is not None else load_churn(churn_uri)
+    frame = matrix if matrix is not None else feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days,
+                                                             engine=engine)
     events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
     predict = spark_predict(churn_uri) if engine == "spark" else None
     return score_customers(churn_model, frame, clv_frame(events, as_of), predict=predict)
@@ -110,12 +117,18 @@ def score_frame(ws: Workspace, k: int = 10, as_of=None, engine: str = "duckdb") 
     on Spark, the churn model as a Spark UDF over the feature matrix); the same scores either way.
     """
     from features import insight
+    from features.churn_features import feature_matrix
     from training import registry
+    from training.churn_pyfunc import load_churn
     from training.recommender_pyfunc import load_recommender
 
+    check_engine(engine)
     registry.configure(ws)
     as_of = pd.Timestamp(as_of).normalize() if as_of is not None else as_of_date(ws)
-    scored = churn_scores(ws, as_of, engine=engine)
+    # one feature matrix for the churn scores and the next best action (the stored table at as_of)
+    churn_model = load_churn(registry.model_uri(registry.CHURN))
+    frame = feature_matrix(ws, [as_of], horizon_days=churn_model.horizon_days, engine=engine)
+    scored = churn_scores(ws, as_of, engine=engine, model=churn_model, matrix=frame)
 
     c360 = insight.build_customer360(ws, as_of=as_of)
     c360["customer_id"] = c360["customer_id"].astype(str)

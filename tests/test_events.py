@@ -13,6 +13,7 @@ Every process started here is stopped by killing its process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -148,7 +149,7 @@ def test_online_features_and_score_equal_a_batch_rebuild(tmp_path):
     from features.churn_features import (BG_COLUMNS, customer_rows, feature_matrix, item_seasonality,
                                          purchase_lines, stored_bgnbd_model)
     from features.dates import workspace_as_of
-    from features.event_log import EventLog, Tail
+    from features.event_log import EventLog
     from serving.events import OnlineEvents
     from serving.store import load_customer_data
     from training.churn import score_customers, train_final
@@ -329,10 +330,8 @@ def test_sigkill_after_202_loses_no_acknowledged_event(shop, server):
         r = c.post("/events", json={"events": batch})
         assert r.status_code == 202 and r.json()["accepted"] == 50
     for p in server.tree():
-        try:
+        with contextlib.suppress(Exception):  # already gone with its parent
             p.send_signal(signal.SIGKILL)
-        except Exception:
-            pass
     os.killpg(server.proc.pid, signal.SIGKILL)
     _reingest(ws)
     ev = ws.read_table("events")

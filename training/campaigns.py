@@ -29,6 +29,7 @@ contacts, or ``contact_cost`` per contact when the table has none).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -322,9 +323,8 @@ def evaluate_campaign(campaigns: pd.DataFrame, events: pd.DataFrame, features: p
     return effect
 
 
-def effects_json(reports_dir) -> "Path":
+def effects_json(reports_dir) -> Path:
     """Where ``crmml evaluate campaign`` writes the effects (read by the report)."""
-    from pathlib import Path
 
     return Path(reports_dir) / f"{EFFECTS_NAME}.json"
 

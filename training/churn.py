@@ -108,7 +108,7 @@ def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
 def _hash_unit(ids: pd.Series) -> np.ndarray:
     """A deterministic number in [0, 1) per id: the same customers are sampled in every cutoff and run."""
     codes, uniques = pd.factorize(pd.Series(np.asarray(ids)))
-    unit = np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) / 2**32 for i in uniques])
+    unit = np.array([int(hashlib.md5(str(i).encode(), usedforsecurity=False).hexdigest()[:8], 16) / 2**32 for i in uniques])
     return unit[codes]
 
 

@@ -14,7 +14,6 @@ return their results as data; printing is the caller's job.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable

@@ -6,7 +6,6 @@ The work is done by ``features.build.build_features``; this module parses the op
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
