@@ -227,7 +227,7 @@ async def customer_profile(customer_id: str = Path(..., min_length=1, max_length
 @api.get(
     "/customers/{customer_id}/next-best-action",
     response_model=schemas.NextBestAction,
-    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(401, 403, 422, 503)},
+    responses={404: {"model": schemas.ErrorResponse, "description": "Unknown customer."}, **_errors(400, 401, 403, 422, 503)},
     summary="The action with the highest expected value (uplift x value - cost), with the reason",
     tags=["customers"],
 )

@@ -241,8 +241,10 @@ class Event(_Strict):
     item_id: Id | None = Field(None, examples=["I00012"])
     timestamp: Text | None = Field(None, description="ISO 8601, shop local time (an offset is converted to UTC).",
                                    examples=["2026-12-06T10:15:00"])
-    quantity: float | None = Field(None, description="Units; positive, also for returns.")
-    amount: float | None = Field(None, description="Money value of the line; positive, also for returns.")
+    # strict (like prices in the filters): JSON false is not an amount of 0
+    quantity: StrictFloat | None = Field(None, description="Units; positive, also for returns.")
+    amount: StrictFloat | None = Field(None, description="Money value of the line; positive, also for returns; 0 for "
+                                       "a free item.")
     order_id: Id | None = None
     channel: Text | None = None
 

@@ -223,6 +223,10 @@ def log_uplift(model: up.UpliftModel, example: pd.DataFrame, name: str = "model"
     for c in cols[1:]:
         ex[c] = pd.to_numeric(ex[c], errors="coerce").astype("float64")
     signature = infer_signature(ex, UpliftPyfunc(model).predict(None, ex))
+    # what is logged is made up (issue #16): the signature needs real rows' types, never their values
+    from training.churn_pyfunc import synthetic_example
+
+    ex = synthetic_example(ex)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "uplift_model.joblib"
         joblib.dump(model, path)
