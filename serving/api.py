@@ -231,7 +231,7 @@ async def customer_profile(customer_id: str = Path(..., min_length=1, max_length
     summary="The action with the highest expected value (uplift x value - cost), with the reason",
     tags=["customers"],
 )
-async def next_best_action(customer_id: str = Path(..., max_length=64)) -> Response:
+async def next_best_action(customer_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN)) -> Response:
     from serving.nba import UnknownCustomer
 
     _check_id(customer_id, "customer id")
