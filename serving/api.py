@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import bentoml
@@ -29,6 +29,9 @@ from serving.runtime import API_VERSION, Runtime
 from serving.schemas import ID_PATTERN, MAX_BODY_BYTES, MAX_K
 from serving.store import dumps, join_records
 from training.names import CHURN, RECOMMENDER
+
+# every id in a path: the form the service enforces, declared once so the OpenAPI document says it everywhere
+IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 log = logging.getLogger("crmml.serving")
 
@@ -215,7 +218,7 @@ async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
     summary="The customer 360 record: RFM, segment, value tier, lifecycle stage, tags, CLV, churn risk",
     tags=["customers"],
 )
-async def customer_profile(customer_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN)) -> Response:
+async def customer_profile(customer_id: IdPath) -> Response:
     _check_id(customer_id, "customer id")
     state = _state()
     record = state.store.get("profile", customer_id)
@@ -231,7 +234,7 @@ async def customer_profile(customer_id: str = Path(..., min_length=1, max_length
     summary="The action with the highest expected value (uplift x value - cost), with the reason",
     tags=["customers"],
 )
-async def next_best_action(customer_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN)) -> Response:
+async def next_best_action(customer_id: IdPath) -> Response:
     from serving.nba import UnknownCustomer
 
     _check_id(customer_id, "customer id")
@@ -318,7 +321,7 @@ def _item_list(kind: str, item_id: str, k: int) -> Response:
     tags=["recommendations"],
 )
 async def similar_items(
-    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: IdPath, k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("similar", item_id, k)
 
@@ -331,7 +334,7 @@ async def similar_items(
     tags=["recommendations"],
 )
 async def bought_together(
-    item_id: str = Path(..., min_length=1, max_length=64, pattern=ID_PATTERN), k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
+    item_id: IdPath, k: int = Query(schemas.DEFAULT_K, ge=1, le=MAX_K)
 ) -> Response:
     return _item_list("bought_together", item_id, k)
 
