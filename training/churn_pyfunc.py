@@ -12,8 +12,6 @@ The unwrapped ``ChurnModel`` is ``mlflow.pyfunc.load_model(uri).unwrap_python_mo
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,7 +21,6 @@ try:  # keep the module importable (and the class definable) without mlflow
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "lifetimes", "joblib")
 
 
@@ -61,11 +58,9 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
     is inferred from it and from the pyfunc's output on it. Requirements are explicit (pinned to
     the installed versions), so MLflow does not infer them.
     """
-    import joblib
-    import mlflow
     from mlflow.models import infer_signature
 
-    from training.registry import pip_requirements
+    from training.registry import log_joblib_pyfunc
 
     cols = ["customer_id"] if "customer_id" in input_example.columns else []
     # every column the model reads (its features, and the snapshot ``cutoff`` when the seasonal
@@ -83,18 +78,10 @@ def log_churn(model, input_example: pd.DataFrame, name: str = "model", top_k: in
     # shape (issue #16): no customer's id, gender, age or country may reach MLflow or BentoML
     signature = infer_signature(example, wrapper.predict(None, example))
     example = synthetic_example(example)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "churn_model.joblib"
-        joblib.dump(model, path)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=ChurnPyfunc(top_k=top_k),
-            artifacts={"churn_model": str(path)},
-            code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(*PIP_PACKAGES),
-        )
+    return log_joblib_pyfunc(
+        ChurnPyfunc(top_k=top_k), "churn_model", model,
+        name=name, signature=signature, input_example=example, packages=PIP_PACKAGES,
+    )
 
 
 def synthetic_example(rows: pd.DataFrame, n: int = 2) -> pd.DataFrame:

@@ -11,8 +11,6 @@ row per recommendation: ``user_id, item_id, score, rank, source``. The fitted
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,7 +20,6 @@ try:  # keep the module importable (and the class definable) without mlflow
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "implicit", "joblib", "rich")
 OUTPUT_COLUMNS = ["user_id", "item_id", "score", "rank", "source"]
 
@@ -88,10 +85,9 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
     (:func:`model_signature`); a small input example (made-up users) travels with the model.
     Requirements are explicit (pinned to the installed versions), so MLflow does not infer them.
     """
-    import joblib
     import mlflow
 
-    from training.registry import pip_requirements
+    from training.registry import log_joblib_pyfunc
 
     if metrics:
         import math
@@ -108,18 +104,10 @@ def log_recommender(model, metrics: dict | None = None, name: str = "model", exa
     # made-up ids (cold-start answers), never customers of the training data (issue #16)
     users = example_users or ["example-1", "example-2"]
     example = pd.DataFrame({"user_id": users, "k": [3] * len(users), "exclude_seen": [True] * len(users)})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "recommender.joblib"
-        joblib.dump(model, path)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=RecommenderPyfunc(),
-            artifacts={"recommender": str(path)},
-            code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")],
-            signature=model_signature(),
-            input_example=example,
-            pip_requirements=pip_requirements(*PIP_PACKAGES),
-        )
+    return log_joblib_pyfunc(
+        RecommenderPyfunc(), "recommender", model,
+        name=name, signature=model_signature(), input_example=example, packages=PIP_PACKAGES,
+    )
 
 
 def load_recommender(model_uri: str):

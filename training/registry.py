@@ -26,7 +26,7 @@ Training (what the churn and recommender trainers call)::
     Every run records: the params; lineage (``lineage/lineage.json`` with the workspace's ingestion
     records -- sources, content hashes, row counts -- plus what the caller passes: cutoffs, horizon;
     the main figures also as ``lineage.*`` tags); the git commit (tags ``git_commit``,
-    ``git_dirty``, ``mlflow.source.git.commit``; a dirty tree's diff as ``code/git_diff.patch``);
+    ``git_dirty``, ``mlflow.source.git.commit``; a dirty tree's diff of the code as ``code/git_diff.patch``);
     package versions (``environment/versions.json`` and a pinned ``environment/requirements.txt``);
     the feature list and its documentation (``features/features.json``).
 
@@ -357,6 +357,42 @@ def package_versions() -> dict:
     return versions
 
 
+#: the packages a logged pyfunc model imports; MLflow copies them next to the model (``code_paths``)
+MODEL_CODE_PACKAGES = ("training", "features")
+
+#: what of a dirty tree's diff a run keeps (``code/git_diff.patch``): the code, never the data or
+#: anything else a user keeps in the checkout (a tracked file may hold customers' rows)
+CODE_DIFF_PATHS = ("*.py", "pyproject.toml", "constraints.txt", "Makefile", "mlflow/*", "features/mappings/*")
+
+
+def log_joblib_pyfunc(
+    python_model: Any, artifact: str, obj: Any, *, name: str, signature: Any, input_example: Any, packages: tuple
+):
+    """Log ``obj`` (joblib-dumped as artifact ``artifact``) behind ``python_model`` in the active run.
+
+    The one way every crmml model is logged: the model's own code travels with it
+    (:data:`MODEL_CODE_PACKAGES`), requirements are pinned (:func:`pip_requirements`), and the
+    signature and input example are the caller's (made up, never customers' rows). Returns the ModelInfo.
+    """
+    import tempfile
+
+    import joblib
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{artifact}.joblib"
+        joblib.dump(obj, path)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=python_model,
+            artifacts={artifact: str(path)},
+            code_paths=[str(REPO_ROOT / package) for package in MODEL_CODE_PACKAGES],
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements(*packages),
+        )
+
+
 def pip_requirements(*packages: str) -> list[str]:
     """Pinned requirements (``pkg==version``) of installed packages, for ``log_model(pip_requirements=...)``.
 
@@ -530,7 +566,7 @@ class TrainingRun:
         }
         mlflow.set_tags(tags)
         if git["dirty"]:
-            diff = _git("diff", "HEAD")
+            diff = _git("diff", "HEAD", "--", *CODE_DIFF_PATHS)
             if diff:
                 mlflow.log_text(diff[: 2 << 20], "code/git_diff.patch")
         self.log_dict(versions, "environment/versions.json")
@@ -1006,6 +1042,6 @@ def compare(
 __all__ = [
     "CHALLENGER", "CHAMPION", "CHURN", "RECOMMENDER", "EXPERIMENT", "POLICIES", "Decision", "GatePolicy",
     "RegistryError", "TrainingRun", "client", "compare", "configure", "ensure_experiment", "Evaluate",
-    "git_info", "list_models", "model_uri", "package_versions", "pip_requirements", "policy_for", "promote",
+    "git_info", "list_models", "log_joblib_pyfunc", "model_uri", "package_versions", "pip_requirements", "policy_for", "promote",
     "rollback", "safe_key", "tracking_uri", "training_run",
 ]

@@ -13,7 +13,6 @@ newest randomised campaign, :func:`gate_evaluator`).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +31,6 @@ try:  # keep the module importable without mlflow
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PIP_PACKAGES = ("mlflow", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "joblib")
 TOP_SHARE = 0.2
 EVALUATION_NAME = "uplift_evaluation"
@@ -213,8 +211,6 @@ class UpliftPyfunc(PythonModel):
 
 def log_uplift(model: up.UpliftModel, example: pd.DataFrame, name: str = "model"):
     """Log ``model`` as a pyfunc in the active run (signature from ``example``); returns the ModelInfo."""
-    import joblib
-    import mlflow
     from mlflow.models import infer_signature
 
     cols = ["customer_id"] + [c for c in model.feature_names_in_]
@@ -227,14 +223,9 @@ def log_uplift(model: up.UpliftModel, example: pd.DataFrame, name: str = "model"
     from training.churn_pyfunc import synthetic_example
 
     ex = synthetic_example(ex)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "uplift_model.joblib"
-        joblib.dump(model, path)
-        return mlflow.pyfunc.log_model(
-            name=name, python_model=UpliftPyfunc(), artifacts={"uplift_model": str(path)},
-            code_paths=[str(REPO_ROOT / "training"), str(REPO_ROOT / "features")], signature=signature,
-            input_example=ex, pip_requirements=registry.pip_requirements(*PIP_PACKAGES),
-        )
+    return registry.log_joblib_pyfunc(
+        UpliftPyfunc(), "uplift_model", model, name=name, signature=signature, input_example=ex, packages=PIP_PACKAGES
+    )
 
 
 def load_uplift(model_uri: str) -> up.UpliftModel:
