@@ -1,6 +1,9 @@
 """The steps of `crmml run`, from raw histories to promoted models, batch scores and the report.
 
-ingest -> features -> train_churn -> train_recommender -> promote -> score -> report
+ingest -> features -> train_churn -> train_recommender -> train_uplift -> promote -> score -> report
+
+``train_uplift`` learns from randomised campaigns (rows with a treatment/control group) and says it
+skipped when the shop has none (the default synthetic shop; ``--experiments N`` adds some).
 
 Each step is cached by the hash of its inputs, its code and the steps before it (``pipelines.steps``).
 Training registers a model version only when the training run finishes cleanly
@@ -25,6 +28,7 @@ class RunParams:
     source: str = "synthetic"
     customers: int = 5000
     seed: int = 0
+    experiments: int = 0  # synthetic shop: randomised campaigns with planted effects
     horizon: int = 90
     tune: bool = False
     k: int = 10
@@ -50,7 +54,8 @@ def ingest_inputs(ctx) -> dict:
         files = [{"path": str(f.resolve()), "sha256": file_sha256(f)} for src in cfg.sources for f in cfg.files_of(src)]
         return {"source": "config", "config": file_sha256(Path(p.config)), "files": files, "events_log": logged}
     if p.source == "synthetic":
-        return {"source": p.source, "customers": p.customers, "seed": p.seed, "events_log": logged}
+        return {"source": p.source, "customers": p.customers, "seed": p.seed, "experiments": p.experiments,
+                "events_log": logged}
     files = [{"path": str(Path(f).resolve()), "sha256": file_sha256(Path(f))} for f in p.files]
     return {"source": p.source, "files": files, "transactions": p.transactions, "events_log": logged}
 
@@ -68,7 +73,8 @@ def run_ingest(ctx) -> dict:
         ingest.save(ws, result)
         rows = {"read": result.n_read, "accepted": result.n_accepted, "rejected": result.n_rejected}
     elif p.source == "synthetic":
-        record = synthetic.write(ws, synthetic.generate(n_customers=p.customers, seed=p.seed), p.seed, p.customers)
+        tables = synthetic.generate(n_customers=p.customers, seed=p.seed, experiments=p.experiments)
+        record = synthetic.write(ws, tables, p.seed, p.customers)
         rows = record["tables"]
     else:
         if not p.files:
@@ -118,11 +124,25 @@ def run_train_recommender(ctx) -> dict:
     return train_recommender_model(ctx["workspace"], tune=_params(ctx).tune, progress=ctx.get("progress"))
 
 
+def run_train_uplift(ctx) -> dict:
+    """The uplift model when the shop has randomised campaigns; otherwise a summary saying why not."""
+    from training.uplift_training import train_uplift_model
+
+    try:
+        result = train_uplift_model(ctx["workspace"], progress=ctx.get("progress"))
+    except ValueError as exc:  # no randomised campaign, or none whose horizon is over: nothing to learn
+        return {"skipped": str(exc)}
+    return {k: v for k, v in result.items() if k not in ("model", "evaluation")}
+
+
 def run_promote(ctx) -> dict:
     """Put each new challenger through the gate against the champion, on the newest window."""
+    from training.names import MODEL_NAMES, UPLIFT
     from training.promotion import promote_challengers
 
-    return promote_challengers(ctx["workspace"])
+    uplift = ctx.get("train_uplift") or {}
+    names = MODEL_NAMES + ((UPLIFT,) if uplift.get("version") is not None else ())
+    return promote_challengers(ctx["workspace"], names)
 
 
 def run_score(ctx) -> dict:
@@ -156,7 +176,8 @@ def steps() -> list[Step]:
              after=("features",), code=("features", "training")),
         Step("train_recommender", run_train_recommender, lambda ctx: {"tune": _params(ctx).tune},
              after=("ingest",), code=("features", "training")),
-        Step("promote", run_promote, after=("train_churn", "train_recommender")),
+        Step("train_uplift", run_train_uplift, after=("ingest",), code=("features", "training")),
+        Step("promote", run_promote, after=("train_churn", "train_recommender", "train_uplift")),
         Step("score", run_score, lambda ctx: {"k": _params(ctx).k, "db_url": _params(ctx).db_url},
              after=("features", "promote"), code=("pipelines",),
              outputs=lambda ctx: [scores_path(ctx["workspace"])]),
@@ -188,6 +209,12 @@ def summary_table(ws: Workspace, results: list[StepResult], seconds: float) -> T
         metric = summary.get("primary_metric")
         rows = [f"{who}: {_fmt(m.get(metric))}" for who, m in summary.get("metrics", {}).items()]
         table.add_row(f"{name} ({metric})", "  ".join(rows) or "-")
+    uplift = by.get("train_uplift", {})
+    if uplift:
+        metrics = uplift.get("metrics", {})
+        table.add_row("uplift (auuc)", f"skipped: {uplift['skipped']}" if "skipped" in uplift else
+                      f"model: {_fmt(metrics.get('auuc'))}  churn risk: {_fmt(metrics.get('auuc_churn_risk'))}  "
+                      f"random: {_fmt(metrics.get('auuc_random'))}")
     for name, decision in by.get("promote", {}).items():
         table.add_row(f"gate {name}", f"{decision['decision']} (champion v{decision['champion']})")
     score = by.get("score", {})

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         source: Annotated[Optional[Source], typer.Option(help="Kind of input files.")] = None,
         customers: Annotated[int, typer.Option(help="Synthetic shop: number of customers.")] = 5000,
         seed: Annotated[int, typer.Option(help="Synthetic shop: random seed.")] = 0,
+        experiments: Annotated[int, typer.Option(min=0, help="Synthetic shop: randomised campaigns with planted "
+                                                 "effects (the uplift model learns from them).")] = 0,
         horizon: Annotated[int, typer.Option(help="Churn horizon in days.")] = 90,
         tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Hyperparameter search for both models.")] = False,
         k: Annotated[int, typer.Option(help="Recommendations per customer in the batch scores.")] = 10,
@@ -53,7 +55,7 @@ def register(app: typer.Typer) -> None:
         params = flow.RunParams(
             files=[str(f) for f in files or []],
             source=(source.value if source else ("online-retail" if files else "synthetic")),
-            customers=customers, seed=seed, horizon=horizon, tune=tune, k=k, db_url=db_url,
+            customers=customers, seed=seed, experiments=experiments, horizon=horizon, tune=tune, k=k, db_url=db_url,
             transactions={"customer_col": customer_col, "time_col": time_col, "amount_col": amount_col,
                           "item_col": item_col, "quantity_col": quantity_col, "sep": sep,
                           "time_format": time_format, "names": names.split(",") if names else None},
