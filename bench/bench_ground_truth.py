@@ -1,7 +1,7 @@
 """Benchmark: do the trained models recover the synthetic shop's planted ground truth?
 
     python -m bench.bench_ground_truth                         # 5,000 customers, seeds 0 1 2
-    python -m bench.bench_ground_truth --customers 2000 --seeds 0 --no-write
+    python -m bench.bench_ground_truth --customers 2000 --seeds 0 --no-tune --no-write
 
 For every seed, in one process and a temporary workspace: ``synthetic.generate`` + ``write`` (the
 hidden truth goes to ``<workspace>/synthetic/``), the churn evaluation protocol of ``crmml evaluate
@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--customers", type=int, default=5000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--tune", action="store_true", help="tune the churn model (default: no search, the defaults)")
+    ap.add_argument("--no-tune", dest="tune", action="store_false",
+                    help="train the churn model without its search (default: tuned, as `crmml evaluate churn`)")
     ap.add_argument("--rec-users", type=int, default=2000, help="customers whose recommendations are checked")
     ap.add_argument("--workdir", help="where the temporary workspaces go (default: a fresh temp dir)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
