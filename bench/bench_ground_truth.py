@@ -117,7 +117,7 @@ def churn_truth(ev, ground_truth: pd.DataFrame) -> dict:
     before = (s["lapse_at"] < ev.cutoff) & (s["lapse_driver"] == "complaints") & (s["churned"] == 1)
     F = len(features)
     out = {
-        "cutoff": str(ev.cutoff.date()), "horizon_days": ev.horizon_days, "scored": int(len(s)),
+        "cutoff": str(ev.cutoff.date()), "horizon_days": ev.horizon_days, "scored": len(s),
         "auc": ev.metrics["model"]["auc"], "n_features": F, "complaint_features": sorted(complaint),
         "membership_features": membership,
         "complaints": {
@@ -181,7 +181,7 @@ def list_truth(recs: pd.DataFrame, tastes: pd.DataFrame, items: pd.DataFrame, us
     top = t.sort_values(["user_id", "weight"], ascending=[True, False]).drop_duplicates("user_id")
     hit = _top_combo(r).merge(top, on=["user_id", "category", "style"], how="inner")["user_id"]
     return {"in_tastes": float(share.mean()), "top_taste_precision": float(users.isin(hit).mean()),
-            "n_users": int(len(users)), "mean_list_length": float(r.groupby("user_id").size().reindex(users, fill_value=0).mean())}
+            "n_users": len(users), "mean_list_length": float(r.groupby("user_id").size().reindex(users, fill_value=0).mean())}
 
 
 def chance_in_tastes(tastes: pd.DataFrame, items: pd.DataFrame, users) -> float:
@@ -219,7 +219,7 @@ def recommender_truth(rec, interactions: pd.DataFrame, items: pd.DataFrame, tast
     users = sorted(rng.choice(known, size=min(n_users, len(known)), replace=False).tolist())
     out: dict = {"n_users": len(users), "chance_in_tastes": chance_in_tastes(tastes, items, users),
                  "history": history_truth(interactions, tastes, items, users),
-                 "n_combos": int(len(item_tastes(items).groupby(["category", "style"])))}
+                 "n_combos": len(item_tastes(items).groupby(["category", "style"]))}
     fav = favourites.assign(user_id=favourites["customer_id"].astype(str), item_id=favourites["item_id"].astype(str))
     fav = fav[["user_id", "item_id"]].drop_duplicates()
     for mode, exclude in (("all", False), ("new", True)):
