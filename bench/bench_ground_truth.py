@@ -180,7 +180,11 @@ def list_truth(recs: pd.DataFrame, tastes: pd.DataFrame, items: pd.DataFrame, us
     share = liked.groupby(r["user_id"].to_numpy()).mean().reindex(users, fill_value=0.0)
     top = t.sort_values(["user_id", "weight"], ascending=[True, False]).drop_duplicates("user_id")
     hit = _top_combo(r).merge(top, on=["user_id", "category", "style"], how="inner")["user_id"]
+    # where the list comes from: each source's share of the rows and how often its items are liked
+    by_source = {str(k): {"share": float(len(g) / len(r)), "in_tastes": float(liked[g.index].mean())}
+                 for k, g in r.groupby("source")} if len(r) and "source" in r else {}
     return {"in_tastes": float(share.mean()), "top_taste_precision": float(users.isin(hit).mean()),
+            "by_source": by_source,
             "n_users": len(users), "mean_list_length": float(r.groupby("user_id").size().reindex(users, fill_value=0).mean())}
 
 
@@ -214,6 +218,8 @@ def history_truth(interactions: pd.DataFrame, tastes: pd.DataFrame, items: pd.Da
 
 def recommender_truth(rec, interactions: pd.DataFrame, items: pd.DataFrame, tastes: pd.DataFrame,
                       favourites: pd.DataFrame, n_users: int, seed: int) -> dict:
+    from training.candidates import OWN_ITEM_GENERATORS
+
     known = np.asarray(rec.state_.matrix.user_ids, dtype=str)
     rng = np.random.default_rng(seed)
     users = sorted(rng.choice(known, size=min(n_users, len(known)), replace=False).tolist())
@@ -226,6 +232,10 @@ def recommender_truth(rec, interactions: pd.DataFrame, items: pd.DataFrame, tast
         model = rec.recommend(users, k=K, exclude_seen=exclude)
         pop = rec.recommend_baseline(users, "popular", k=K, exclude_seen=exclude)
         out[mode] = {"model": list_truth(model, tastes, items, users), "popular": list_truth(pop, tastes, items, users)}
+        # every generator alone, as the model's own reference (popularity is one of them)
+        out[mode]["generators"] = {
+            g.name: list_truth(rec.recommend_baseline(users, g.name, k=K, exclude_seen=exclude), tastes, items, users)
+            for g in rec.state_.generators if not (exclude and g.name in OWN_ITEM_GENERATORS)}
         if mode == "all":  # favourites, rebought again and again, belong in the list that allows them
             for name, r in (("model", model), ("popular", pop)):
                 r = r.assign(user_id=r["user_id"].astype(str), item_id=r["item_id"].astype(str))
@@ -295,6 +305,18 @@ def _cell(runs: list[dict], path: str, pct: bool = True) -> str:
     return f"**{fmt(m)}** ({' / '.join(fmt(v) for v in vals)})" if len(runs) > 1 else fmt(m)
 
 
+def _best_generator(runs: list[dict], mode: str) -> str:
+    """The generator alone whose top-10 lies most in the planted tastes (mean over the seeds)."""
+    scores: dict[str, list[float]] = {}
+    for run in runs:
+        for name, g in run["recommender"][mode].get("generators", {}).items():
+            scores.setdefault(name, []).append(g["in_tastes"])
+    if not scores:
+        return "-"
+    name, vals = max(scores.items(), key=lambda kv: np.mean(kv[1]))
+    return f"{name} {100 * np.mean(vals):.0f}%"
+
+
 def table(runs: list[dict]) -> list[str]:
     c, m, r = "churn.complaints.", "churn.membership.", "recommender."
     rows = [
@@ -323,6 +345,8 @@ def table(runs: list[dict]) -> list[str]:
         rows.append((f"top-10 ({what}) in the planted tastes: model", _cell(runs, f"{r}{mode}.model.in_tastes"),
                      f"popularity {_cell(runs, f'{r}{mode}.popular.in_tastes')}; chance (catalogue share) "
                      f"{_cell(runs, r + 'chance_in_tastes')}; own purchases {_cell(runs, r + 'history.in_tastes')}"))
+        rows.append((f"... the best generator alone ({what})", _best_generator(runs, mode),
+                     "the model's generators, each alone: the one most in the tastes (mean over the seeds)"))
         rows.append((f"top taste recovered from the top-10 ({what}): model",
                      _cell(runs, f"{r}{mode}.model.top_taste_precision"),
                      f"popularity {_cell(runs, f'{r}{mode}.popular.top_taste_precision')}; own purchase history "
