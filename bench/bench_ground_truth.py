@@ -390,10 +390,10 @@ def markdown(res: dict) -> str:
         "",
         f"`{res['command']}`. Date {res['date']}; machine: {res['machine']}; code {res['code']}; load average "
         f"before -> after: {res['load_before']} -> {res['load_after']}. Shops of {runs[0]['customers']:,} customers, "
-        f"seeds {seeds} (CPU s per seed: {cpu}); churn: `evaluate_protocol` at the newest labelled cutoff "
+        f"seeds {seeds} (CPU s per seed: {cpu}; peak RSS {res.get('peak_rss_mib', 0):,.0f} MiB); churn: `evaluate_protocol` at the newest labelled cutoff "
         f"(horizon {HORIZON} days, tune={res['tune']}), reasons as the API returns them (top 3, risk-increasing only); "
         f"recommender: `Recommender().fit` on all interactions, {runs[0]['recommender']['n_users']:,} sampled customers, "
-        "k=10. Mean in bold, then each seed.",
+        "k=10. Mean in bold, then each seed. The figures measure quality, not speed: the load does not change them.",
         "",
         *table(runs),
         "",
