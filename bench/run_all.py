@@ -1,10 +1,11 @@
 """Run every benchmark in turn and update BENCHMARKS.md (``make bench``).
 
-    python -m bench.run_all [--skip features,recommender,rec_cutoffs,service]
+    python -m bench.run_all [--skip features,recommender,rec_cutoffs,service,events,ground_truth]
 
 Each benchmark runs in its own process (one at a time: they time the same two cores), with its
 defaults: the feature build on the UCI data and 10M synthetic events, the recommender on the UCI
-data (and at the four quarterly cutoffs, a ratings-like table and a 25,000-item fit), and the service against ``mlflow models serve`` on a freshly trained synthetic workspace.
+data (and at the four quarterly cutoffs, a ratings-like table and a 25,000-item fit), the service against ``mlflow models serve`` on a freshly trained synthetic workspace, and the planted
+ground truth of three synthetic shops recovered by the trained models.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ BENCHMARKS = {
     "rec_cutoffs": ["bench.bench_rec_cutoffs", "--ratings", "--scale"],
     "service": ["bench.bench_service", "--prepare", "5000"],
     "events": ["bench.bench_events", "--prepare", "2000"],
+    "ground_truth": ["bench.bench_ground_truth"],
 }
 
 

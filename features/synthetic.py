@@ -1,9 +1,11 @@
 """The embedded default shop: a synthetic CRM/e-commerce data set that behaves like a real one.
 
 ``generate()`` returns the canonical tables (``events``, ``customers``, ``items``, ``tickets``,
-``campaigns``, each passed through :func:`features.contract.conform`) plus ``ground_truth``: the
-hidden lapse moment and its planted driver for every customer. ``write()`` stores them in a
-workspace. The generative story and the planted drivers are described in ``docs/synthetic.md``.
+``campaigns``, each passed through :func:`features.contract.conform`) plus the hidden truth
+(:data:`TRUTH_TABLES`): ``ground_truth``, the lapse moment and its planted driver for every
+customer, and ``tastes``/``favourites``, the planted (category, style) tastes and favourite items
+that the purchases are drawn from. ``write()`` stores them in a workspace. The generative story
+and the planted drivers are described in ``docs/synthetic.md``.
 
 Everything is vectorised with numpy: customers are processed in fixed-size chunks (one random
 stream per chunk, so the output depends only on the arguments, never on the machine), and no
@@ -160,8 +162,9 @@ def generate(
     Returns the canonical tables ``events``, ``customers``, ``items``, ``tickets`` and ``campaigns``
     (conformed to ``features.contract.TABLES``) and ``ground_truth`` (one row per customer:
     ``customer_id``, ``lapse_at``, ``lapse_driver``, ``base_rate``, ``is_member``,
-    ``n_complaints_before_lapse``). Same arguments, same tables. ``progress`` shows a progress bar
-    (default: when more than one chunk of customers is generated). ``light``: keep purchases and
+    ``n_complaints_before_lapse``), ``tastes`` (``customer_id``, ``category``, ``style``, ``weight``)
+    and ``favourites`` (``customer_id``, ``item_id``). Same arguments, same tables. ``progress``
+    shows a progress bar (default: when more than one chunk of customers is generated). ``light``: keep purchases and
     returns only (default: above :data:`LIGHT_ABOVE` customers).
 
     ``experiments=N`` adds N experiment campaigns (``EXP01``...: the customers still around in the last year, half held
@@ -192,6 +195,8 @@ def generate(
     }
     out = {name: contract.conform(name, df, source="synthetic") for name, df in tables.items()}
     out["ground_truth"] = shop.ground_truth_table()
+    out["tastes"] = shop.tastes_table()
+    out["favourites"] = shop.favourites_table()
     if experiments:
         out["campaign_truth"] = shop.campaign_truth_table()
     return out
@@ -205,12 +210,27 @@ def campaign_truth_path(workspace: Workspace) -> Path:
     return workspace.root / "synthetic" / "campaign_truth.parquet"
 
 
+def tastes_path(workspace: Workspace) -> Path:
+    return workspace.root / "synthetic" / "tastes.parquet"
+
+
+def favourites_path(workspace: Workspace) -> Path:
+    return workspace.root / "synthetic" / "favourites.parquet"
+
+
+#: the tables of ``generate()`` that are hidden truth, not shop data (never ingested as canonical tables)
+TRUTH_TABLES = ("ground_truth", "tastes", "favourites", "campaign_truth")
+_TRUTH_PATHS = {"ground_truth": ground_truth_path, "tastes": tastes_path, "favourites": favourites_path,
+                "campaign_truth": campaign_truth_path}
+
+
 def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_customers) -> dict:
     """Write the canonical tables and the ground truth into ``workspace``; record the ingestion.
 
     Canonical tables absent from ``tables`` (e.g. ``interactions`` of an earlier ingestion) are
-    removed so that the workspace holds one shop. The ground truth goes to
-    ``<root>/synthetic/ground_truth.parquet``. Returns the ingestion record.
+    removed so that the workspace holds one shop. Each table of the hidden truth (:data:`TRUTH_TABLES`)
+    goes to ``<root>/synthetic/<name>.parquet``; one absent from ``tables`` is removed there (the truth
+    of another shop). Returns the ingestion record.
     """
     from features.event_log import merge_log
 
@@ -226,18 +246,14 @@ def write(workspace: Workspace, tables: dict[str, pd.DataFrame], seed, n_custome
     record: dict = {"source": "synthetic", "seed": seed, "n_customers": n_customers, "tables": counts}
     if logged is not None:
         record["events_log"] = logged
-    if "ground_truth" in tables:
-        gt = tables["ground_truth"]
-        path = ground_truth_path(workspace)
-        atomic_write(path, lambda tmp: gt.to_parquet(tmp, index=False))
-        record["ground_truth"] = str(path)
-    truth = campaign_truth_path(workspace)
-    if "campaign_truth" in tables:
-        ct = tables["campaign_truth"]
-        atomic_write(truth, lambda tmp: ct.to_parquet(tmp, index=False))
-        record["campaign_truth"] = str(truth)
-    else:
-        truth.unlink(missing_ok=True)  # the truth of another shop
+    for name in TRUTH_TABLES:
+        path = _TRUTH_PATHS[name](workspace)
+        if name in tables:
+            truth = tables[name]
+            atomic_write(path, lambda tmp, truth=truth: truth.to_parquet(tmp, index=False))
+            record[name] = str(path)
+        else:
+            path.unlink(missing_ok=True)  # the truth of another shop
     return workspace.record_ingestion(record)
 
 
@@ -450,6 +466,7 @@ class _Shop:
         self.fav_style = rng.integers(0, N_STYLES, (n, 3))
         w = rng.gamma(1.5, 1.0, (n, 3)) * (np.arange(3)[None, :] < self.n_fav_cats[:, None])
         w = w / w.sum(1, keepdims=True)
+        self.taste_w = w  # kept for the ground truth (``tastes_table``); draws nothing
         self.taste_cumw = np.cumsum(w, axis=1)
         # favourites, rebought again and again
         cust = np.repeat(np.arange(n), N_FAVOURITES)
@@ -991,6 +1008,37 @@ class _Shop:
                 "y0": y0.astype(np.int8),
                 "y1": y1.astype(np.int8),
                 "horizon_days": np.full(len(e["c"]), EXPERIMENT_HORIZON_DAYS),
+            }
+        )
+
+    def tastes_table(self) -> pd.DataFrame:
+        """The planted tastes: one row per (customer, liked category and style), heaviest first.
+
+        ``weight`` is the share of the customer's orders whose mission is this taste before exploring
+        (``EXPLORE_P`` of the missions take any category); ``style`` is the first word of an item's name.
+        """
+        n, k = self.n, self.n_fav_cats
+        cust = np.repeat(np.arange(n), k)
+        slot = np.arange(len(cust)) - np.repeat(np.cumsum(k) - k, k)
+        order = np.lexsort((-self.taste_w[cust, slot], cust))  # heaviest taste first within a customer
+        cust, slot = cust[order], slot[order]
+        return pd.DataFrame(
+            {
+                "customer_id": _decode(self.customer_ids, cust),
+                "category": _decode(pa.array(self.cat_names), self.fav_cat[cust, slot]),
+                "style": _decode(pa.array(ADJECTIVES), self.fav_style[cust, slot]),
+                "weight": self.taste_w[cust, slot],
+            }
+        )
+
+    def favourites_table(self) -> pd.DataFrame:
+        """The planted favourite items, rebought again and again (``N_FAVOURITES`` draws per customer;
+        a draw may repeat an item)."""
+        cust = np.repeat(np.arange(self.n), N_FAVOURITES)
+        return pd.DataFrame(
+            {
+                "customer_id": _decode(self.customer_ids, cust),
+                "item_id": _decode(self.item_ids, self.favourites.reshape(-1)),
             }
         )
 

@@ -26,7 +26,8 @@ def us_date(ts) -> str:
 
 def shop_tables(n: int = 80, seed: int = 5) -> dict[str, pd.DataFrame]:
     tables = synthetic.generate(n_customers=n, seed=seed)
-    tables.pop("ground_truth")
+    for name in synthetic.TRUTH_TABLES:
+        tables.pop(name, None)
     customers = tables["customers"].copy()
     customers.loc[customers.index[:3], "country"] = ACCENTED
     tables["customers"] = customers

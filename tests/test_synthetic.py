@@ -31,7 +31,7 @@ def _lapsed(gt: pd.DataFrame) -> pd.Series:
 def test_deterministic():
     a = synthetic.generate(n_customers=300, seed=5)
     b = synthetic.generate(n_customers=300, seed=5)
-    assert set(a) == {*CANONICAL, "ground_truth"}
+    assert set(a) == {*CANONICAL, "ground_truth", "tastes", "favourites"}
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name])
     c = synthetic.generate(n_customers=300, seed=6)
@@ -221,6 +221,26 @@ def test_co_purchase_structure(shop, purchases):
     assert same > 3 * chance, (same, chance)
 
 
+def test_planted_tastes_explain_the_purchases(shop, purchases):
+    """The tastes and favourites of the ground truth are the ones the purchases were drawn from."""
+    tastes, fav, items = shop["tastes"], shop["favourites"], shop["items"]
+    assert list(tastes.columns) == ["customer_id", "category", "style", "weight"]
+    per = tastes.groupby("customer_id", sort=False)
+    assert per.size().between(1, 3).all() and set(per.size().index) == set(shop["customers"].customer_id)
+    assert np.allclose(per.weight.sum(), 1.0) and not tastes.duplicated(["customer_id", "category"]).any()
+    assert (per.weight.diff().dropna() <= 0).all()  # heaviest taste first
+    assert set(tastes["style"]) <= set(synthetic.ADJECTIVES) and tastes["category"].isin(items.category).all()
+    assert (fav.groupby("customer_id").size() == synthetic.N_FAVOURITES).all() and fav.item_id.isin(items.item_id).all()
+    it = items.assign(style=items.name.str.split(" ").str[0])
+    lines = purchases[["customer_id", "item_id"]].merge(it, on="item_id")
+    liked = lines.merge(tastes, on=["customer_id", "category", "style"], how="left").weight.notna().mean()
+    catalogue = it.groupby(["category", "style"]).size() / len(it)
+    chance = tastes.join(catalogue.rename("share"), on=["category", "style"]).groupby("customer_id").share.sum().mean()
+    assert liked > 0.5 > 3 * chance  # most lines lie in the planted tastes, a few percent of the catalogue
+    bought_fav = lines[["customer_id", "item_id"]].merge(fav.drop_duplicates(), on=["customer_id", "item_id"])
+    assert len(bought_fav) / len(lines) > 0.1  # favourites are rebought
+
+
 def test_repeat_purchases(purchases):
     per_customer = purchases.groupby("customer_id")
     frequent = per_customer.order_id.nunique() >= 5
@@ -277,3 +297,6 @@ def test_write(tmp_path):
     assert len(gt) == 300 and list(gt.columns) == [
         "customer_id", "lapse_at", "lapse_driver", "base_rate", "is_member", "n_complaints_before_lapse"
     ]  # fmt: skip
+    for name in ("tastes", "favourites"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ws" / "synthetic" / f"{name}.parquet"), tables[name])
+        assert record[name] == str(tmp_path / "ws" / "synthetic" / f"{name}.parquet")
