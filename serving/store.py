@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 from abc import ABC, abstractmethod
 from array import array
 from typing import Any, Iterable, Mapping, Sequence
@@ -378,6 +380,146 @@ class OverlayStore(OnlineStore):
         return {**self.base.info(), "online": self.online.info()}
 
 
+# --------------------------------------------------------------------------------------------
+# scored on first need
+# --------------------------------------------------------------------------------------------
+class LruRecords:
+    """Records computed in this worker, bounded: ``id -> {kind: bytes}``, the least recently used go first."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int):
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._data: "OrderedDict[str, dict[str, bytes]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        with self._lock:
+            for key in keys:
+                hit = self._data.get(key)
+                if hit is not None:
+                    self._data.move_to_end(key)
+                out.append(None if hit is None else hit[kind])
+        return out
+
+    def put_many(self, records: Mapping[str, Mapping[str, bytes]]) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            for key, recs in records.items():
+                self._data[key] = dict(recs)
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def info(self) -> dict[str, Any]:
+        return {"records": self.backend, "cached": len(self._data), "max_cached": self.max_entries}
+
+
+class RedisRecordCache:
+    """Records computed by any worker on one Redis: ``<prefix>:<generation>:<kind>:<id>`` (the
+    :class:`RedisStore` layout), each key expiring ``keep_seconds`` after it was computed; a
+    generation is one data fingerprint and champion version, so a reload never reads old scores."""
+
+    backend = "redis"
+    BATCH = 1000
+
+    def __init__(self, client: Any, prefix: str, generation: str, keep_seconds: int = 7 * 86400):
+        self.client = client
+        self.prefix = prefix
+        self.generation = generation
+        self.keep_seconds = keep_seconds
+
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self.prefix}:{self.generation}:{kind}:{key}"
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), self.BATCH):
+            out.extend(self.client.mget([self._key(kind, k) for k in keys[start:start + self.BATCH]]))
+        return out
+
+    def put_many(self, records: Mapping[str, Mapping[str, bytes]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, recs in records.items():
+            for kind, rec in recs.items():
+                pipe.set(self._key(kind, key), rec, ex=self.keep_seconds)
+        pipe.execute()
+
+    def info(self) -> dict[str, Any]:
+        return {"records": self.backend, "generation": self.generation, "prefix": self.prefix}
+
+
+def score_cache_size() -> int:
+    """``CRMML_SCORE_CACHE``: churn and profile records kept per worker (default 100,000, about 2 KB each)."""
+    try:
+        return max(0, int(os.environ.get("CRMML_SCORE_CACHE", "100000")))
+    except ValueError:
+        return 100000
+
+
+class LazyStore(OnlineStore):
+    """Churn records and profiles computed when a customer is first asked for, then kept.
+
+    ``table``: the ``serving.table.OnlineTable`` of the state (each customer's scoring and 360 row,
+    memory-mapped); ``score(frame)``: the champion's ``training.churn.score_customers`` over some rows,
+    with the population's CLV threshold; ``cache``: :class:`LruRecords` or :class:`RedisRecordCache`.
+    A request's unknown-to-the-cache ids are scored together in one vectorised call and encoded by
+    :func:`build_customer_store`, as the batch encodes them; nothing is scored at start-up.
+    """
+
+    def __init__(self, table, score, model_version: str, cache):
+        self.table = table
+        self.score = score
+        self.model_version = model_version
+        self.cache = cache
+        self.backend = cache.backend
+        self.scored = 0  # customers scored by this worker (the start-up test reads it)
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        return self.get_many(kind, [key])[0]
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        keys = list(keys)
+        found = self.cache.get_many(kind, keys)
+        missing = [k for k, rec in zip(keys, found) if rec is None]
+        if missing:
+            computed = self.compute(list(dict.fromkeys(missing)))
+            found = [rec if rec is not None else computed.get(k, {}).get(kind) for k, rec in zip(keys, found)]
+        return [rec or None for rec in found]  # b"": known, but no record of this kind
+
+    def compute(self, keys: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """Score and encode these ids (the known ones), cache and return their records."""
+        pos = self.table.positions(keys)
+        known = pos[pos >= 0]
+        if not len(known):
+            return {}
+        frame = self.table.scoring_rows(known)
+        c360 = self.table.c360_rows(known)
+        scores = self.score(frame) if len(frame) else pd.DataFrame(columns=["customer_id", *SCORE_FIELDS])
+        self.scored += len(frame)
+        store = build_customer_store(scores, c360, self.model_version, self.table.meta["as_of"])
+        out = {key: {kind: store.get(kind, key) or b"" for kind in KINDS} for key in self.table.id_at(known)}
+        self.cache.put_many(out)
+        return out
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "customers": len(self), "scored_here": self.scored,
+                **self.cache.info(), **self.table.info()}
+
+
 def redis_client(url: str):
     """A ``redis.Redis`` for ``url`` (``redis://127.0.0.1:6379/0``), checked with a PING."""
     import redis
@@ -447,6 +589,89 @@ class CustomerData:
             self._frames = {horizon_days: frame}  # keep one: the champion's
             self.sources["churn_features"] = "features.churn_features.feature_matrix (stored in the workspace)"
         return self._frames[horizon_days]
+
+
+    # -- per-customer reads (online events), the same on both kinds of data ----------------------
+    def c360_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        """The customer 360 rows of these ids (those with one)."""
+        c360 = self.c360 if self.c360 is not None else pd.DataFrame({"customer_id": pd.Series([], dtype=str)})
+        return c360[c360["customer_id"].isin(list(ids))]
+
+    def clv_of(self, ids: Sequence[str]) -> pd.DataFrame | None:
+        clv = self.clv
+        return None if clv is None else clv[clv["customer_id"].astype(str).isin(list(ids))]
+
+    def any_customer(self) -> str | None:
+        return None if self.c360 is None or not len(self.c360) else str(self.c360["customer_id"].iloc[0])
+
+    def population(self) -> dict[str, np.ndarray]:
+        """Recency, frequency and monetary of the buyers (for RFM quintiles of online customers)."""
+        pop = {}
+        for col in ("recency_days", "frequency", "monetary"):
+            if self.c360 is None or col not in self.c360.columns:
+                pop[col] = np.array([])
+                continue
+            buyers = self.c360["frequency"].astype("float64") > 0
+            pop[col] = self.c360.loc[buyers, col].astype("float64").to_numpy()
+        return pop
+
+    high_value = ...  # the CLV threshold of the actions: that of the scored rows (see TableData)
+
+
+class TableData(CustomerData):
+    """The same data read from a published ``serving.table.OnlineTable``: opening it reads nothing.
+
+    Whole-population frames (``c360``, ``clv``, ``scoring_frame``) are made from the table only if
+    something asks for them (the next-best-action route); requests read single rows.
+    """
+
+    def __init__(self, ws, table, stamp: tuple):
+        meta = table.meta
+        super().__init__(ws, pd.Timestamp(meta["as_of"]), None, None,
+                         {**meta.get("sources", {}), "online_table": str(table.directory)}, stamp, meta.get("fingerprint"))
+        self.table = table
+        self.high_value = meta.get("high_value")
+        self._c360_frame: pd.DataFrame | None = None
+
+    @property
+    def c360(self) -> pd.DataFrame:
+        if self._c360_frame is None:
+            self._c360_frame = self.table.c360.to_pandas()
+        return self._c360_frame
+
+    @c360.setter
+    def c360(self, value) -> None:
+        self._c360_frame = value
+
+    @property
+    def clv(self) -> pd.DataFrame:
+        return self.scoring_frame(int(self.table.meta["horizon_days"]))
+
+    @clv.setter
+    def clv(self, value) -> None:
+        pass  # merged into the scoring rows of the table
+
+    def scoring_frame(self, horizon_days: int) -> pd.DataFrame:
+        if horizon_days != int(self.table.meta["horizon_days"]):
+            raise ValueError(f"online table built for a {self.table.meta['horizon_days']}-day horizon, not {horizon_days}")
+        if horizon_days not in self._frames:
+            self._frames = {horizon_days: self.table.scoring.to_pandas()}
+        return self._frames[horizon_days]
+
+    def c360_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        pos = self.table.positions(list(ids))
+        return self.table.c360_rows(pos[pos >= 0])
+
+    def clv_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        pos = self.table.positions(list(ids))
+        return self.table.scoring_rows(pos[pos >= 0])
+
+    def any_customer(self) -> str | None:
+        ids = self.table.warm_ids(1)
+        return ids[0] if ids else None
+
+    def population(self) -> dict[str, np.ndarray]:
+        return self.table.population()
 
 
 def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame | None:

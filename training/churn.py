@@ -817,7 +817,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 # scoring for the CRM
 # ============================================================================================
 def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None = None,
-                    top_k: int = 3, predict=None) -> pd.DataFrame:
+                    top_k: int = 3, predict=None, high_value=...) -> pd.DataFrame:
     """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
     suggested_action`` (+ ``action_text``, ``cutoff`` when present), sorted by value at stake.
 
@@ -826,6 +826,8 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     lacks the ``bg_*`` features the model needs, they are taken from ``clv_df`` too (same BG/NBD fit).
     ``predict``: ``f(inputs) -> DataFrame`` of ``churn_probability, risk_tier, reasons`` (a list per row),
     one row per input row in order, for scoring elsewhere (a Spark UDF); the model in-process by default.
+    ``high_value``: the CLV threshold of the suggested actions (``retention.attach_actions``); by default
+    that of the scored rows, so a few rows scored at a time need the one of their whole population.
     """
     snap = snapshot_df.reset_index(drop=True).copy()
     snap["customer_id"] = snap["customer_id"].astype(str)
@@ -850,7 +852,7 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
         for c in ("churn_probability", "risk_tier", "reasons"):
             out[c] = predicted[c].to_numpy()
     out["clv_12m"] = pd.to_numeric(snap["clv_12m"], errors="coerce").to_numpy()
-    out = retention.attach_actions(out)
+    out = retention.attach_actions(out, high_value=high_value)
     cols = ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
             "suggested_action", "action_text"] + (["cutoff"] if "cutoff" in out.columns else [])
     return out[cols].sort_values("value_at_stake", ascending=False, kind="stable").reset_index(drop=True)

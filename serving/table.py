@@ -1,0 +1,237 @@
+"""The online feature table: every customer's scoring row and 360 row, opened in O(1) time and memory.
+
+The service scores a customer when first asked (``serving.store.LazyStore``), from that customer's
+row of the churn feature matrix. This module keeps those rows on disk in a form a worker opens
+without reading them: memory-mapped files, paged in by the operating system when a row is read.
+
+    <workspace>/features/online/<key>/
+        meta.json        as-of date, data fingerprint, horizon, customers, CLV threshold of the actions
+        ids.npy          customer ids, sorted, fixed-width bytes (binary search: O(log n) per id)
+        scoring_row.npy  int32 per id: its row in scoring.arrow (-1: no scoring row)
+        c360_row.npy     int32 per id: its row in c360.arrow (-1: no 360 row)
+        scoring.arrow    Arrow IPC file: ``features.churn_features.feature_matrix`` at the as-of date
+                         (every customer seen before it) with the CLV columns merged (``training.clv``)
+        c360.arrow       Arrow IPC file: the customer 360 rows at the as-of date (``features.insight``)
+        warm.npy         int32 positions in ids.npy, most recent buyers first (the recommendation warm-up)
+        population.npz   recency, frequency, monetary of the buyers (RFM quintiles of online customers)
+
+``key`` hashes the workspace data stamp (``serving.store.data_stamp``: mtimes and sizes, one ``stat``
+per table) and the champion's horizon, so a start-up finds the table of its data without hashing or
+reading the data. The table is built once per data by whoever needs it first (:func:`publish`, also
+callable from the batch), under a file lock so that several workers build it once; a worker that
+finds it only maps it. Nothing here logs ids or row content.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("crmml.serving")
+
+#: where the online tables live in a workspace (declared here, by their writer)
+TABLES_DIR = ("features", "online")
+#: tables kept per workspace: the current one and the one before (workers of the old state may still read it)
+KEEP = 2
+
+
+def tables_root(ws) -> Path:
+    return Path(ws.root).joinpath(*TABLES_DIR)
+
+
+def table_key(stamp: tuple, horizon_days: int) -> str:
+    return hashlib.sha256(repr((tuple(stamp), int(horizon_days))).encode()).hexdigest()[:16]
+
+
+def _write_arrow(path: Path, frame: pd.DataFrame) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=65536)
+
+
+def _read_arrow(path: Path):
+    import pyarrow as pa
+
+    # memory-mapped, uncompressed: read_all() references the mapping, nothing is copied until a take
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def write_table(directory: Path, frame: pd.DataFrame, c360: pd.DataFrame | None, meta: dict) -> None:
+    """Write the files of one table into ``directory`` (which must not be in use yet)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = frame.reset_index(drop=True)
+    frame_ids = frame["customer_id"].astype(str).to_numpy()
+    c360 = c360.reset_index(drop=True) if c360 is not None else pd.DataFrame({"customer_id": pd.Series([], dtype=str)})
+    c360_ids = c360["customer_id"].astype(str).to_numpy()
+    ids = np.unique(np.concatenate([frame_ids, c360_ids]).astype(str))
+    width = max(1, max((len(i.encode()) for i in ids), default=1))
+    ids_b = np.array([i.encode() for i in ids], dtype=f"S{width}")  # sorted: unique() sorted them
+    rows = {}
+    for name, sub_ids in (("scoring_row", frame_ids), ("c360_row", c360_ids)):
+        at = np.full(len(ids), -1, dtype=np.int32)
+        if len(sub_ids):
+            at[np.searchsorted(ids, sub_ids.astype(str))] = np.arange(len(sub_ids), dtype=np.int32)
+        rows[name] = at
+    np.save(directory / "ids.npy", ids_b)
+    for name, at in rows.items():
+        np.save(directory / f"{name}.npy", at)
+    _write_arrow(directory / "scoring.arrow", frame)
+    _write_arrow(directory / "c360.arrow", c360)
+    order = c360
+    if "recency_days" in c360.columns:
+        order = c360.sort_values("recency_days", kind="stable", na_position="last")
+    np.save(directory / "warm.npy", np.searchsorted(ids, order["customer_id"].astype(str).to_numpy()).astype(np.int32))
+    pop = {}
+    for col in ("recency_days", "frequency", "monetary"):
+        if col in c360.columns and "frequency" in c360.columns:
+            buyers = c360["frequency"].astype("float64") > 0
+            pop[col] = c360.loc[buyers, col].astype("float64").to_numpy()
+        else:
+            pop[col] = np.array([])
+    np.savez(directory / "population.npz", **pop)
+    (directory / "meta.json").write_text(json.dumps({**meta, "customers": int(len(ids))}, default=str))
+
+
+def publish(ws, data, horizon_days: int, stamp: tuple | None = None) -> Path:
+    """Build the table of ``data`` (a ``serving.store.CustomerData``) unless it exists; returns its directory.
+
+    The scoring frame is ``data.scoring_frame(horizon_days)`` with ``data.clv`` merged as
+    ``training.churn.score_customers`` merges it; the CLV threshold of the suggested actions is the one
+    of every scored customer (``training.retention.high_value_threshold``), as in the batch.
+    """
+    from training.retention import high_value_threshold
+
+    stamp = data.stamp if stamp is None else stamp
+    final = tables_root(ws) / table_key(stamp, horizon_days)
+    if (final / "meta.json").exists():
+        return final
+    started = time.perf_counter()
+    frame = data.scoring_frame(horizon_days).copy()
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    clv = data.clv
+    if clv is not None and len(clv):
+        clv = clv.copy()
+        clv["customer_id"] = clv["customer_id"].astype(str)
+        take = ["customer_id"] + [c for c in clv.columns if c not in frame.columns]
+        frame = frame.merge(clv[take].drop_duplicates("customer_id"), on="customer_id", how="left")
+    if "clv_12m" not in frame.columns:
+        frame["clv_12m"] = np.nan
+    meta = {
+        "as_of": str(data.as_of.date()), "fingerprint": data.fingerprint, "horizon_days": int(horizon_days),
+        "high_value": high_value_threshold(frame["clv_12m"]), "sources": data.sources, "stamp": list(stamp),
+    }
+    tmp = final.parent / f".{final.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_table(tmp, frame, data.c360, {**meta, "build_seconds": round(time.perf_counter() - started, 2)})
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process published the same table first
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(final.parent, keep=final)
+    log.info("online table published in %.1f s", time.perf_counter() - started)
+    return final
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Remove all but the newest tables (a worker still mapping a removed one keeps reading it)."""
+    tables = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in tables[KEEP:]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def open_or_publish(ws, horizon_days: int, stamp: tuple, load) -> "OnlineTable":
+    """The table of this data stamp: mapped if published, else built once (``load()`` gives the
+    ``CustomerData``) under a lock shared by every worker of the workspace."""
+    directory = tables_root(ws) / table_key(stamp, horizon_days)
+    if not (directory / "meta.json").exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with open(directory.parent / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not (directory / "meta.json").exists():
+                    publish(ws, load(), horizon_days, stamp)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return OnlineTable(directory)
+
+
+class OnlineTable:
+    """Read side of one published table; every array is memory-mapped (nothing read at open)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.meta = json.loads((self.directory / "meta.json").read_text())
+        self.ids = np.load(self.directory / "ids.npy", mmap_mode="r")
+        self.scoring_row = np.load(self.directory / "scoring_row.npy", mmap_mode="r")
+        self.c360_row = np.load(self.directory / "c360_row.npy", mmap_mode="r")
+        self.scoring = _read_arrow(self.directory / "scoring.arrow")
+        self.c360 = _read_arrow(self.directory / "c360.arrow")
+        self._width = self.ids.dtype.itemsize
+        self._population: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        return pd.Timestamp(self.meta["as_of"])
+
+    def positions(self, keys: Sequence[str]) -> np.ndarray:
+        """Position of each id in ``ids.npy`` (-1 where unknown), by binary search."""
+        if not len(keys) or not len(self.ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        encoded = [k.encode() for k in keys]
+        wanted = np.array(encoded, dtype=f"S{self._width}")  # longer ids are cut: checked below
+        pos = np.searchsorted(self.ids, wanted)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        found = (self.ids[pos] == wanted) & np.array([len(e) <= self._width for e in encoded])
+        return np.where(found, pos, -1)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.positions([key])[0] >= 0
+
+    def id_at(self, positions) -> list[str]:
+        return [b.decode() for b in np.asarray(self.ids[np.asarray(positions)]).tolist()]
+
+    def _take(self, table, rows: np.ndarray) -> pd.DataFrame:
+        import pyarrow as pa
+
+        return table.take(pa.array(rows, type=pa.int64())).to_pandas()
+
+    def scoring_rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The scoring rows of these positions (those with one), in order."""
+        rows = np.asarray(self.scoring_row[positions], dtype=np.int64)
+        return self._take(self.scoring, rows[rows >= 0])
+
+    def c360_rows(self, positions: np.ndarray) -> pd.DataFrame:
+        rows = np.asarray(self.c360_row[positions], dtype=np.int64)
+        return self._take(self.c360, rows[rows >= 0])
+
+    def warm_ids(self, limit: int) -> list[str]:
+        """Up to ``limit`` ids, most recent buyers first."""
+        order = np.load(self.directory / "warm.npy", mmap_mode="r")
+        return self.id_at(order[:max(0, limit)])
+
+    def population(self) -> dict[str, np.ndarray]:
+        if self._population is None:
+            with np.load(self.directory / "population.npz") as pop:
+                self._population = {k: pop[k] for k in pop.files}
+        return self._population
+
+    def info(self) -> dict:
+        return {"table": str(self.directory), "customers": len(self),
+                "table_bytes": int(sum(p.stat().st_size for p in self.directory.iterdir()))}
