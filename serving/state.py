@@ -27,32 +27,16 @@ from training.names import CHURN, RECOMMENDER
 log = logging.getLogger("crmml.serving")
 
 
-def score_all(churn: LoadedModel, data) -> Any:
-    """(The snapshot design, ``CRMML_SCORES=startup``.) Churn scores with reasons for every customer of ``data`` in one vectorised batch.
-
-    ``training.churn.score_customers`` scores the features of every customer seen before the as-of
-    date (``prepare_frame(..., include_ineligible=True)``) with the champion's ``ChurnModel``. The
-    nightly batch output (``outputs/scores``) is not reused: it covers eligible customers only and
-    may come from another champion; the service answers for every customer it knows.
-    """
-    from training.churn import score_customers
-
-    model = churn.impl
-    frame = data.scoring_frame(int(model.horizon_days))
-    return score_customers(model, frame, data.clv)
-
-
 def scores_at_startup() -> bool:
-    """``CRMML_SCORES=startup``: the snapshot design (every customer scored when a state loads), kept
-    to compare against (``bench/bench_service_scale.py``); the default scores on first need."""
+    """``CRMML_SCORES=startup``: the snapshot design (every customer scored and encoded when a state
+    loads, as before the online table), kept to compare against (``bench/bench_service_scale.py``);
+    the default scores on first need."""
     return os.environ.get("CRMML_SCORES", "lazy") == "startup"
 
 
-def load_data(ws: Workspace, horizon_days: int, stamp: tuple) -> st.CustomerData:
-    """The online data of the workspace: the published online table (``serving.table``), mapped
-    without reading it, built first if this data has none; the whole frames with ``CRMML_SCORES=startup``."""
-    if scores_at_startup():
-        return st.load_customer_data(ws)
+def load_data(ws: Workspace, horizon_days: int, stamp: tuple) -> st.TableData:
+    """The online data of the workspace: its published online table (``serving.table``), mapped
+    without reading it; built first (from ``store.load_customer_data``) if this data has none."""
     from serving.table import open_or_publish
 
     table = open_or_publish(ws, horizon_days, stamp, lambda: st.load_customer_data(ws))
@@ -64,29 +48,16 @@ def _redis() -> tuple[Any, str]:
     return client, os.environ.get("CRMML_REDIS_PREFIX", "crmml")
 
 
-def batch_store(churn: LoadedModel, data, version: str) -> tuple[st.OnlineStore, Any]:
+def batch_store(churn: LoadedModel, data: st.TableData, version: str) -> tuple[st.OnlineStore, Any]:
     """The batch records of the customers and where online records go, for ``CRMML_STORE``.
 
-    Records are computed on first need (``store.LazyStore`` over the online table of ``data``) and kept:
-    ``memory`` (default) in a bounded LRU of this worker (``CRMML_SCORE_CACHE``); ``redis``
-    (``CRMML_REDIS_URL``) in Redis, one generation per data fingerprint and champion version, shared by
-    every worker; online records shared there too (``serving.events.RedisRecords``).
-    With ``CRMML_SCORES=startup`` (the snapshot design) every customer is scored here instead.
+    Records are computed on first need (``store.LazyStore`` over the online table of ``data``) by the
+    champion (``training.churn.score_customers``, the batch's code path, with the population's CLV
+    threshold) and kept: ``memory`` (default) in a bounded LRU of this worker (``CRMML_SCORE_CACHE``);
+    ``redis`` (``CRMML_REDIS_URL``) in Redis, one generation per data fingerprint and champion version,
+    shared by every worker; online records shared there too (``serving.events.RedisRecords``).
+    With ``CRMML_SCORES=startup`` every customer is scored and encoded here instead (the snapshot design).
     """
-    redis = os.environ.get("CRMML_STORE", "memory") == "redis"
-    generation = f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
-    if not isinstance(data, st.TableData):
-        if not redis:
-            scores = score_all(churn, data)
-            return st.build_customer_store(scores, data.c360, version, data.as_of_str), MemoryRecords()
-        client, prefix = _redis()
-
-        def build():
-            scores = score_all(churn, data)
-            return st.build_customer_store(scores, data.c360, version, data.as_of_str)
-
-        store = st.RedisStore.publish_once(client, generation, build, prefix)
-        return store, RedisRecords(client, prefix, generation)
     from training.churn import score_customers
 
     model, threshold = churn.impl, data.high_value
@@ -94,6 +65,17 @@ def batch_store(churn: LoadedModel, data, version: str) -> tuple[st.OnlineStore,
     def score(frame):
         return score_customers(model, frame, None, high_value=threshold)
 
+    redis = os.environ.get("CRMML_STORE", "memory") == "redis"
+    generation = f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
+    if scores_at_startup():
+        def build():
+            frame = data.scoring_frame(int(model.horizon_days))
+            return st.build_customer_store(score(frame), data.c360, version, data.as_of_str)
+
+        if not redis:
+            return build(), MemoryRecords()
+        client, prefix = _redis()
+        return st.RedisStore.publish_once(client, generation, build, prefix), RedisRecords(client, prefix, generation)
     if not redis:
         return st.LazyStore(data.table, score, version, st.LruRecords(st.score_cache_size())), MemoryRecords()
     client, prefix = _redis()
@@ -173,16 +155,9 @@ def _horizon_of(data) -> int | None:
     return int(data.table.meta["horizon_days"]) if isinstance(data, st.TableData) else None
 
 
-def _warm_order(data, limit: int) -> list:
+def _warm_order(data: st.TableData, limit: int) -> list:
     """Known customers, most recent buyers first: as many as the recommendation cache holds."""
-    if isinstance(data, st.TableData):
-        return data.table.warm_ids(limit)
-    c360 = data.c360
-    if c360 is None or "customer_id" not in c360.columns:
-        return []
-    if "recency_days" in c360.columns:
-        c360 = c360.sort_values("recency_days", kind="stable", na_position="last")
-    return c360["customer_id"].astype(str).tolist()
+    return data.table.warm_ids(limit)
 
 
 def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:

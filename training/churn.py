@@ -345,14 +345,23 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise KeyError(f"X lacks the model's feature column(s) {missing}; "
                            "build it with features.churn_features.feature_matrix")
         out = {}
+        numeric = [n for n in self.feature_names_ if n not in self.categories_]
+        block = None
+        if numeric and all(pd.api.types.is_numeric_dtype(X[n]) for n in numeric):
+            # one conversion for every numeric column: per-column pandas calls cost more than the
+            # prediction itself when a few customers are scored at a time (the service, on first need)
+            block = X[numeric].to_numpy(dtype="float64", na_value=np.nan)
         for name in self.feature_names_:
-            col = X[name]
             if name in self.categories_:
+                col = X[name]
                 cats = self.categories_[name]
                 vals = col.astype("string").where(col.astype("string").isin(cats))
                 out[name] = pd.Categorical(vals.astype(object).where(vals.notna(), None), categories=cats)
-            else:
-                out[name] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+            elif block is None:
+                out[name] = pd.to_numeric(X[name], errors="coerce").astype("float64").to_numpy()
+        if block is not None:
+            at = {n: i for i, n in enumerate(numeric)}
+            out = {n: out[n] if n in out else block[:, at[n]] for n in self.feature_names_}
         return pd.DataFrame(out, index=X.index)
 
     # -- fitting ------------------------------------------------------------------------------
