@@ -1,8 +1,13 @@
 """The online store: per-customer records the service answers from, without touching a database.
 
-What a request needs from a customer is known when the state loads (start-up and each reload):
-the churn score with its reasons and the 360 profile. Both are encoded once, as JSON, and kept in
-compact arrays keyed by id, so a request is a dict lookup plus a slice of a byte buffer:
+What a request needs from a customer is the churn score with its reasons and the 360 profile, as
+JSON records. :class:`LazyStore` (what the service uses) computes them when a customer is first asked
+for, from the customer's rows of the memory-mapped online table (``serving.table``), and keeps them
+(:class:`LruRecords` in the worker, or :class:`RedisRecordCache` shared by every worker): start-up
+scores no one, and its time and memory do not grow with the number of customers.
+
+The snapshot design (``CRMML_SCORES=startup``) encodes every customer's records when the state loads
+and keeps them in compact arrays keyed by id, so a request is a dict lookup plus a slice of a byte buffer:
 
     index:   dict  customer_id -> row number
     blob:    bytes all records of one kind, concatenated          (one per kind: "churn", "profile")
