@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from bench import bench_service as bs
 
@@ -61,24 +60,28 @@ def base_table(ws_root: Path):
     return ws, table, horizon, stamp
 
 
-def scaled_frames(table, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The table's scoring and 360 rows repeated to ``n`` customers (copy 0 keeps the real ids)."""
-    frame = table.scoring.to_pandas()
-    c360 = table.c360.to_pandas()
-    base = len(frame)
-    reps = -(-n // base)
+def scaled_tables(table, n: int):
+    """The table's scoring and 360 rows repeated to ``n`` customers (copy 0 keeps the real ids), in Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    frame, c360 = table.scoring, table.c360
+    base = frame.num_rows
     out_f, out_c = [], []
-    for k in range(reps):
+    for k in range(-(-n // base)):
         take = min(base, n - k * base)
-        f = frame.iloc[:take].copy()
-        ids = f["customer_id"].astype(str)
-        new = ids if k == 0 else ids + f"x{k}"
-        f["customer_id"] = new.to_numpy()
-        c = c360[c360["customer_id"].astype(str).isin(set(ids))].copy()
-        c["customer_id"] = c["customer_id"].astype(str) + ("" if k == 0 else f"x{k}")
+        f = frame.slice(0, take)
+        ids = f.column("customer_id")
+        c = c360.filter(pc.is_in(c360.column("customer_id"), value_set=ids.combine_chunks()))
+        if k:
+            suffix = pa.scalar(f"x{k}", type=ids.type)
+            f = f.set_column(f.schema.get_field_index("customer_id"), "customer_id",
+                             pc.binary_join_element_wise(ids, suffix, pa.scalar("", type=ids.type)))
+            c = c.set_column(c.schema.get_field_index("customer_id"), "customer_id",
+                             pc.binary_join_element_wise(c.column("customer_id"), suffix, pa.scalar("", type=ids.type)))
         out_f.append(f)
         out_c.append(c)
-    return pd.concat(out_f, ignore_index=True), pd.concat(out_c, ignore_index=True)
+    return pa.concat_tables(out_f), pa.concat_tables(out_c)
 
 
 def install_scaled(ws, table, n: int, horizon: int, stamp: tuple) -> tuple[list[str], Path]:
@@ -86,11 +89,11 @@ def install_scaled(ws, table, n: int, horizon: int, stamp: tuple) -> tuple[list[
     and directory."""
     from serving.table import table_key, tables_root, write_table
 
-    frame, c360 = scaled_frames(table, n)
+    frame, c360 = scaled_tables(table, n)
     target = tables_root(ws) / table_key(stamp, horizon)
     shutil.rmtree(target, ignore_errors=True)
     write_table(target, frame, c360, {**table.meta, "scaled_from": int(len(table))})
-    return frame["customer_id"].astype(str).tolist(), target
+    return frame.column("customer_id").to_pylist(), target
 
 
 def measure(ws_root: Path, design: str, n: int, churn_ids: list[str], rec_ids: list[str], args, out: Path) -> dict:

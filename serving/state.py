@@ -76,11 +76,14 @@ def batch_store(churn: LoadedModel, data: st.TableData, version: str) -> tuple[s
             return build(), MemoryRecords()
         client, prefix = _redis()
         return st.RedisStore.publish_once(client, generation, build, prefix), RedisRecords(client, prefix, generation)
+    # what score_customers reads: the model's declared inputs and features, the CLV, the keys
+    columns = ["customer_id", "cutoff", "clv_12m", *map(str, model._inputs()), *model.feature_names_]
     if not redis:
-        return st.LazyStore(data.table, score, version, st.LruRecords(st.score_cache_size())), MemoryRecords()
+        cache = st.LruRecords(st.score_cache_size())
+        return st.LazyStore(data.table, score, version, cache, columns), MemoryRecords()
     client, prefix = _redis()
     cache = st.RedisRecordCache(client, prefix, generation)
-    return st.LazyStore(data.table, score, version, cache), RedisRecords(client, prefix, generation)
+    return st.LazyStore(data.table, score, version, cache, columns), RedisRecords(client, prefix, generation)
 
 
 # --------------------------------------------------------------------------------------------

@@ -481,9 +481,10 @@ class LazyStore(OnlineStore):
     :func:`build_customer_store`, as the batch encodes them; nothing is scored at start-up.
     """
 
-    def __init__(self, table, score, model_version: str, cache):
+    def __init__(self, table, score, model_version: str, cache, columns: Sequence[str] | None = None):
         self.table = table
         self.score = score
+        self.columns = columns  # the scoring columns ``score`` reads (None: all)
         self.model_version = model_version
         self.cache = cache
         self.backend = cache.backend
@@ -548,7 +549,7 @@ class LazyStore(OnlineStore):
         known = pos[pos >= 0]
         if not len(known):
             return {}
-        frame = self.table.scoring_rows(known)
+        frame = self.table.scoring_rows(known, self.columns)
         c360 = self.table.c360_rows(known)
         scores = self.score(frame) if len(frame) else pd.DataFrame(columns=["customer_id", *SCORE_FIELDS])
         self.scored += len(frame)

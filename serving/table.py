@@ -53,10 +53,18 @@ def table_key(stamp: tuple, horizon_days: int) -> str:
     return hashlib.sha256(repr((tuple(stamp), int(horizon_days))).encode()).hexdigest()[:16]
 
 
-def _write_arrow(path: Path, frame: pd.DataFrame) -> None:
+def _arrow(frame):
+    """A pyarrow Table of a pandas frame (or the table itself)."""
     import pyarrow as pa
 
-    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    if isinstance(frame, pa.Table):
+        return frame
+    return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+
+
+def _write_arrow(path: Path, table) -> None:
+    import pyarrow as pa
+
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=65536)
 
@@ -68,38 +76,43 @@ def _read_arrow(path: Path):
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
-def write_table(directory: Path, frame: pd.DataFrame, c360: pd.DataFrame | None, meta: dict) -> None:
-    """Write the files of one table into ``directory`` (which must not be in use yet)."""
+def _floats(table, name: str) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return pc.cast(table.column(name), "float64").to_numpy(zero_copy_only=False)
+
+
+def write_table(directory: Path, frame, c360, meta: dict) -> None:
+    """Write the files of one table into ``directory`` (which must not be in use yet).
+
+    ``frame``: the scoring rows (pandas or pyarrow); ``c360``: the customer 360 rows (or None)."""
+    import pyarrow as pa
+
     directory.mkdir(parents=True, exist_ok=True)
-    frame = frame.reset_index(drop=True)
-    frame_ids = frame["customer_id"].astype(str).to_numpy()
-    c360 = c360.reset_index(drop=True) if c360 is not None else pd.DataFrame({"customer_id": pd.Series([], dtype=str)})
-    c360_ids = c360["customer_id"].astype(str).to_numpy()
-    ids = np.unique(np.concatenate([frame_ids, c360_ids]).astype(str))
-    width = max(1, max((len(i.encode()) for i in ids), default=1))
-    ids_b = np.array([i.encode() for i in ids], dtype=f"S{width}")  # sorted: unique() sorted them
-    rows = {}
+    frame = _arrow(frame)
+    c360 = _arrow(c360) if c360 is not None else pa.table({"customer_id": pa.array([], pa.string())})
+    frame_ids = np.asarray(frame.column("customer_id").to_numpy(zero_copy_only=False), dtype=str)
+    c360_ids = np.asarray(c360.column("customer_id").to_numpy(zero_copy_only=False), dtype=str)
+    ids = np.unique(np.concatenate([frame_ids, c360_ids]))  # sorted
+    ids_b = np.char.encode(ids, "utf-8") if len(ids) else np.array([], dtype="S1")
     for name, sub_ids in (("scoring_row", frame_ids), ("c360_row", c360_ids)):
         at = np.full(len(ids), -1, dtype=np.int32)
         if len(sub_ids):
-            at[np.searchsorted(ids, sub_ids.astype(str))] = np.arange(len(sub_ids), dtype=np.int32)
-        rows[name] = at
-    np.save(directory / "ids.npy", ids_b)
-    for name, at in rows.items():
+            at[np.searchsorted(ids, sub_ids)] = np.arange(len(sub_ids), dtype=np.int32)
         np.save(directory / f"{name}.npy", at)
+    np.save(directory / "ids.npy", ids_b)
     _write_arrow(directory / "scoring.arrow", frame)
     _write_arrow(directory / "c360.arrow", c360)
-    order = c360
-    if "recency_days" in c360.columns:
-        order = c360.sort_values("recency_days", kind="stable", na_position="last")
-    np.save(directory / "warm.npy", np.searchsorted(ids, order["customer_id"].astype(str).to_numpy()).astype(np.int32))
-    pop = {}
-    for col in ("recency_days", "frequency", "monetary"):
-        if col in c360.columns and "frequency" in c360.columns:
-            buyers = c360["frequency"].astype("float64") > 0
-            pop[col] = c360.loc[buyers, col].astype("float64").to_numpy()
-        else:
-            pop[col] = np.array([])
+    names = c360.column_names
+    order = np.arange(c360.num_rows)
+    if "recency_days" in names:
+        recency = _floats(c360, "recency_days")
+        order = np.argsort(np.where(np.isnan(recency), np.inf, recency), kind="stable")
+    np.save(directory / "warm.npy", np.searchsorted(ids, c360_ids[order]).astype(np.int32))
+    pop = {col: np.array([]) for col in ("recency_days", "frequency", "monetary")}
+    if "frequency" in names:
+        buyers = np.nan_to_num(_floats(c360, "frequency")) > 0
+        pop = {col: (_floats(c360, col)[buyers] if col in names else np.array([])) for col in pop}
     np.savez(directory / "population.npz", **pop)
     (directory / "meta.json").write_text(json.dumps({**meta, "customers": int(len(ids))}, default=str))
 
@@ -182,6 +195,7 @@ class OnlineTable:
         self.c360 = _read_arrow(self.directory / "c360.arrow")
         self._width = self.ids.dtype.itemsize
         self._population: dict | None = None
+        self._selected: dict[tuple, object] = {}  # column selections of the scoring table
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -212,10 +226,18 @@ class OnlineTable:
 
         return table.take(pa.array(rows, type=pa.int64())).to_pandas()
 
-    def scoring_rows(self, positions: np.ndarray) -> pd.DataFrame:
-        """The scoring rows of these positions (those with one), in order."""
+    def scoring_rows(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The scoring rows of these positions (those with one), in order; only ``columns`` if given
+        (converting the few columns a model reads costs less than all of them)."""
         rows = np.asarray(self.scoring_row[positions], dtype=np.int64)
-        return self._take(self.scoring, rows[rows >= 0])
+        table = self.scoring
+        if columns is not None:
+            key = tuple(columns)
+            if key not in self._selected:
+                names = set(table.column_names)
+                self._selected[key] = table.select([c for c in dict.fromkeys(columns) if c in names])
+            table = self._selected[key]
+        return self._take(table, rows[rows >= 0])
 
     def c360_rows(self, positions: np.ndarray) -> pd.DataFrame:
         rows = np.asarray(self.c360_row[positions], dtype=np.int64)
