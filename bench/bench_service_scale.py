@@ -179,8 +179,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['design']} | {r['customers']:,} | {r['startup_s']} | {r['startup_cpu_s']} | "
             f"{r['worker_rss_mb_ready']} / {r['worker_rss_mb_after']} | "
-            f"{c['steady_p50_ms']:.1f} / {c['steady_p99_ms']:.1f} ({c['steady_rps']:.0f}, {c['failures']}) | "
-            f"{m['steady_p50_ms']:.1f} / {m['steady_p99_ms']:.1f} ({m['steady_rps']:.0f}, {m['failures']}) | "
+            f"{c['steady_p50_ms']:.1f} / {c['steady_p99_ms']:.1f} ({c['rps']:.0f}, {c['failures']}) | "
+            f"{m['steady_p50_ms']:.1f} / {m['steady_p99_ms']:.1f} ({m['rps']:.0f}, {m['failures']}) | "
             f"{r['store'].get('scored_here', r['customers'])} |")
     lines += ["", *results.get("notes", []), MARKS[1]]
     return "\n".join(lines)

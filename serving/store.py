@@ -464,11 +464,12 @@ class RedisRecordCache:
 
 
 def score_cache_size() -> int:
-    """``CRMML_SCORE_CACHE``: churn and profile records kept per worker (default 100,000, about 2 KB each)."""
+    """``CRMML_SCORE_CACHE``: customers whose churn and profile records are kept per worker (default 50,000;
+    about 3 KB each with the synthetic shop's profiles, so ~150 MB)."""
     try:
-        return max(0, int(os.environ.get("CRMML_SCORE_CACHE", "100000")))
+        return max(0, int(os.environ.get("CRMML_SCORE_CACHE", "50000")))
     except ValueError:
-        return 100000
+        return 50000
 
 
 class LazyStore(OnlineStore):
