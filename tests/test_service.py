@@ -120,6 +120,28 @@ class _FakeRedis:
         return Pipe()
 
 
+def test_online_table_maps_rows_by_id(tmp_path):
+    """serving.table: ids found by binary search (unknown and over-long ids are not), each customer's
+    scoring and 360 rows (a customer may have only one of them), most recent buyers first."""
+    from serving.table import OnlineTable, write_table
+
+    frame = pd.DataFrame({"customer_id": ["b", "a", "c"], "x": [2.0, 1.0, np.nan], "cutoff": pd.Timestamp("2024-01-01")})
+    c360 = pd.DataFrame({"customer_id": ["c", "a", "d"], "recency_days": [5.0, 1.0, np.nan],
+                         "frequency": [2, 3, 0], "monetary": [10.0, 30.0, 0.0], "segment": ["x", "y", None]})
+    write_table(tmp_path / "t", frame, c360, {"as_of": "2024-01-01", "horizon_days": 90})
+    table = OnlineTable(tmp_path / "t")
+    assert len(table) == 4 and table.meta["customers"] == 4
+    pos = table.positions(["c", "zz", "a", "d", "a" * 100])
+    assert (pos >= 0).tolist() == [True, False, True, True, False]
+    assert "b" in table and "e" not in table and table.id_at(pos[[0, 2]]) == ["c", "a"]
+    rows = table.scoring_rows(pos[[0, 2, 3]])  # d has no scoring row
+    assert rows["customer_id"].tolist() == ["c", "a"] and rows["x"].isna().tolist() == [True, False]
+    assert table.scoring_rows(pos[[2]], ["customer_id", "x", "nope"]).columns.tolist() == ["customer_id", "x"]
+    assert table.c360_rows(table.positions(["b", "d"]))["customer_id"].tolist() == ["d"]
+    assert table.warm_ids(10) == ["a", "c", "d"]  # by recency, unknown last
+    assert sorted(table.population()["monetary"].tolist()) == [10.0, 30.0]  # buyers only
+
+
 def test_redis_store_layout_against_a_fake_client():
     from serving.store import RedisStore
 
