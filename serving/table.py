@@ -41,8 +41,9 @@ log = logging.getLogger("crmml.serving")
 
 #: where the online tables live in a workspace (declared here, by their writer)
 TABLES_DIR = ("features", "online")
-#: tables kept per workspace: the current one and the one before (workers of the old state may still read it)
-KEEP = 2
+#: tables kept per workspace: the newest only (a worker still serving an older one keeps its open mappings:
+#: removing a mapped file does not unmap it; an older table may hold customers erased since)
+KEEP = 1
 
 
 def tables_root(ws) -> Path:
