@@ -353,10 +353,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             block = X[numeric].to_numpy(dtype="float64", na_value=np.nan)
         for name in self.feature_names_:
             if name in self.categories_:
-                col = X[name]
                 cats = self.categories_[name]
-                vals = col.astype("string").where(col.astype("string").isin(cats))
-                out[name] = pd.Categorical(vals.astype(object).where(vals.notna(), None), categories=cats)
+                # codes by dict lookup of the string values: unknown and missing values get -1 (NaN)
+                at = {c: i for i, c in enumerate(cats)}
+                vals = X[name].astype("string").to_numpy(dtype=object, na_value=None)
+                codes = np.fromiter((at.get(v, -1) for v in vals), dtype=np.int64, count=len(vals))
+                out[name] = pd.Categorical.from_codes(codes, categories=cats)
             elif block is None:
                 out[name] = pd.to_numeric(X[name], errors="coerce").astype("float64").to_numpy()
         if block is not None:
