@@ -115,23 +115,52 @@ def measure(ws_root: Path, design: str, n: int, churn_ids: list[str], rec_ids: l
         data = {"customer_ids": churn_ids, "mlflow_payload": {}}
         data_file = out / f"ids_{design}_{n}.json"
         data_file.write_text(json.dumps(data))
-        churn = bs.run_locust("ChurnUser", url, args.users, args.seconds, args.rate, data_file, key, out,
-                              f"churn_{design}_{n}")
+        churn = locust("ChurnUser", url, args, data_file, key, out, f"churn_{design}_{n}")
         rec_file = out / f"rec_{design}_{n}.json"
         rec_file.write_text(json.dumps({"customer_ids": rec_ids, "mlflow_payload": {}}))
-        rec = bs.run_locust("RecommendUser", url, args.users, args.seconds, args.rate, rec_file, key, out,
-                            f"recommend_{design}_{n}")
+        rec = locust("RecommendUser", url, args, rec_file, key, out, f"recommend_{design}_{n}")
         meta = bs.wait_warm(url, key, timeout=5)
         row.update(_rss(proc, "after"))
         row["cpu_s_total"] = round(proc.cpu_seconds(), 1)
         row["store"] = {k: v for k, v in meta["data"]["store"].items() if k != "online"}
         for name, res in (("churn", churn), ("recommend", rec)):
-            row[name] = {k: res.get(k) for k in ("requests", "failures", "rps", "p50_ms", "p99_ms",
-                                                   "steady_p50_ms", "steady_p99_ms", "steady_rps")}
+            row[name] = res
         row["started"] = True
     finally:
         proc.stop()
     return row
+
+
+def locust(user_class: str, url: str, args, data_file: Path, key: str, out: Path, label: str,
+           warmup: float = 5.0) -> dict:
+    """One locust run; figures from every request's own record (locust's CSV summary is sometimes
+    empty on a loaded machine): all requests, and the steady state after ``warmup`` seconds."""
+    import os
+    import subprocess
+
+    raw = out / f"{label}_raw.json"
+    env = {**os.environ, "CRMML_BENCH_DATA": str(data_file), "CRMML_BENCH_KEY": key,
+           "CRMML_BENCH_RATE": str(args.rate), "CRMML_BENCH_RAW": str(raw)}
+    cmd = [str(bs.BIN / "locust"), "-f", str(bs.LOCUSTFILE), user_class, "--headless", "-u", str(args.users),
+           "-r", str(args.users), "-t", f"{args.seconds}s", "--stop-timeout", "5", "--host", url,
+           "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0"]
+    done = subprocess.run(bs.niced(cmd), cwd=bs.REPO, env=env, capture_output=True, text=True,
+                          timeout=args.seconds + 180)
+    if not raw.exists():
+        return {"error": f"locust wrote nothing ({done.returncode}): {done.stderr[-300:]}"}
+    samples = np.array(json.loads(raw.read_text()) or [[0, 0, 1]], dtype=float)
+    t0, t1 = samples[:, 0].min(), samples[:, 0].max()
+    steady = samples[samples[:, 0] >= t0 + warmup]
+    steady = steady if len(steady) else samples
+    return {
+        "requests": int(len(samples)), "failures": int((samples[:, 2] == 0).sum()),
+        "rps": round(len(samples) / max(t1 - t0, 1e-9), 1),
+        "p50_ms": round(float(np.percentile(samples[:, 1], 50)), 1),
+        "p99_ms": round(float(np.percentile(samples[:, 1], 99)), 1),
+        "steady_requests": int(len(steady)),
+        "steady_p50_ms": round(float(np.percentile(steady[:, 1], 50)), 1),
+        "steady_p99_ms": round(float(np.percentile(steady[:, 1], 99)), 1),
+    }
 
 
 def _start(ws_root, key, out, env, timeout):
@@ -162,6 +191,12 @@ def _rss(proc, when: str) -> dict:
             f"tree_rss_mb_{when}": round(sum(sizes) / 2**20, 1)}
 
 
+def _route(res: dict) -> str:
+    if "error" in res:
+        return res["error"][:60]
+    return f"{res['steady_p50_ms']:.1f} / {res['steady_p99_ms']:.1f} ({res['rps']:.0f}, {res['failures']})"
+
+
 def markdown(results: dict) -> str:
     lines = [MARKS[0], "## Service at scale: scores on first need vs snapshot (issue #17, `bench/bench_service_scale.py`)", "",
              f"{results['when']}, commit `{results['commit']}`, {results['machine']}, load average at start "
@@ -179,8 +214,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['design']} | {r['customers']:,} | {r['startup_s']} | {r['startup_cpu_s']} | "
             f"{r['worker_rss_mb_ready']} / {r['worker_rss_mb_after']} | "
-            f"{c['steady_p50_ms']:.1f} / {c['steady_p99_ms']:.1f} ({c['rps']:.0f}, {c['failures']}) | "
-            f"{m['steady_p50_ms']:.1f} / {m['steady_p99_ms']:.1f} ({m['rps']:.0f}, {m['failures']}) | "
+            f"{_route(c)} | {_route(m)} | "
             f"{r['store'].get('scored_here', r['customers'])} |")
     lines += ["", *results.get("notes", []), MARKS[1]]
     return "\n".join(lines)
