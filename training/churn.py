@@ -52,8 +52,10 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -247,6 +249,10 @@ def choose_output(margin, X: pd.DataFrame, y, ids, candidates=OUTPUTS, calibrati
     return chosen, scores
 
 
+#: the converted matrix of the rows being scored, per thread (``ChurnModel.one_matrix``)
+_SAME_ROWS = threading.local()
+
+
 class ChurnModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM churn model on stacked snapshots (see the module docstring).
 
@@ -339,7 +345,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             return spec.dtype == "category"
         return not pd.api.types.is_numeric_dtype(X[name])
 
+    @contextmanager
+    def one_matrix(self, X: pd.DataFrame):
+        """Within the block, every method given this very ``X`` converts it once (predict and explain
+        of the same rows); per thread, so concurrent callers never see each other's rows."""
+        _SAME_ROWS.frame, _SAME_ROWS.matrix = X, self._matrix(X)
+        try:
+            yield
+        finally:
+            _SAME_ROWS.frame = _SAME_ROWS.matrix = None
+
     def _matrix(self, X: pd.DataFrame) -> pd.DataFrame:
+        if getattr(_SAME_ROWS, "frame", None) is X:
+            return _SAME_ROWS.matrix
         missing = [f for f in self.feature_names_ if f not in X.columns]
         if missing:
             raise KeyError(f"X lacks the model's feature column(s) {missing}; "
@@ -854,10 +872,11 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     if "cutoff" in snap.columns:
         out["cutoff"] = snap["cutoff"].to_numpy()
     if predict is None:
-        p = model.predict_proba(snap)[:, 1]
-        out["churn_probability"] = p
-        out["risk_tier"] = model.risk_tier(p)
-        out["reasons"] = model.explain(snap, top_k=top_k)
+        with model.one_matrix(snap):
+            p = model.predict_proba(snap)[:, 1]
+            out["churn_probability"] = p
+            out["risk_tier"] = model.risk_tier(p)
+            out["reasons"] = model.explain(snap, top_k=top_k)
     else:
         predicted = predict(snap)
         for c in ("churn_probability", "risk_tier", "reasons"):
