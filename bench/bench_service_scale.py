@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--start-timeout", type=float, default=900.0)
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--merge", type=Path, help="a previous run's JSON whose rows come first in the table")
     args = ap.parse_args(argv)
     bs.NICE = args.nice
     ws_root = args.workspace.resolve()
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.copytree(table.directory, out / "base_table")  # the scaled tables replace it in the workspace
     table = OnlineTable(out / "base_table")
     rec_ids = table.id_at(np.arange(len(table)))
-    rows = []
+    rows = json.loads(args.merge.read_text())["rows"] if args.merge else []
     sizes = sorted({int(s) for s in args.sizes.split(",") if s} | {int(s) for s in args.snapshot_sizes.split(",") if s})
     for n in sizes:
         ids, target = install_scaled(ws, table, n, horizon, stamp)
