@@ -69,6 +69,9 @@ def base_table(ws_root: Path):
     horizon = int(load_churn(registry.model_uri(registry.CHURN)).horizon_days)
     stamp = st.data_stamp(ws)
     table = open_or_publish(ws, horizon, stamp, lambda: st.load_customer_data(ws))
+    if "scaled_from" in table.meta:  # a scaled table left by an earlier run: the real one again
+        shutil.rmtree(table.directory)
+        table = open_or_publish(ws, horizon, stamp, lambda: st.load_customer_data(ws))
     return ws, table, horizon, stamp
 
 
