@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def forget(ws: Workspace, ids: list[str]) -> dict:
     ids = [str(i) for i in ids]
     targets = set(ids) | ({mappings.pseudonym(i, key) for i in ids} if key is not None else set())
     removed: dict[str, int] = {}
+    dropped: list[str] = []  # derived tables removed whole
     tables: dict[str, pd.DataFrame] = {}
     if ws.data_dir.is_dir():
         for path in sorted(ws.data_dir.glob("*.parquet")):
@@ -102,6 +104,12 @@ def forget(ws: Workspace, ids: list[str]) -> dict:
     if tables:  # one new data version; the old ones (which still hold the rows) are removed by the switch
         ws.publish_tables(tables)
     for folder in DERIVED_FOLDERS:
+        # memory-mapped tables (the service's online table: Arrow files with id arrays beside them) are
+        # not filtered in place but removed whole: they are derived, and rebuilt from the data on need
+        for arrow in sorted((ws.root / folder).rglob("*.arrow")):
+            if arrow.parent.is_dir():
+                dropped.append(str(arrow.parent.relative_to(ws.root)))
+                shutil.rmtree(arrow.parent, ignore_errors=True)
         for path in sorted((ws.root / folder).rglob("*")):
             if path.suffix not in (".parquet", ".csv") or not path.is_file():
                 continue
@@ -125,6 +133,7 @@ def forget(ws: Workspace, ids: list[str]) -> dict:
         "customers": len(ids),
         "tokens": sorted(token(i, key) for i in ids),
         "rows_removed": removed,
+        **({"tables_removed": dropped} if dropped else {}),
     }
     path = audit_path(ws)
     previous = path.read_text() if path.exists() else ""

@@ -204,7 +204,7 @@ def _churn_body(state, ids: list[str]) -> tuple[int, bytes]:
 )
 async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
     state = _state()
-    if len(body.customer_ids) > _OFFLOOP_IDS:
+    if len(body.customer_ids) > _OFFLOOP_IDS or state.store.computes:  # scoring off the event loop
         status, payload = await anyio.to_thread.run_sync(_churn_body, state, body.customer_ids)
     else:
         status, payload = _churn_body(state, body.customer_ids)
@@ -221,7 +221,10 @@ async def churn_score(body: schemas.ChurnScoreRequest) -> Response:
 async def customer_profile(customer_id: IdPath) -> Response:
     _check_id(customer_id, "customer id")
     state = _state()
-    record = state.store.get("profile", customer_id)
+    if state.store.computes:  # scoring off the event loop
+        record = await anyio.to_thread.run_sync(state.store.get, "profile", customer_id)
+    else:
+        record = state.store.get("profile", customer_id)
     if record is None:
         raise HTTPException(404, f"unknown customer (no record as of {state.as_of})")
     return Response(record, media_type=JSON)

@@ -228,14 +228,12 @@ class OnlineEvents:
             cutoffs = {self.data.as_of, pd.Timestamp.now().normalize() + pd.Timedelta(days=1)}
             for cutoff in cutoffs:
                 self._season(cutoff)
-            c360 = self.data.c360
-            if c360 is not None and len(c360):
-                from training.churn import score_customers
-
+            first = self.data.any_customer()
+            if first is not None:
                 with self._compute_lock:  # the compiled queries are not shared between threads
                     for cutoff in cutoffs:  # the whole path once: query, score with reasons, records
-                        rows = self._rows_at(cutoff, [str(c360["customer_id"].iloc[0])], {})
-                        self._encode(rows, score_customers(self.churn.impl, rows, self.data.clv))
+                        rows = self._rows_at(cutoff, [first], {})
+                        self._encode(rows, self._score(rows))
         except Exception as exc:  # warming is an optimisation: the first request computes instead
             log.warning("online events: warm-up failed: %s", type(exc).__name__)
         self.warm_seconds = round(time.perf_counter() - started, 2)
@@ -318,10 +316,15 @@ class OnlineEvents:
                              snapshots=shop["snapshots"])
         return rows[rows["customer_id"].isin(cids)]
 
-    def compute(self, cids: list[str]) -> dict[str, dict[str, bytes]]:
-        """Churn record and profile of these customers from their batch and online events; cached."""
+    def _score(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """``training.churn.score_customers`` of these rows, with the batch population's CLV threshold."""
         from training.churn import score_customers
 
+        ids = rows["customer_id"].astype(str).unique().tolist()
+        return score_customers(self.churn.impl, rows, self.data.clv_of(ids), high_value=self.data.high_value)
+
+    def compute(self, cids: list[str]) -> dict[str, dict[str, bytes]]:
+        """Churn record and profile of these customers from their batch and online events; cached."""
         with self._compute_lock:  # one recomputation at a time: concurrent readers of a burst share it
             versions = {cid: self.version(cid) for cid in cids}
             out = {}
@@ -335,7 +338,7 @@ class OnlineEvents:
             if not todo:
                 return out
             rows = self.feature_rows(todo)
-            encoded = self._encode(rows, score_customers(self.churn.impl, rows, self.data.clv))
+            encoded = self._encode(rows, self._score(rows))
             for cid, recs in encoded.items():
                 self.records.put(cid, versions[cid], recs)
             return out | encoded
@@ -360,8 +363,7 @@ class OnlineEvents:
         ``rows`` (the churn features: the same definitions) and RFM scores placed in the batch population."""
         from features.insight import CUSTOMER360_FEATURES, quintile_in, rfm_segment
 
-        c360 = self.data.c360
-        base = c360.set_index("customer_id") if c360 is not None else pd.DataFrame()
+        base = self.data.c360_of(rows["customer_id"].astype(str).unique().tolist()).set_index("customer_id")
         pop = self._population()
         out = []
         for row in rows.to_dict("records"):
@@ -387,15 +389,7 @@ class OnlineEvents:
     def _population(self) -> dict[str, np.ndarray]:
         shop = self._shop()
         if "population" not in shop:
-            c360 = self.data.c360
-            pop = {}
-            for col in ("recency_days", "frequency", "monetary"):
-                if c360 is None or col not in c360.columns:
-                    pop[col] = np.array([])
-                    continue
-                buyers = c360["frequency"].astype("float64") > 0
-                pop[col] = c360.loc[buyers, col].astype("float64").to_numpy()
-            shop["population"] = pop
+            shop["population"] = self.data.population()
         return shop["population"]
 
     def info(self) -> dict:

@@ -46,7 +46,9 @@ customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the l
 the cyclic GC's reach), ``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
 ``CRMML_TRACING`` (on: OpenTelemetry spans), ``CRMML_WORKERS`` (worker processes, default 1),
 ``CRMML_STORE`` (``memory`` or ``redis``) and ``CRMML_REDIS_URL`` (see ``serving.state.batch_store``),
-``BENTOML_HOME``. ``POST /events`` records events (``serving.events``).
+``CRMML_SCORE_CACHE`` (customers whose scored records a worker keeps, default 50,000),
+``CRMML_SCORES`` (``lazy``: score a customer when first asked, the default; ``startup``: every
+customer when a state loads, the snapshot design, for comparison), ``BENTOML_HOME``. ``POST /events`` records events (``serving.events``).
 """
 
 from __future__ import annotations

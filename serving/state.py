@@ -1,8 +1,9 @@
 """The served state: everything one request needs, built whole at start-up and on each reload.
 
-:func:`build_state` loads the champions (reusing the unchanged ones of the previous state), the
-online data (reused when its stamp did not change), scores every customer in one batch into the
-online store, and wraps the recommender in a :class:`~serving.rec_cache.RecommenderAdapter`. A
+:func:`build_state` loads the champions (reusing the unchanged ones of the previous state), maps the
+online table of the data (``serving.table``; reused when its stamp did not change) under a store that
+scores a customer when first asked (``serving.store.LazyStore``): start-up time and memory do not grow
+with the number of customers. It wraps the recommender in a :class:`~serving.rec_cache.RecommenderAdapter`. A
 :class:`ServingState` is never changed after it is built: requests keep the object they read.
 """
 
@@ -26,42 +27,63 @@ from training.names import CHURN, RECOMMENDER
 log = logging.getLogger("crmml.serving")
 
 
-def score_all(churn: LoadedModel, data) -> Any:
-    """Churn scores with reasons for every customer of ``data`` in one vectorised batch.
+def scores_at_startup() -> bool:
+    """``CRMML_SCORES=startup``: the snapshot design (every customer scored and encoded when a state
+    loads, as before the online table), kept to compare against (``bench/bench_service_scale.py``);
+    the default scores on first need."""
+    return os.environ.get("CRMML_SCORES", "lazy") == "startup"
 
-    ``training.churn.score_customers`` scores the features of every customer seen before the as-of
-    date (``prepare_frame(..., include_ineligible=True)``) with the champion's ``ChurnModel``. The
-    nightly batch output (``outputs/scores``) is not reused: it covers eligible customers only and
-    may come from another champion; the service answers for every customer it knows.
+
+def load_data(ws: Workspace, horizon_days: int, stamp: tuple) -> st.TableData:
+    """The online data of the workspace: its published online table (``serving.table``), mapped
+    without reading it; built first (from ``store.load_customer_data``) if this data has none."""
+    from serving.table import open_or_publish
+
+    table = open_or_publish(ws, horizon_days, stamp, lambda: st.load_customer_data(ws))
+    return st.TableData(ws, table, stamp)
+
+
+def _redis() -> tuple[Any, str]:
+    client = st.redis_client(os.environ.get("CRMML_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return client, os.environ.get("CRMML_REDIS_PREFIX", "crmml")
+
+
+def batch_store(churn: LoadedModel, data: st.TableData, version: str) -> tuple[st.OnlineStore, Any]:
+    """The batch records of the customers and where online records go, for ``CRMML_STORE``.
+
+    Records are computed on first need (``store.LazyStore`` over the online table of ``data``) by the
+    champion (``training.churn.score_customers``, the batch's code path, with the population's CLV
+    threshold) and kept: ``memory`` (default) in a bounded LRU of this worker (``CRMML_SCORE_CACHE``);
+    ``redis`` (``CRMML_REDIS_URL``) in Redis, one generation per data fingerprint and champion version,
+    shared by every worker; online records shared there too (``serving.events.RedisRecords``).
+    With ``CRMML_SCORES=startup`` every customer is scored and encoded here instead (the snapshot design).
     """
     from training.churn import score_customers
 
-    model = churn.impl
-    frame = data.scoring_frame(int(model.horizon_days))
-    return score_customers(model, frame, data.clv)
+    model, threshold = churn.impl, data.high_value
 
+    def score(frame):
+        return score_customers(model, frame, None, high_value=threshold)
 
-def batch_store(churn: LoadedModel, data, version: str) -> tuple[st.OnlineStore, Any]:
-    """The batch records of every customer and where online records go, for ``CRMML_STORE``.
-
-    ``memory`` (default): scored here, kept in this worker (``store.MemoryStore``). ``redis``
-    (``CRMML_REDIS_URL``): one generation per data fingerprint and champion version in Redis,
-    scored by the first worker that needs it (the others wait for it and only bind: their start-up
-    does not score); online records shared there too (``serving.events.RedisRecords``).
-    """
-    if os.environ.get("CRMML_STORE", "memory") != "redis":
-        scores = score_all(churn, data)
-        return st.build_customer_store(scores, data.c360, version, data.as_of_str), MemoryRecords()
-    client = st.redis_client(os.environ.get("CRMML_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    prefix = os.environ.get("CRMML_REDIS_PREFIX", "crmml")
+    redis = os.environ.get("CRMML_STORE", "memory") == "redis"
     generation = f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
+    if scores_at_startup():
+        def build():
+            frame = data.scoring_frame(int(model.horizon_days))
+            return st.build_customer_store(score(frame), data.c360, version, data.as_of_str)
 
-    def build():
-        scores = score_all(churn, data)
-        return st.build_customer_store(scores, data.c360, version, data.as_of_str)
-
-    store = st.RedisStore.publish_once(client, generation, build, prefix)
-    return store, RedisRecords(client, prefix, generation)
+        if not redis:
+            return build(), MemoryRecords()
+        client, prefix = _redis()
+        return st.RedisStore.publish_once(client, generation, build, prefix), RedisRecords(client, prefix, generation)
+    # what score_customers reads: the model's declared inputs and features, the CLV, the keys
+    columns = ["customer_id", "cutoff", "clv_12m", *map(str, model._inputs()), *model.feature_names_]
+    if not redis:
+        cache = st.LruRecords(st.score_cache_size())
+        return st.LazyStore(data.table, score, version, cache, columns), MemoryRecords()
+    client, prefix = _redis()
+    cache = st.RedisRecordCache(client, prefix, generation)
+    return st.LazyStore(data.table, score, version, cache, columns), RedisRecords(client, prefix, generation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,12 +154,13 @@ def freeze_heap(full: bool = True) -> None:
     log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
 
 
-def _warm_order(c360) -> list:
-    if c360 is None or "customer_id" not in c360.columns:
-        return []
-    if "recency_days" in c360.columns:
-        c360 = c360.sort_values("recency_days", kind="stable", na_position="last")
-    return c360["customer_id"].astype(str).tolist()
+def _horizon_of(data) -> int | None:
+    return int(data.table.meta["horizon_days"]) if isinstance(data, st.TableData) else None
+
+
+def _warm_order(data: st.TableData, limit: int) -> list:
+    """Known customers, most recent buyers first: as many as the recommendation cache holds."""
+    return data.table.warm_ids(limit)
 
 
 def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:
@@ -151,10 +174,11 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         else:
             models[name] = load_champion(ref)
     stamp = st.data_stamp(ws)
-    if previous is not None and previous.data_stamp == stamp:
+    horizon = int(models[CHURN].impl.horizon_days)
+    if previous is not None and previous.data_stamp == stamp and _horizon_of(previous.data) in (None, horizon):
         data = previous.data
     else:
-        data = st.load_customer_data(ws)
+        data = load_data(ws, horizon, stamp)
         stamp = data.stamp
     same_churn = previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
     if same_churn and data is previous.data and previous.models[CHURN].ref.version == refs[CHURN].version:
@@ -176,7 +200,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         load_seconds=round(time.perf_counter() - started, 3),
         warnings=list(warnings),
         online=online,
-        warm_order=_warm_order(data.c360),
+        warm_order=_warm_order(data, rec.cache.max_entries),
     )
 
 

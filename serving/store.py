@@ -1,8 +1,13 @@
 """The online store: per-customer records the service answers from, without touching a database.
 
-What a request needs from a customer is known when the state loads (start-up and each reload):
-the churn score with its reasons and the 360 profile. Both are encoded once, as JSON, and kept in
-compact arrays keyed by id, so a request is a dict lookup plus a slice of a byte buffer:
+What a request needs from a customer is the churn score with its reasons and the 360 profile, as
+JSON records. :class:`LazyStore` (what the service uses) computes them when a customer is first asked
+for, from the customer's rows of the memory-mapped online table (``serving.table``), and keeps them
+(:class:`LruRecords` in the worker, or :class:`RedisRecordCache` shared by every worker): start-up
+scores no one, and its time and memory do not grow with the number of customers.
+
+The snapshot design (``CRMML_SCORES=startup``) encodes every customer's records when the state loads
+and keeps them in compact arrays keyed by id, so a request is a dict lookup plus a slice of a byte buffer:
 
     index:   dict  customer_id -> row number
     blob:    bytes all records of one kind, concatenated          (one per kind: "churn", "profile")
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 from abc import ABC, abstractmethod
 from array import array
 from typing import Any, Iterable, Mapping, Sequence
@@ -114,6 +121,7 @@ class OnlineStore(ABC):
     """
 
     backend = "abstract"
+    computes = False  # True: a read may score customers (call it off the event loop)
 
     @abstractmethod
     def get(self, kind: str, key: str) -> bytes | None:
@@ -352,6 +360,7 @@ class OverlayStore(OnlineStore):
         self.base = base
         self.online = online
         self.backend = base.backend
+        self.computes = base.computes
 
     def get(self, kind: str, key: str) -> bytes | None:
         fresh = self.online.lookup(kind, [key])
@@ -376,6 +385,190 @@ class OverlayStore(OnlineStore):
 
     def info(self) -> dict[str, Any]:
         return {**self.base.info(), "online": self.online.info()}
+
+
+# --------------------------------------------------------------------------------------------
+# scored on first need
+# --------------------------------------------------------------------------------------------
+class LruRecords:
+    """Records computed in this worker, bounded: ``id -> {kind: bytes}``, the least recently used go first."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int):
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._data: "OrderedDict[str, dict[str, bytes]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        with self._lock:
+            for key in keys:
+                hit = self._data.get(key)
+                if hit is not None:
+                    self._data.move_to_end(key)
+                out.append(None if hit is None else hit[kind])
+        return out
+
+    def put_many(self, records: Mapping[str, Mapping[str, bytes]]) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            for key, recs in records.items():
+                self._data[key] = dict(recs)
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def info(self) -> dict[str, Any]:
+        return {"records": self.backend, "cached": len(self._data), "max_cached": self.max_entries}
+
+
+class RedisRecordCache:
+    """Records computed by any worker on one Redis: ``<prefix>:<generation>:<kind>:<id>`` (the
+    :class:`RedisStore` layout), each key expiring ``keep_seconds`` after it was computed; a
+    generation is one data fingerprint and champion version, so a reload never reads old scores."""
+
+    backend = "redis"
+    BATCH = 1000
+
+    def __init__(self, client: Any, prefix: str, generation: str, keep_seconds: int = 7 * 86400):
+        self.client = client
+        self.prefix = prefix
+        self.generation = generation
+        self.keep_seconds = keep_seconds
+
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self.prefix}:{self.generation}:{kind}:{key}"
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), self.BATCH):
+            out.extend(self.client.mget([self._key(kind, k) for k in keys[start:start + self.BATCH]]))
+        return out
+
+    def put_many(self, records: Mapping[str, Mapping[str, bytes]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, recs in records.items():
+            for kind, rec in recs.items():
+                pipe.set(self._key(kind, key), rec, ex=self.keep_seconds)
+        pipe.execute()
+
+    def info(self) -> dict[str, Any]:
+        return {"records": self.backend, "generation": self.generation, "prefix": self.prefix}
+
+
+def score_cache_size() -> int:
+    """``CRMML_SCORE_CACHE``: customers whose churn and profile records are kept per worker (default 50,000;
+    about 3 KB each with the synthetic shop's profiles, so ~150 MB)."""
+    try:
+        return max(0, int(os.environ.get("CRMML_SCORE_CACHE", "50000")))
+    except ValueError:
+        return 50000
+
+
+class LazyStore(OnlineStore):
+    """Churn records and profiles computed when a customer is first asked for, then kept.
+
+    ``table``: the ``serving.table.OnlineTable`` of the state (each customer's scoring and 360 row,
+    memory-mapped); ``score(frame)``: the champion's ``training.churn.score_customers`` over some rows,
+    with the population's CLV threshold; ``cache``: :class:`LruRecords` or :class:`RedisRecordCache`.
+    A request's unknown-to-the-cache ids are scored together in one vectorised call and encoded by
+    :func:`build_customer_store`, as the batch encodes them; nothing is scored at start-up.
+    """
+
+    def __init__(self, table, score, model_version: str, cache, columns: Sequence[str] | None = None):
+        self.table = table
+        self.score = score
+        self.columns = columns  # the scoring columns ``score`` reads (None: all)
+        self.model_version = model_version
+        self.cache = cache
+        self.backend = cache.backend
+        self.computes = True
+        self.scored = 0  # customers scored by this worker (the start-up test reads it)
+        self.batches = 0
+        self._queue: list[tuple[list[str], Any]] = []
+        self._running = False
+        self._turn = threading.Condition()
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        return self.get_many(kind, [key])[0]
+
+    def get_many(self, kind: str, keys: Sequence[str]) -> list[bytes | None]:
+        keys = list(keys)
+        found = self.cache.get_many(kind, keys)
+        missing = [k for k, rec in zip(keys, found) if rec is None]
+        if missing:
+            computed = self._coalesced(list(dict.fromkeys(missing)))
+            found = [rec if rec is not None else computed.get(k, {}).get(kind) for k, rec in zip(keys, found)]
+        return [rec or None for rec in found]  # b"": known, but no record of this kind
+
+    def _coalesced(self, keys: list[str]) -> dict[str, dict[str, bytes]]:
+        """:meth:`compute` of these keys, together with those of the requests waiting meanwhile.
+
+        One scoring call costs about the same for 1 row as for 50 (vectorised), and requests hold the
+        GIL in turn anyway: so while one batch is scored the others queue, and the next request to
+        run scores everything queued in one call. At low load a batch is one request, not delayed.
+        """
+        from concurrent.futures import Future
+
+        mine: Future = Future()
+        with self._turn:
+            self._queue.append((keys, mine))
+        while True:
+            with self._turn:
+                while self._running and not mine.done():
+                    self._turn.wait()
+                if mine.done():
+                    break
+                self._running = True
+                batch, self._queue = self._queue, []
+            try:
+                wanted = list(dict.fromkeys(k for ks, _ in batch for k in ks))
+                try:
+                    out = self.compute(wanted)
+                except BaseException as exc:  # every waiter of this batch gets the error
+                    for _, fut in batch:
+                        fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        fut.set_result(out)
+            finally:
+                with self._turn:
+                    self._running = False
+                    self._turn.notify_all()
+        return mine.result()
+
+    def compute(self, keys: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """Score and encode these ids (the known ones), cache and return their records."""
+        pos = self.table.positions(keys)
+        known = pos[pos >= 0]
+        if not len(known):
+            return {}
+        frame = self.table.scoring_rows(known, self.columns)
+        c360 = self.table.c360_rows(known)
+        scores = self.score(frame) if len(frame) else pd.DataFrame(columns=["customer_id", *SCORE_FIELDS])
+        self.scored += len(frame)
+        self.batches += 1
+        store = build_customer_store(scores, c360, self.model_version, self.table.meta["as_of"])
+        out = {key: {kind: store.get(kind, key) or b"" for kind in KINDS} for key in self.table.id_at(known)}
+        self.cache.put_many(out)
+        return out
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "customers": len(self), "scored_here": self.scored, "score_batches": self.batches,
+                **self.cache.info(), **self.table.info()}
 
 
 def redis_client(url: str):
@@ -447,6 +640,89 @@ class CustomerData:
             self._frames = {horizon_days: frame}  # keep one: the champion's
             self.sources["churn_features"] = "features.churn_features.feature_matrix (stored in the workspace)"
         return self._frames[horizon_days]
+
+
+    # -- per-customer reads (online events), the same on both kinds of data ----------------------
+    def c360_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        """The customer 360 rows of these ids (those with one)."""
+        c360 = self.c360 if self.c360 is not None else pd.DataFrame({"customer_id": pd.Series([], dtype=str)})
+        return c360[c360["customer_id"].isin(list(ids))]
+
+    def clv_of(self, ids: Sequence[str]) -> pd.DataFrame | None:
+        clv = self.clv
+        return None if clv is None else clv[clv["customer_id"].astype(str).isin(list(ids))]
+
+    def any_customer(self) -> str | None:
+        return None if self.c360 is None or not len(self.c360) else str(self.c360["customer_id"].iloc[0])
+
+    def population(self) -> dict[str, np.ndarray]:
+        """Recency, frequency and monetary of the buyers (for RFM quintiles of online customers)."""
+        pop = {}
+        for col in ("recency_days", "frequency", "monetary"):
+            if self.c360 is None or col not in self.c360.columns:
+                pop[col] = np.array([])
+                continue
+            buyers = self.c360["frequency"].astype("float64") > 0
+            pop[col] = self.c360.loc[buyers, col].astype("float64").to_numpy()
+        return pop
+
+    high_value = ...  # the CLV threshold of the actions: that of the scored rows (see TableData)
+
+
+class TableData(CustomerData):
+    """The same data read from a published ``serving.table.OnlineTable``: opening it reads nothing.
+
+    Whole-population frames (``c360``, ``clv``, ``scoring_frame``) are made from the table only if
+    something asks for them (the next-best-action route); requests read single rows.
+    """
+
+    def __init__(self, ws, table, stamp: tuple):
+        meta = table.meta
+        super().__init__(ws, pd.Timestamp(meta["as_of"]), None, None,
+                         {**meta.get("sources", {}), "online_table": str(table.directory)}, stamp, meta.get("fingerprint"))
+        self.table = table
+        self.high_value = meta.get("high_value")
+        self._c360_frame: pd.DataFrame | None = None
+
+    @property
+    def c360(self) -> pd.DataFrame:
+        if self._c360_frame is None:
+            self._c360_frame = self.table.c360.to_pandas()
+        return self._c360_frame
+
+    @c360.setter
+    def c360(self, value) -> None:
+        self._c360_frame = value
+
+    @property
+    def clv(self) -> pd.DataFrame:
+        return self.scoring_frame(int(self.table.meta["horizon_days"]))
+
+    @clv.setter
+    def clv(self, value) -> None:
+        pass  # merged into the scoring rows of the table
+
+    def scoring_frame(self, horizon_days: int) -> pd.DataFrame:
+        if horizon_days != int(self.table.meta["horizon_days"]):
+            raise ValueError(f"online table built for a {self.table.meta['horizon_days']}-day horizon, not {horizon_days}")
+        if horizon_days not in self._frames:
+            self._frames = {horizon_days: self.table.scoring.to_pandas()}
+        return self._frames[horizon_days]
+
+    def c360_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        pos = self.table.positions(list(ids))
+        return self.table.c360_rows(pos[pos >= 0])
+
+    def clv_of(self, ids: Sequence[str]) -> pd.DataFrame:
+        pos = self.table.positions(list(ids))
+        return self.table.scoring_rows(pos[pos >= 0])
+
+    def any_customer(self) -> str | None:
+        ids = self.table.warm_ids(1)
+        return ids[0] if ids else None
+
+    def population(self) -> dict[str, np.ndarray]:
+        return self.table.population()
 
 
 def _rows_at(df: pd.DataFrame, column: str, as_of: pd.Timestamp) -> pd.DataFrame | None:

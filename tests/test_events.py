@@ -400,7 +400,13 @@ def test_two_workers_on_one_redis_answer_alike_after_an_event(tmp_path, redis_ur
         assert all(a == answers[0] for a in answers)
         assert answers[0][0]["as_of"] == str((now.normalize() + pd.Timedelta(days=1)).date())
         client = redis.Redis.from_url(redis_url)
-        assert client.get("crmml:current") is not None
+        other = _buyer(ws, 6)  # scored on first need by one worker, kept in Redis for both
+        with _client(srv.url) as c:
+            first = c.post("/churn/score", json={"customer_ids": [other]}).json()["scores"][0]
+        assert any(k.decode().endswith(f":churn:{other}") for k in client.scan_iter(match="crmml:*:churn:*"))
+        for _ in range(4):
+            with _client(srv.url) as c:
+                assert c.post("/churn/score", json={"customer_ids": [other]}).json()["scores"][0] == first
         assert any(k.decode().endswith(f":online:{cid}") for k in client.scan_iter(match="crmml:*:online:*"))
         assert meta["data"]["store"]["backend"] == "redis"
     finally:

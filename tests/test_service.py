@@ -120,6 +120,28 @@ class _FakeRedis:
         return Pipe()
 
 
+def test_online_table_maps_rows_by_id(tmp_path):
+    """serving.table: ids found by binary search (unknown and over-long ids are not), each customer's
+    scoring and 360 rows (a customer may have only one of them), most recent buyers first."""
+    from serving.table import OnlineTable, write_table
+
+    frame = pd.DataFrame({"customer_id": ["b", "a", "c"], "x": [2.0, 1.0, np.nan], "cutoff": pd.Timestamp("2024-01-01")})
+    c360 = pd.DataFrame({"customer_id": ["c", "a", "d"], "recency_days": [5.0, 1.0, np.nan],
+                         "frequency": [2, 3, 0], "monetary": [10.0, 30.0, 0.0], "segment": ["x", "y", None]})
+    write_table(tmp_path / "t", frame, c360, {"as_of": "2024-01-01", "horizon_days": 90})
+    table = OnlineTable(tmp_path / "t")
+    assert len(table) == 4 and table.meta["customers"] == 4
+    pos = table.positions(["c", "zz", "a", "d", "a" * 100])
+    assert (pos >= 0).tolist() == [True, False, True, True, False]
+    assert "b" in table and "e" not in table and table.id_at(pos[[0, 2]]) == ["c", "a"]
+    rows = table.scoring_rows(pos[[0, 2, 3]])  # d has no scoring row
+    assert rows["customer_id"].tolist() == ["c", "a"] and rows["x"].isna().tolist() == [True, False]
+    assert table.scoring_rows(pos[[2]], ["customer_id", "x", "nope"]).columns.tolist() == ["customer_id", "x"]
+    assert table.c360_rows(table.positions(["b", "d"]))["customer_id"].tolist() == ["d"]
+    assert table.warm_ids(10) == ["a", "c", "d"]  # by recency, unknown last
+    assert sorted(table.population()["monetary"].tolist()) == [10.0, 30.0]  # buyers only
+
+
 def test_redis_store_layout_against_a_fake_client():
     from serving.store import RedisStore
 
@@ -280,6 +302,42 @@ def client(server):
 
 
 # -- endpoints --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_startup_scores_nobody_and_a_first_answer_equals_the_batch_score(shop, server, client):
+    """Issue #17: start-up maps the online table and scores no one; a customer never asked before is
+    scored on that request, with the champion, exactly as the batch scores the whole base."""
+    from features.churn_features import feature_matrix
+    from features.dates import workspace_as_of
+    from training import registry
+    from training.churn import score_customers
+    from training.churn_pyfunc import load_churn
+    from training.clv import clv_frame
+
+    store = client.get("/metadata").json()["data"]["store"]
+    assert store["scored_here"] == 0 and store["customers"] >= len(shop["customers"]) * 0.9
+    ws = shop["ws"]
+    registry.configure(ws)
+    model = load_churn(registry.model_uri(registry.CHURN))
+    as_of = workspace_as_of(ws)
+    events = ws.read_table("events", columns=["customer_id", "event_type", "timestamp", "amount"])
+    batch = score_customers(model, feature_matrix(ws, [as_of], horizon_days=int(model.horizon_days),
+                                                  include_ineligible=True), clv_frame(events, as_of))
+    batch = batch.set_index("customer_id")
+    cids = [c for c in shop["customers"] if c != shop["customer"]][-2:]  # asked by no other test before
+    got = client.post("/churn/score", json={"customer_ids": cids}).json()["scores"]
+    assert [s["customer_id"] for s in got] == cids
+    for s in got:
+        want = batch.loc[s["customer_id"]]
+        assert s["churn_probability"] == pytest.approx(float(want["churn_probability"]), abs=1e-12)
+        assert (s["risk_tier"], s["suggested_action"]) == (want["risk_tier"], want["suggested_action"])
+        assert s["value_at_stake"] == pytest.approx(float(want["value_at_stake"]), rel=1e-9)
+        assert [r["feature"] for r in s["reasons"]] == [r["feature"] for r in want["reasons"]]
+    store = client.get("/metadata").json()["data"]["store"]
+    assert store["scored_here"] == len(cids)  # those two only
+    client.post("/churn/score", json={"customer_ids": cids})
+    assert client.get("/metadata").json()["data"]["store"]["scored_here"] == len(cids)  # kept, not rescored
+
+
 @pytest.mark.slow
 def test_health_is_open_and_everything_else_needs_the_key(server, client):
     import httpx

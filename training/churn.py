@@ -52,8 +52,10 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -247,6 +249,10 @@ def choose_output(margin, X: pd.DataFrame, y, ids, candidates=OUTPUTS, calibrati
     return chosen, scores
 
 
+#: the converted matrix of the rows being scored, per thread (``ChurnModel.one_matrix``)
+_SAME_ROWS = threading.local()
+
+
 class ChurnModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM churn model on stacked snapshots (see the module docstring).
 
@@ -339,20 +345,43 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             return spec.dtype == "category"
         return not pd.api.types.is_numeric_dtype(X[name])
 
+    @contextmanager
+    def one_matrix(self, X: pd.DataFrame):
+        """Within the block, every method given this very ``X`` converts it once (predict and explain
+        of the same rows); per thread, so concurrent callers never see each other's rows."""
+        _SAME_ROWS.frame, _SAME_ROWS.matrix = X, self._matrix(X)
+        try:
+            yield
+        finally:
+            _SAME_ROWS.frame = _SAME_ROWS.matrix = None
+
     def _matrix(self, X: pd.DataFrame) -> pd.DataFrame:
+        if getattr(_SAME_ROWS, "frame", None) is X:
+            return _SAME_ROWS.matrix
         missing = [f for f in self.feature_names_ if f not in X.columns]
         if missing:
             raise KeyError(f"X lacks the model's feature column(s) {missing}; "
                            "build it with features.churn_features.feature_matrix")
         out = {}
+        numeric = [n for n in self.feature_names_ if n not in self.categories_]
+        block = None
+        if numeric and all(pd.api.types.is_numeric_dtype(X[n]) for n in numeric):
+            # one conversion for every numeric column: per-column pandas calls cost more than the
+            # prediction itself when a few customers are scored at a time (the service, on first need)
+            block = X[numeric].to_numpy(dtype="float64", na_value=np.nan)
         for name in self.feature_names_:
-            col = X[name]
             if name in self.categories_:
                 cats = self.categories_[name]
-                vals = col.astype("string").where(col.astype("string").isin(cats))
-                out[name] = pd.Categorical(vals.astype(object).where(vals.notna(), None), categories=cats)
-            else:
-                out[name] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+                # codes by dict lookup of the string values: unknown and missing values get -1 (NaN)
+                at = {c: i for i, c in enumerate(cats)}
+                vals = X[name].astype("string").to_numpy(dtype=object, na_value=None)
+                codes = np.fromiter((at.get(v, -1) for v in vals), dtype=np.int64, count=len(vals))
+                out[name] = pd.Categorical.from_codes(codes, categories=cats)
+            elif block is None:
+                out[name] = pd.to_numeric(X[name], errors="coerce").astype("float64").to_numpy()
+        if block is not None:
+            at = {n: i for i, n in enumerate(numeric)}
+            out = {n: out[n] if n in out else block[:, at[n]] for n in self.feature_names_}
         return pd.DataFrame(out, index=X.index)
 
     # -- fitting ------------------------------------------------------------------------------
@@ -817,7 +846,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 # scoring for the CRM
 # ============================================================================================
 def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None = None,
-                    top_k: int = 3, predict=None) -> pd.DataFrame:
+                    top_k: int = 3, predict=None, high_value=...) -> pd.DataFrame:
     """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
     suggested_action`` (+ ``action_text``, ``cutoff`` when present), sorted by value at stake.
 
@@ -826,6 +855,8 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     lacks the ``bg_*`` features the model needs, they are taken from ``clv_df`` too (same BG/NBD fit).
     ``predict``: ``f(inputs) -> DataFrame`` of ``churn_probability, risk_tier, reasons`` (a list per row),
     one row per input row in order, for scoring elsewhere (a Spark UDF); the model in-process by default.
+    ``high_value``: the CLV threshold of the suggested actions (``retention.attach_actions``); by default
+    that of the scored rows, so a few rows scored at a time need the one of their whole population.
     """
     snap = snapshot_df.reset_index(drop=True).copy()
     snap["customer_id"] = snap["customer_id"].astype(str)
@@ -841,16 +872,17 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     if "cutoff" in snap.columns:
         out["cutoff"] = snap["cutoff"].to_numpy()
     if predict is None:
-        p = model.predict_proba(snap)[:, 1]
-        out["churn_probability"] = p
-        out["risk_tier"] = model.risk_tier(p)
-        out["reasons"] = model.explain(snap, top_k=top_k)
+        with model.one_matrix(snap):
+            p = model.predict_proba(snap)[:, 1]
+            out["churn_probability"] = p
+            out["risk_tier"] = model.risk_tier(p)
+            out["reasons"] = model.explain(snap, top_k=top_k)
     else:
         predicted = predict(snap)
         for c in ("churn_probability", "risk_tier", "reasons"):
             out[c] = predicted[c].to_numpy()
     out["clv_12m"] = pd.to_numeric(snap["clv_12m"], errors="coerce").to_numpy()
-    out = retention.attach_actions(out)
+    out = retention.attach_actions(out, high_value=high_value)
     cols = ["customer_id", "churn_probability", "risk_tier", "reasons", "value_at_stake", "clv_12m",
             "suggested_action", "action_text"] + (["cutoff"] if "cutoff" in out.columns else [])
     return out[cols].sort_values("value_at_stake", ascending=False, kind="stable").reset_index(drop=True)

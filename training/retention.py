@@ -260,16 +260,24 @@ def value_at_stake(p, clv) -> np.ndarray:
     return p * np.maximum(v, 0.0)
 
 
-def attach_actions(scored: pd.DataFrame, high_value_quantile: float = 0.8) -> pd.DataFrame:
+def high_value_threshold(clv, high_value_quantile: float = 0.8) -> float | None:
+    """The CLV from which a customer counts as high value: the ``high_value_quantile`` of ``clv``."""
+    clv = pd.to_numeric(pd.Series(clv), errors="coerce")
+    return float(clv.quantile(high_value_quantile)) if clv.notna().any() else None
+
+
+def attach_actions(scored: pd.DataFrame, high_value_quantile: float = 0.8, high_value=...) -> pd.DataFrame:
     """Add ``value_at_stake`` and ``suggested_action`` (+ ``action_text``) to a scored frame.
 
     ``scored`` needs ``churn_probability``, ``risk_tier``, ``reasons`` and ``clv_12m``. High value =
-    CLV at or above the ``high_value_quantile`` of the scored customers.
+    CLV at or above the ``high_value_quantile`` of the scored customers, or at or above ``high_value``
+    when given (the threshold of the whole population, for scoring a few customers at a time).
     """
     out = scored.copy()
     clv = pd.to_numeric(out["clv_12m"], errors="coerce")
     out["value_at_stake"] = value_at_stake(out["churn_probability"], clv)
-    high_value = float(clv.quantile(high_value_quantile)) if clv.notna().any() else None
+    if high_value is ...:
+        high_value = high_value_threshold(clv, high_value_quantile)
     out["suggested_action"] = [
         suggest_action(t, r, c, high_value) for t, r, c in zip(out["risk_tier"], out["reasons"], clv)
     ]
