@@ -16,6 +16,14 @@ import numpy as np
 import pandas as pd
 
 
+TRAIN_CUSTOMERS = 200_000
+"""Default of ``crmml train churn`` / ``crmml evaluate churn --sample-customers`` (``training.churn``,
+``sample_customers``): the backtest and the final churn model learn from the rows of a hash sample of
+about this many customers, read cutoff by cutoff from the stored matrix. 1,000,000 customers x ~20
+cutoffs of snapshots do not fit in memory at once, and 200,000 customers' few million labelled rows
+already pin down a LightGBM of 15 leaves; shops up to this size train on everyone."""
+
+
 def hash_unit(ids) -> np.ndarray:
     """A number in [0, 1) per id from the MD5 of its text (each distinct id hashed once)."""
     codes, uniques = pd.factorize(pd.Series(np.asarray(ids)))

@@ -29,6 +29,13 @@ BacktestCutoffsOption = Annotated[
 ]
 
 
+# the churn model's training sample (features.sampling.TRAIN_CUSTOMERS is the default)
+SampleCustomersOption = Annotated[
+    int, typer.Option("--sample-customers", min=0, help="Train (and backtest) on a fixed sample of about this many "
+                      "customers, by id hash, when the shop has more; 0 = every customer.")
+]
+
+
 class Engine(str, Enum):
     """Where the batch work runs: DuckDB embedded in this process, or PySpark (local, or a cluster's session)."""
 
