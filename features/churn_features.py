@@ -324,9 +324,9 @@ def _purchase_events(src, events: pd.DataFrame | None) -> pd.DataFrame:
                            filters=[("event_type", "==", "purchase")])
 
 
-def _groups(cutoffs: list[pd.Timestamp], customers: int, rows: int = ROWS_PER_QUERY) -> list[list[pd.Timestamp]]:
-    """``cutoffs`` in consecutive groups of about ``rows`` (customer, cutoff) rows (see ``ROWS_PER_QUERY``)."""
-    size = max(1, int(rows) // max(int(customers), 1))
+def _groups(cutoffs: list[pd.Timestamp], customers: int, rows: int | None = None) -> list[list[pd.Timestamp]]:
+    """``cutoffs`` in consecutive groups of about ``rows`` (default ``ROWS_PER_QUERY``) (customer, cutoff) rows."""
+    size = max(1, int(rows or ROWS_PER_QUERY) // max(int(customers), 1))
     return [cutoffs[i:i + size] for i in range(0, len(cutoffs), size)]
 
 
