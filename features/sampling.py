@@ -15,7 +15,6 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-
 TRAIN_CUSTOMERS = 200_000
 """Default of ``crmml train churn`` / ``crmml evaluate churn --sample-customers`` (``training.churn``,
 ``sample_customers``): the backtest and the final churn model learn from the rows of a hash sample of

@@ -33,8 +33,13 @@ from rich.console import Console
 from rich.table import Table
 
 from features.sampling import TRAIN_CUSTOMERS as SAMPLE_CUSTOMERS
-from pipelines.commands.options import (BacktestCutoffsOption, CutoffsOption, EveryOption, SampleCustomersOption,
-                                        WorkspaceOption)
+from pipelines.commands.options import (
+    BacktestCutoffsOption,
+    CutoffsOption,
+    EveryOption,
+    SampleCustomersOption,
+    WorkspaceOption,
+)
 
 console = Console()
 
