@@ -172,8 +172,8 @@ def evaluate_churn_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None
             ev = churn.evaluate_protocol(ws, c, horizon_days=horizon, tune=tune, n_trials=n_trials,
                                          step_days=step_days, model_kwargs=model_kwargs,
                                          progress=lambda m, i=i: say(f"  [{i}/{len(cuts)}] {m}"),
-                                         **({"sample_customers": sample_customers or None} if sample_customers is not None
-                                            else {}))
+                                         **({} if sample_customers is None
+                                            else {"sample_customers": sample_customers or None}))
         except ValueError as exc:
             skipped.append({"cutoff": str(c.date()), "reason": str(exc)})
             say(f"  skipped {c.date()}: {exc}")

@@ -32,7 +32,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.sampling import TRAIN_CUSTOMERS as SAMPLE_CUSTOMERS
 from pipelines.commands.options import (
     BacktestCutoffsOption,
     CutoffsOption,
@@ -117,7 +116,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
                                                       "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
-        sample_customers: SampleCustomersOption = SAMPLE_CUSTOMERS,
+        sample_customers: SampleCustomersOption = None,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
         workspace: WorkspaceOption = None,
@@ -169,7 +168,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
                                                       "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
-        sample_customers: SampleCustomersOption = SAMPLE_CUSTOMERS,
+        sample_customers: SampleCustomersOption = None,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
                                                     "first (out-of-time metrics for the registry).")] = True,

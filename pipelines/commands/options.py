@@ -29,10 +29,12 @@ BacktestCutoffsOption = Annotated[
 ]
 
 
-# the churn model's training sample (features.sampling.TRAIN_CUSTOMERS is the default)
+# the churn model's training sample (the default, features.sampling.TRAIN_CUSTOMERS, is not imported here:
+# loading the CLI loads no library)
 SampleCustomersOption = Annotated[
-    int, typer.Option("--sample-customers", min=0, help="Train (and backtest) on a fixed sample of about this many "
-                      "customers, by id hash, when the shop has more; 0 = every customer.")
+    Optional[int], typer.Option("--sample-customers", min=0, help="Train (and backtest) on a fixed sample of about this "
+                                "many customers, by id hash, when the shop has more; 0 = every customer. Default: "
+                                "features.sampling.TRAIN_CUSTOMERS.", show_default=False)
 ]
 
 
