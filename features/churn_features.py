@@ -17,7 +17,10 @@ the workspace (``features/churn_matrix/``) keyed by the data fingerprint, the ho
 eligibility window and the cutoff, so that ``crmml features`` computes the matrix once and every
 later stage reads it; any set of cutoffs reuses the stored ones and computes only the others.
 It stores every customer seen before a cutoff (``include_ineligible=True``); the eligible rows are
-selected on reading.
+selected on reading. Large shops stay in bounded memory: the cutoffs to compute go to the engine a few at
+a time (:data:`ROWS_PER_QUERY`), :func:`store_matrix` (``crmml features``) holds one cutoff at a time,
+the BG/NBD parameters are fitted on a hash sample of customers (:data:`BGNBD_SAMPLE`) and training reads
+a hash sample of customers cutoff by cutoff (``feature_matrix(sample=...)``; ``features/sampling.py``).
 
 Written for one customer as well as for all: :func:`behaviour_at` and :func:`season_affinity` are
 pure functions of a purchase table and a cutoff (no state between calls), and the BG/NBD values of a
