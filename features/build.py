@@ -44,8 +44,10 @@ def build_features(workspace=None, cutoff: str | None = None, cutoffs: str | Non
         dates = snapshots.default_cutoffs(ev, horizon_days=horizon)
     dates = sorted(set(dates))
     started = time.perf_counter()
-    snap = churn_features.feature_matrix(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
-                                         engine=engine, include_ineligible=include_ineligible)
+    # stored cutoff by cutoff (never the whole matrix in memory); kept: the columns of the summary
+    snap = pd.concat(churn_features.store_matrix(ws, dates, horizon_days=horizon, eligibility_days=eligibility_days,
+                                                 engine=engine, include_ineligible=include_ineligible),
+                     ignore_index=True)
     t_snap = time.perf_counter() - started
     # the cutoff sets of the later stages (each set's BG/NBD fits chain through it): stored now, read then
     started = time.perf_counter()
@@ -53,8 +55,8 @@ def build_features(workspace=None, cutoff: str | None = None, cutoffs: str | Non
     enough = {"train": 2, "backtest": 3}  # training needs two labelled cutoffs (see training.churn)
     for name, cuts in stages.items():
         if len(cuts) >= enough.get(name, 1):
-            churn_features.feature_matrix(ws, cuts, horizon_days=horizon, eligibility_days=eligibility_days,
-                                          engine=engine)
+            churn_features.store_matrix(ws, cuts, horizon_days=horizon, eligibility_days=eligibility_days,
+                                        engine=engine)
     t_stages = time.perf_counter() - started
     summary = {
         "engine": engine,

@@ -17,7 +17,10 @@ the workspace (``features/churn_matrix/``) keyed by the data fingerprint, the ho
 eligibility window and the cutoff, so that ``crmml features`` computes the matrix once and every
 later stage reads it; any set of cutoffs reuses the stored ones and computes only the others.
 It stores every customer seen before a cutoff (``include_ineligible=True``); the eligible rows are
-selected on reading.
+selected on reading. Large shops stay in bounded memory: the cutoffs to compute go to the engine a few at
+a time (:data:`ROWS_PER_QUERY`), :func:`store_matrix` (``crmml features``) holds one cutoff at a time,
+the BG/NBD parameters are fitted on a hash sample of customers (:data:`BGNBD_SAMPLE`) and training reads
+a hash sample of customers cutoff by cutoff (``feature_matrix(sample=...)``; ``features/sampling.py``).
 
 Written for one customer as well as for all: :func:`behaviour_at` and :func:`season_affinity` are
 pure functions of a purchase table and a cutoff (no state between calls), and the BG/NBD values of a
@@ -298,9 +301,100 @@ def _behaviour_parts(src, cutoffs: list[pd.Timestamp], horizon_days: int, eligib
     return out
 
 
+ROWS_PER_QUERY = 2_000_000
+"""About how many (customer, cutoff) rows one snapshot query computes: the cutoffs still to compute
+go to the engine in groups of ``ROWS_PER_QUERY // customers`` (at least one), each group stored before
+the next is computed. One query for all cutoffs is fastest, but its result and the engine's working
+memory grow with customers x cutoffs: ~20 cutoffs of 1,000,000 customers held more than 21 GiB (issue
+#17). Below this size (2,000 customers x 24 cutoffs = 48,000 rows) everything is one query as before."""
+
+BGNBD_SAMPLE = 100_000
+"""The BG/NBD population parameters of a cutoff are fitted on a hash sample of about this many of the
+customers with a purchase before it (``features.sampling``), then applied to all of them: the same
+fit as before for shops up to this size."""
+
+PURCHASE_COLUMNS = ["customer_id", "item_id", "event_type", "timestamp", "amount"]  # purchase_days + purchase_lines
+
+
+def _purchase_events(src, events: pd.DataFrame | None) -> pd.DataFrame:
+    """The events that :func:`purchase_days` and :func:`purchase_lines` read: from a workspace, only the
+    purchase rows and their columns (22.8M events of 1M customers in full take several GiB)."""
+    if events is not None:
+        return events
+    if isinstance(src, dict):
+        return src["events"]
+    return pd.read_parquet(src.table_path("events"), columns=PURCHASE_COLUMNS,
+                           filters=[("event_type", "==", "purchase")])
+
+
+def _groups(cutoffs: list[pd.Timestamp], customers: int, rows: int | None = None) -> list[list[pd.Timestamp]]:
+    """``cutoffs`` in consecutive groups of about ``rows`` (default ``ROWS_PER_QUERY``) (customer, cutoff) rows."""
+    size = max(1, int(rows or ROWS_PER_QUERY) // max(int(customers), 1))
+    return [cutoffs[i:i + size] for i in range(0, len(cutoffs), size)]
+
+
+def _matrix_parts(source, cutoffs, horizon_days: int, eligibility_days: int, engine: str,
+                  events: pd.DataFrame | None, cache: bool, bg_sample: int | None):
+    """Yield ``(cutoff, part)`` in cutoff order: every customer seen before it, every column of
+    :func:`feature_matrix`. Only one group of cutoffs (``ROWS_PER_QUERY``) is in memory at a time;
+    each computed part is stored as soon as its group is done."""
+    cuts = _normal(cutoffs)
+    if not cuts:
+        raise ValueError("no cutoff dates given")
+    src, ws = _source(source)
+    store = _Store(ws, horizon_days, eligibility_days) if (ws is not None and cache) else None
+    stored = {c for c in cuts if store is not None and store.part(c).exists()}
+    missing = [c for c in cuts if c not in stored]
+    days = lines = None
+    groups: dict[pd.Timestamp, list[pd.Timestamp]] = {}  # first missing cutoff of a group -> the group
+    if missing:
+        ev = _purchase_events(src, events)
+        days, lines = purchase_days(ev), purchase_lines(ev)
+        del ev
+        if store is not None:
+            store.drop_stale()
+        groups = {g[0]: g for g in _groups(missing, days["customer_id"].nunique())}
+    computed: dict[pd.Timestamp, pd.DataFrame] = {}
+    previous: BGNBD | None = None  # BG/NBD along the requested cutoffs, each fit started from the previous one
+    for c in cuts:
+        if c in groups:
+            computed = _behaviour_parts(src, groups[c], horizon_days, eligibility_days, engine, days, lines)
+            if store is not None:
+                for cc, part in computed.items():
+                    _write_parquet(store.part(cc), part)
+        part = computed.pop(c) if c in computed else pd.read_parquet(store.part(c))
+        bg, model = None, None
+        if store is not None:
+            values, params = store.bg(c, _init_key(previous))
+            if values.exists() and params.exists():
+                bg = pd.read_parquet(values)
+                p = json.loads(params.read_text())
+                model = BGNBD(**p) if p else None
+        if bg is None:
+            if days is None:
+                days = purchase_days(_purchase_events(src, events))
+            summary, model = fit_at(days, c, init=previous, sample=bg_sample)
+            if model is not None:
+                bg = bgnbd_features(model, summary, c, horizon_days)[["customer_id", *BG_COLUMNS]]
+                bg["customer_id"] = bg["customer_id"].astype(str)
+            else:
+                bg = pd.DataFrame({"customer_id": pd.Series([], dtype=str),
+                                   **{k: pd.Series([], dtype="float64") for k in BG_COLUMNS}})
+            del summary
+            if store is not None:
+                values, params = store.bg(c, _init_key(previous))
+                _store_file(params, lambda tmp: tmp.write_text(json.dumps(
+                    {k: getattr(model, k) for k in ("r", "alpha", "a", "b", "penalizer", "n_customers", "method_")}
+                    if model is not None else {})))
+                _write_parquet(values, bg)
+        if model is not None:
+            previous = model
+        yield c, part.merge(bg, on="customer_id", how="left")
+
+
 def feature_matrix(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY,
                    include_ineligible: bool = False, engine: str = "duckdb", events: pd.DataFrame | None = None,
-                   cache: bool = True) -> pd.DataFrame:
+                   cache: bool = True, sample: int | None = None) -> pd.DataFrame:
     """The churn model's feature matrix: one row per (customer, cutoff), every input of the model.
 
     ``source``: a ``Workspace``, a workspace path, or a dict of canonical DataFrames (see
@@ -314,62 +408,47 @@ def feature_matrix(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibi
     was computed before for the same data, horizon and eligibility window, and stored otherwise.
     ``events``: the events table when the caller has it already (read from the source otherwise,
     and only when something must be computed). ``engine``: ``duckdb`` or ``spark`` (same values).
+    ``sample``: only the rows of a hash sample of about this many customers (``features.sampling``;
+    the same customers at every cutoff; all of them when the shop has no more), selected cutoff by
+    cutoff so that the whole matrix is never in memory (training on a large shop).
     """
-    cuts = _normal(cutoffs)
-    if not cuts:
-        raise ValueError("no cutoff dates given")
-    src, ws = _source(source)
-    store = _Store(ws, horizon_days, eligibility_days) if (ws is not None and cache) else None
-    parts: dict[pd.Timestamp, pd.DataFrame] = {}
-    if store is not None:
-        parts = {c: pd.read_parquet(store.part(c)) for c in cuts if store.part(c).exists()}
-    missing = [c for c in cuts if c not in parts]
-    days = lines = None
-    if missing:
-        ev = _events(src, events)
-        days, lines = purchase_days(ev), purchase_lines(ev)
-        computed = _behaviour_parts(src, missing, horizon_days, eligibility_days, engine, days, lines)
-        if store is not None:
-            store.drop_stale()
-            for c, part in computed.items():
-                _write_parquet(store.part(c), part)
-        parts |= computed
+    from features.sampling import in_sample
 
-    # BG/NBD along the requested cutoffs, each fit started from the previous one's parameters
+    n_customers = _customer_count(source) if sample else None
     frames = []
-    previous: BGNBD | None = None
-    for c in cuts:
-        bg, model = None, None
-        if store is not None:
-            values, params = store.bg(c, _init_key(previous))
-            if values.exists() and params.exists():
-                bg = pd.read_parquet(values)
-                p = json.loads(params.read_text())
-                model = BGNBD(**p) if p else None
-        if bg is None:
-            if days is None:
-                days = purchase_days(_events(src, events))
-            summary, model = fit_at(days, c, init=previous)
-            if model is not None:
-                bg = bgnbd_features(model, summary, c, horizon_days)[["customer_id", *BG_COLUMNS]]
-                bg["customer_id"] = bg["customer_id"].astype(str)
-            else:
-                bg = pd.DataFrame({"customer_id": pd.Series([], dtype=str),
-                                   **{k: pd.Series([], dtype="float64") for k in BG_COLUMNS}})
-            if store is not None:
-                values, params = store.bg(c, _init_key(previous))
-                _store_file(params, lambda tmp: tmp.write_text(json.dumps(
-                    {k: getattr(model, k) for k in ("r", "alpha", "a", "b", "penalizer", "n_customers", "method_")}
-                    if model is not None else {})))
-                _write_parquet(values, bg)
-        if model is not None:
-            previous = model
-        part = parts[c]
-        frames.append(part.merge(bg, on="customer_id", how="left"))
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if not include_ineligible:
-        out = out[out["eligible"]].reset_index(drop=True)
+    for _, part in _matrix_parts(source, cutoffs, horizon_days, eligibility_days, engine, events, cache,
+                                 BGNBD_SAMPLE):
+        if not include_ineligible:
+            part = part[part["eligible"].to_numpy(bool)]
+        if sample and n_customers > int(sample):
+            part = part[in_sample(part["customer_id"].to_numpy(), sample, n_customers)]
+        frames.append(part)
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     return out
+
+
+def store_matrix(source, cutoffs, horizon_days: int = DEFAULT_HORIZON, eligibility_days: int = DEFAULT_ELIGIBILITY,
+                 engine: str = "duckdb", include_ineligible: bool = False) -> list[pd.DataFrame]:
+    """Compute and store the matrix of ``cutoffs`` in the workspace ``source`` (what :func:`feature_matrix`
+    would return, one cutoff in memory at a time); return each cutoff's ``cutoff``, ``eligible``,
+    ``label_available`` and ``churned`` columns (rows as ``include_ineligible``), for summaries."""
+    out = []
+    for _, part in _matrix_parts(source, cutoffs, horizon_days, eligibility_days, engine, None, True, BGNBD_SAMPLE):
+        if not include_ineligible:
+            part = part[part["eligible"].to_numpy(bool)]
+        out.append(part[["cutoff", "eligible", "label_available", "churned"]].reset_index(drop=True))
+    return out
+
+
+def _customer_count(source) -> int:
+    """Distinct customers of the events (the population a training sample is drawn from)."""
+    src, _ = _source(source)
+    if isinstance(src, dict):
+        return int(src["events"]["customer_id"].nunique())
+    import duckdb
+
+    path = str(src.table_path("events")).replace("'", "''")
+    return int(duckdb.sql(f"SELECT count(DISTINCT customer_id) FROM read_parquet('{path}')").fetchone()[0])
 
 
 def stored_cutoffs(ws: Workspace, horizon_days: int = DEFAULT_HORIZON,

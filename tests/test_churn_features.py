@@ -119,3 +119,56 @@ def test_every_model_feature_has_its_meaning_in_the_catalog():
         assert retention.feature_direction(name) == f.direction
     assert catalog.lookup("history_days") is None  # documented once, never computed: gone
     assert not set(catalog.EXTRAS) & set(catalog.FEATURES)
+
+
+def test_cutoffs_built_in_groups_give_the_same_matrix(ws, computed, tmp_path, monkeypatch):
+    """A large shop's cutoffs go to the engine a few at a time (ROWS_PER_QUERY) and are stored one by one
+    (store_matrix, what `crmml features` runs): the same matrix as one query for all of them."""
+    import shutil
+
+    from features.workspace import Workspace
+
+    copy = Workspace(tmp_path / "grouped")
+    shutil.copytree(ws.root, copy.root, dirs_exist_ok=True)
+    shutil.rmtree(copy.features_dir / cf.MATRIX_DIR)
+    customers = purchase_days(ws.read_table("events"))["customer_id"].nunique()
+    assert cf._groups(CUTS, customers) == [CUTS]  # a small shop: one query, as before
+    monkeypatch.setattr(cf, "ROWS_PER_QUERY", customers)  # one cutoff per query
+    assert cf._groups(CUTS, customers) == [[c] for c in CUTS]
+    summary = cf.store_matrix(copy, CUTS, include_ineligible=True)
+    assert [len(s) for s in summary] == [int((computed["cutoff"] == c).sum()) for c in CUTS]
+    assert cf.stored_cutoffs(copy) == CUTS
+    grouped = cf.feature_matrix(copy, CUTS, include_ineligible=True, events=pd.DataFrame())  # read back only
+    # DuckDB sums floats in parallel: the last bit of a sum may differ from run to run
+    pd.testing.assert_frame_equal(grouped, computed, check_exact=False, rtol=1e-12)
+
+
+def test_bgnbd_fitted_on_a_hash_sample_is_applied_to_everyone(ws):
+    from features.bgnbd import fit_at
+    from features.sampling import in_sample
+
+    days = purchase_days(ws.read_table("events"))
+    c = CUTS[-1]
+    summary, full = fit_at(days, c)
+    same_summary, same = fit_at(days, c, sample=len(summary))  # a sample as large as the shop: the same fit
+    assert same.params == full.params and same_summary.equals(summary)
+    _, sampled = fit_at(days, c, sample=len(summary) // 2)
+    expected = int(in_sample(summary.index.to_numpy(), len(summary) // 2).sum())
+    assert sampled.n_customers == expected < len(summary)
+    assert abs(expected - len(summary) // 2) < 0.2 * len(summary)  # about the size asked for
+    assert sampled.params != full.params
+    values = bgnbd_features(sampled, summary, c, 90)
+    assert len(values) == len(summary) and values["bg_p_alive"].between(0, 1).all()
+
+
+def test_a_training_sample_keeps_the_same_customers_at_every_cutoff(ws, computed):
+    from features.sampling import hash_unit, in_sample
+
+    eligible = computed[computed["eligible"]].reset_index(drop=True)
+    n = int(ws.read_table("events")["customer_id"].nunique())
+    sample = cf.feature_matrix(ws, CUTS, sample=n // 3)
+    assert 0 < sample["customer_id"].nunique() < eligible["customer_id"].nunique()
+    keep = in_sample(eligible["customer_id"].to_numpy(), n // 3, n)
+    pd.testing.assert_frame_equal(sample, eligible[keep].reset_index(drop=True), check_exact=True)
+    assert (hash_unit(sample["customer_id"]) < (n // 3) / n).all()  # by id: whatever the cutoff
+    pd.testing.assert_frame_equal(cf.feature_matrix(ws, CUTS, sample=n), eligible, check_exact=True)

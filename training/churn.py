@@ -67,6 +67,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from features import catalog
 from features.churn_features import EXTRA_FEATURES, backtest_cutoffs, feature_matrix, final_training_cutoffs
 from features.dates import as_of_date, newest_labelled_cutoff, training_cutoffs
+from features.sampling import TRAIN_CUSTOMERS
 from training import churn_metrics as cm
 from training import retention
 from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
@@ -86,6 +87,9 @@ DEFAULT_PARAMS = {
     "lambda_l2": 10.0,
     "min_split_gain": 0.0,
 }
+
+
+SAMPLE_CUSTOMERS = TRAIN_CUSTOMERS  # customers the backtest and the final model learn from (features.sampling)
 
 
 def _tables(source, columns: list[str] | None = None) -> tuple[Any, pd.DataFrame]:
@@ -980,9 +984,13 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
 
 def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                       step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
-                      engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> Evaluation:
+                      engine: str = "duckdb", progress: Callable[[str], None] | None = None,
+                      sample_customers: int | None = SAMPLE_CUSTOMERS) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
-    the model with the baselines on the same customers (see the module docstring)."""
+    the model with the baselines on the same customers (see the module docstring).
+    ``sample_customers``: train and evaluate on a hash sample of about this many customers (None: all;
+    see :data:`SAMPLE_CUSTOMERS`)."""
+    from features.sampling import in_sample
     from features.bgnbd import purchase_days
     from training.clv import CLVModel
 
@@ -1002,7 +1010,12 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
         raise ValueError(f"only {len(cuts)} training cutoff(s) fit between the first event ({first.date()}) and "
                          f"{cutoff.date()} - {horizon_days} days; use a later cutoff or a smaller --step-days")
     say(f"building snapshots for {len(cuts)} training cutoffs + the evaluation cutoff")
-    frame = feature_matrix(src, cuts + [cutoff], horizon_days=horizon_days, engine=engine, events=events)
+    frame = feature_matrix(src, cuts + [cutoff], horizon_days=horizon_days, engine=engine, events=events,
+                           sample=sample_customers)
+    n_all = int(events["customer_id"].nunique())
+    if sample_customers and n_all > int(sample_customers):  # the CLV of the sampled customers only
+        say(f"sampled about {int(sample_customers):,} of {n_all:,} customers (by id hash)")
+        events = events[in_sample(events["customer_id"].to_numpy(), sample_customers, n_all)]
     timings["features"] = round(time.perf_counter() - t0, 1)
     frame = frame[frame["eligible"]]
     train = frame[(frame["cutoff"] < cutoff) & frame["label_available"] & frame["churned"].notna()]
@@ -1099,8 +1112,10 @@ def write_report(ev: Evaluation, out_dir: str | Path, name: str = EVALUATION_NAM
 # ============================================================================================
 def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                 step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
-                engine: str = "duckdb", progress: Callable[[str], None] | None = None) -> tuple[ChurnModel, dict]:
-    """Train on every labelled snapshot (cutoffs back from the last labelled one); returns (model, info)."""
+                engine: str = "duckdb", progress: Callable[[str], None] | None = None,
+                sample_customers: int | None = SAMPLE_CUSTOMERS) -> tuple[ChurnModel, dict]:
+    """Train on every labelled snapshot (cutoffs back from the last labelled one) of a hash sample of about
+    ``sample_customers`` customers (None: all; see :data:`SAMPLE_CUSTOMERS`); returns (model, info)."""
     say = progress or (lambda msg: log.info(msg))
     src, events = _tables(source, columns=["timestamp"])
     cuts = final_training_cutoffs(events["timestamp"].min(), as_of_date(events["timestamp"]), horizon_days, step_days,
@@ -1108,7 +1123,7 @@ def train_final(source, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, 
     if len(cuts) < 2:
         raise ValueError("not enough history for two labelled cutoffs")
     say(f"building snapshots for {len(cuts)} cutoffs ({cuts[0].date()} .. {cuts[-1].date()})")
-    frame = feature_matrix(src, cuts, horizon_days=horizon_days, engine=engine)
+    frame = feature_matrix(src, cuts, horizon_days=horizon_days, engine=engine, sample=sample_customers)
     frame = frame[frame["eligible"] & frame["label_available"] & frame["churned"].notna()]
     say(f"training on {len(frame):,} snapshots" + (f", tuning with {n_trials} Optuna trials" if tune else ""))
     model = ChurnModel(horizon_days=horizon_days, tune=tune, n_trials=n_trials, **(model_kwargs or {}))

@@ -61,15 +61,24 @@ class ChurnEvaluationRun:
     run_id: str | None  # the MLflow run (evaluation, not registered), None without MLflow
 
 
+def _sample_size(sample_customers: int | None) -> int | None:
+    """The churn training sample asked for: None gives the default (``churn.SAMPLE_CUSTOMERS``), 0 every
+    customer (None for ``training.churn``)."""
+    return churn.SAMPLE_CUSTOMERS if sample_customers is None else (int(sample_customers) or None)
+
+
 def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = True, n_trials: int = 10,
                          step_days: int = 30, tune_sample: int | None = 2500, report: bool = True,
                          json_path: str | Path | None = None,
-                         mlflow: bool = True, progress: Progress | None = None) -> ChurnEvaluationRun:
+                         mlflow: bool = True, progress: Progress | None = None,
+                         sample_customers: int | None = None) -> ChurnEvaluationRun:
     """Train on labels ending on or before ``cutoff``, score the customers eligible at it, compare with the
-    baselines; write the report (``training.churn.evaluation_json``) and log the run to MLflow as asked."""
+    baselines; write the report (``training.churn.evaluation_json``) and log the run to MLflow as asked.
+    ``sample_customers``: a hash sample of about this many customers (0: all; None: ``churn.SAMPLE_CUSTOMERS``)."""
+    sample_customers = _sample_size(sample_customers)
     say = progress or _quiet
     ev = churn.evaluate_protocol(ws, pd.Timestamp(cutoff), horizon_days=horizon, tune=tune, n_trials=n_trials,
-                                 step_days=step_days, progress=say,
+                                 step_days=step_days, progress=say, sample_customers=sample_customers,
                                  model_kwargs={"tune_sample": tune_sample or None})
     data = ev.to_json()
     written = churn.write_report(ev, ws.reports_dir) if report else None
@@ -81,7 +90,8 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
             ws, registry.CHURN, run_name=f"churn-evaluate-{ev.cutoff.date()}",
             params={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon, "tune": tune,
                     "n_trials": n_trials if tune else 0, "step_days": step_days,
-                    "tune_sample": (tune_sample or "all") if tune else "none", **churn.output_params(ev.model),
+                    "tune_sample": (tune_sample or "all") if tune else "none",
+                    "sample_customers": sample_customers or "all", **churn.output_params(ev.model),
                     **{f"lgb.{k}": v for k, v in ev.model.best_params_.items()}},
             lineage={"cutoff": str(ev.cutoff.date()), "horizon_days": horizon,
                      "train_cutoffs": data["protocol"]["train_cutoffs"]},
@@ -99,7 +109,7 @@ def evaluate_churn_model(ws: Workspace, cutoff, horizon: int = 90, tune: bool = 
 def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_trials: int = 10, step_days: int = 30,
                       backtest: bool = True, tune_sample: int | None = 2500, register_model: bool = True,
                       backtest_cutoffs: int = 1, every_days: int | None = None,
-                      progress: Progress | None = None) -> dict:
+                      progress: Progress | None = None, sample_customers: int | None = None) -> dict:
     """Backtest against the baselines at the newest labelled cutoff (or at ``backtest_cutoffs`` rolling
     cutoffs every ``every_days``: ``training.rolling``), grade the model on the backtest's cutoffs
     (``training.grade``), train the final model on every labelled snapshot, log both to MLflow and
@@ -109,8 +119,10 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
     backtest, or the model's validation metrics without one), ``backtest_cutoff``, ``backtest_skipped``
     (why, when the backtest could not run), ``horizon_days``, ``n_rows``, ``cutoffs``,
     ``validation_cutoff``, ``validation_auc``, ``model_dir``, ``run_id``, ``version``, ``grade`` and
-    ``grade_reason`` (None without a backtest), ``seconds``.
+    ``grade_reason`` (None without a backtest), ``seconds``. ``sample_customers``: the backtest and the
+    final model learn from a hash sample of about this many customers (0: all; None: ``churn.SAMPLE_CUSTOMERS``).
     """
+    sample_customers = _sample_size(sample_customers)
     say = progress or _quiet
     started = time.perf_counter()
     ev = None
@@ -125,7 +137,7 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
             rolled = rolling.evaluate_churn_rolling(ws, backtest_cutoffs, every_days, horizon=horizon, tune=tune,
                                                     n_trials=n_trials, step_days=step_days, keep_evaluations=True,
                                                     model_kwargs={"tune_sample": tune_sample or None},
-                                                    progress=say)
+                                                    progress=say, sample_customers=sample_customers or 0)
         except ValueError as exc:
             skipped = str(exc)  # the caller says so; the final model is still trained
         if rolled is not None:
@@ -136,7 +148,7 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
     params = dict(ev.model.best_params_) if (ev is not None and tune) else None
     # reuse the backtest's tuned parameters instead of searching twice
     model, info = churn.train_final(ws, horizon_days=horizon, tune=tune and params is None, n_trials=n_trials,
-                                    step_days=step_days, progress=say,
+                                    step_days=step_days, progress=say, sample_customers=sample_customers,
                                     model_kwargs={"tune_sample": tune_sample or None,
                                                   **({"params": params} if params else {})})
     saved = model_dir(ws)
@@ -151,6 +163,7 @@ def train_churn_model(ws: Workspace, horizon: int = 90, tune: bool = True, n_tri
     }
     run_params = {"horizon_days": horizon, "tune": tune, "n_trials": n_trials if tune else 0,
                   "tune_sample": (tune_sample or "all") if tune else "none",
+                  "sample_customers": sample_customers or "all",
                   "step_days": step_days, "best_iteration": model.best_iteration_,
                   "calibration": model.calibration, **churn.output_params(model),
                   **{f"lgb.{k}": v for k, v in model.best_params_.items()}}

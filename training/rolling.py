@@ -154,10 +154,11 @@ def _cutoffs(newest, n: int, every_days: int) -> list[pd.Timestamp]:
 def evaluate_churn_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None = None, horizon: int = 90,
                            tune: bool = True, n_trials: int = 10, step_days: int = 30,
                            keep_evaluations: bool = False, model_kwargs: dict | None = None,
-                           progress: Progress | None = None) -> RollingResult:
+                           progress: Progress | None = None, sample_customers: int | None = None) -> RollingResult:
     """``training.churn.evaluate_protocol`` at each of ``n_cutoffs`` cutoffs every ``every_days`` (default:
     the horizon) back from the newest labelled one. A cutoff without enough history before it is
-    skipped with its reason; none evaluated raises ``ValueError``."""
+    skipped with its reason; none evaluated raises ``ValueError``. ``sample_customers``: as
+    ``evaluate_protocol`` (None: its default; 0: every customer)."""
     from training import churn
 
     say = progress or _quiet
@@ -170,7 +171,9 @@ def evaluate_churn_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None
         try:
             ev = churn.evaluate_protocol(ws, c, horizon_days=horizon, tune=tune, n_trials=n_trials,
                                          step_days=step_days, model_kwargs=model_kwargs,
-                                         progress=lambda m, i=i: say(f"  [{i}/{len(cuts)}] {m}"))
+                                         progress=lambda m, i=i: say(f"  [{i}/{len(cuts)}] {m}"),
+                                         **({} if sample_customers is None
+                                            else {"sample_customers": sample_customers or None}))
         except ValueError as exc:
             skipped.append({"cutoff": str(c.date()), "reason": str(exc)})
             say(f"  skipped {c.date()}: {exc}")

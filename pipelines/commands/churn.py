@@ -32,7 +32,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.commands.options import BacktestCutoffsOption, CutoffsOption, EveryOption, WorkspaceOption
+from pipelines.commands.options import (
+    BacktestCutoffsOption,
+    CutoffsOption,
+    EveryOption,
+    SampleCustomersOption,
+    WorkspaceOption,
+)
 
 console = Console()
 
@@ -110,6 +116,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
                                                       "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
+        sample_customers: SampleCustomersOption = None,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write reports/churn_evaluation.json + plots.")] = True,
         mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the evaluation run to MLflow.")] = True,
         workspace: WorkspaceOption = None,
@@ -126,14 +133,14 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
 
             evaluate_rolling(console, say, ws, CHURN, cutoffs, every, ROLLING_TABLES, json_path, mlflow,
                              horizon=horizon, tune=tune, n_trials=n_trials, step_days=step_days,
-                             model_kwargs={"tune_sample": tune_sample or None})
+                             sample_customers=sample_customers, model_kwargs={"tune_sample": tune_sample or None})
             return
         if cutoff is None:
             console.print("[bold red]error:[/] give --cutoff DATE (one cutoff) or --cutoffs N (rolling evaluation)")
             raise typer.Exit(2)
         try:
             done = evaluate_churn_model(ws, cutoff, horizon=horizon, tune=tune, n_trials=n_trials,
-                                        tune_sample=tune_sample,
+                                        tune_sample=tune_sample, sample_customers=sample_customers,
                                         step_days=step_days, report=report, json_path=json_path, mlflow=mlflow,
                                         progress=say)
         except (ValueError, FileNotFoundError) as exc:
@@ -161,6 +168,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
         tune_sample: Annotated[int, typer.Option(help="Customers the search trains on (a fixed sample; 0 = all, the "
                                                       "full search).")] = 2500,
         step_days: Annotated[int, typer.Option(help="Days between stacked training cutoffs.")] = 30,
+        sample_customers: SampleCustomersOption = None,
         backtest: Annotated[bool, typer.Option("--backtest/--no-backtest",
                                                help="Evaluate against the baselines at the newest labelled cutoff "
                                                     "first (out-of-time metrics for the registry).")] = True,
@@ -176,7 +184,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer) -> None:
 
         try:
             result = train_churn_model(Workspace(workspace), horizon=horizon, tune=tune, n_trials=n_trials,
-                                       tune_sample=tune_sample,
+                                       tune_sample=tune_sample, sample_customers=sample_customers,
                                        step_days=step_days, backtest=backtest, register_model=register_model,
                                        backtest_cutoffs=backtest_cutoffs, every_days=every, progress=say)
         except (ValueError, FileNotFoundError) as exc:

@@ -29,6 +29,15 @@ BacktestCutoffsOption = Annotated[
 ]
 
 
+# the churn model's training sample (the default, features.sampling.TRAIN_CUSTOMERS, is not imported here:
+# loading the CLI loads no library)
+SampleCustomersOption = Annotated[
+    Optional[int], typer.Option("--sample-customers", min=0, help="Train (and backtest) on a fixed sample of about this "
+                                "many customers, by id hash, when the shop has more; 0 = every customer. Default: "
+                                "features.sampling.TRAIN_CUSTOMERS.", show_default=False)
+]
+
+
 class Engine(str, Enum):
     """Where the batch work runs: DuckDB embedded in this process, or PySpark (local, or a cluster's session)."""
 
