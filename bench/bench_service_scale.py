@@ -29,6 +29,7 @@ and the ``h17-lazy`` section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shutil
@@ -201,12 +202,10 @@ def _rss(proc, when: str) -> dict:
     the pages of mapped files (the online table's pages are the shared, reclaimable page cache)."""
     sizes = []
     for p in proc.tree():
-        try:
+        with contextlib.suppress(Exception):  # a process that just ended
             status = dict(line.split(":", 1) for line in open(f"/proc/{p.pid}/status"))
             anon = int(status.get("RssAnon", "0 kB").split()[0]) * 1024
             sizes.append((p.memory_info().rss, anon))
-        except Exception:  # noqa: BLE001 - a process that just ended
-            pass
     worker = max(sizes, default=(0, 0))
     return {f"worker_rss_mb_{when}": round(worker[0] / 2**20, 1), f"worker_anon_mb_{when}": round(worker[1] / 2**20, 1),
             f"tree_rss_mb_{when}": round(sum(s[0] for s in sizes) / 2**20, 1)}

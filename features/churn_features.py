@@ -44,7 +44,12 @@ import pandas as pd
 from features import catalog
 from features.bgnbd import BG_COLUMNS, BGNBD, bgnbd_features, fit_at, purchase_days
 from features.dates import newest_labelled_cutoff, training_cutoffs
-from features.snapshots import DEFAULT_ELIGIBILITY, DEFAULT_HORIZON, SnapshotQuery, build_snapshots
+from features.snapshots import (
+    DEFAULT_ELIGIBILITY,
+    DEFAULT_HORIZON,
+    SnapshotQuery,
+    build_snapshots,
+)
 from features.workspace import Workspace, atomic_write
 
 EXTRA_FEATURES: list[str] = catalog.extra_feature_names()  # model order: the behaviour extras, then BG/NBD
@@ -447,8 +452,8 @@ def _customer_count(source) -> int:
         return int(src["events"]["customer_id"].nunique())
     import duckdb
 
-    path = str(src.table_path("events")).replace("'", "''")
-    return int(duckdb.sql(f"SELECT count(DISTINCT customer_id) FROM read_parquet('{path}')").fetchone()[0])
+    query = "SELECT count(DISTINCT customer_id) FROM read_parquet(?)"
+    return int(duckdb.execute(query, [str(src.table_path("events"))]).fetchone()[0])
 
 
 def stored_cutoffs(ws: Workspace, horizon_days: int = DEFAULT_HORIZON,
