@@ -40,7 +40,7 @@ def cutoffs_run(interactions, items, users, cutoffs, params: dict) -> list[dict]
     for c in cutoffs:
         started = time.perf_counter()
         ev = evaluate_time_split(interactions, c, window_days=90, k=10, items=items, users=users, params=params)
-        row = {"cutoff": c, "seconds": round(time.perf_counter() - started, 1), "fit_seconds": ev.get("fit_seconds"),
+        row = {"cutoff": c, "seconds": round(time.perf_counter() - started, 1), "fit_seconds": ev.get("fit_seconds"), "fit_cpu": ev.get("fit_cpu"),
                "n_users": ev["n_users"], "n_users_new": ev["n_users_new"],
                "all": {k: v["ndcg@10"] for k, v in ev["all"].items()},
                "new": {k: v["ndcg@10"] for k, v in ev["new"].items()},
@@ -120,7 +120,8 @@ def scale_run(params: dict) -> dict:
     model = Recommender(**params).fit(df)
     res = {"lines": int(len(df)), "customers": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()),
            "fit_seconds": round(time.perf_counter() - started, 1), "fit_cpu_seconds": round(time.process_time() - cpu, 1),
-           "load_average": os.getloadavg(), "selection": getattr(model, "selection_", None)}
+           "load_average": os.getloadavg(), "fit_cpu_by_phase": model.fit_cpu_,
+           "selection": getattr(model, "selection_", None)}
     print(json.dumps(res, default=str), flush=True)
     return res
 
