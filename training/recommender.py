@@ -32,7 +32,10 @@ How ``fit`` works
 
 Fit time is bounded for large catalogues: EASE (a dense items × items inverse, cubic in items) is
 fitted on the ``ease_max_items`` most popular items (5,000 by default; None for all), and the
-ranker and the selection use at most ``rank_max_users`` labelled users (None for all): the full
+ranker and the selection use at most ``rank_max_users`` labelled users per inner window (2,500 by
+default, a random sample; None for all): on a large shop the ranker's training and the candidates'
+features grow with the users and were most of the fit time, while a few thousand users suffice to
+learn the ranking (docs/experiments.md). The full
 search is ``Recommender(ease_max_items=None, rank_max_users=None)`` with ``fit(tune=True)``.
 
 With ``fit(tune=True)`` the generators' hyperparameters (:data:`TUNING_GRID`) are first chosen
@@ -212,7 +215,7 @@ class Recommender(BaseEstimator):
         ranker_num_leaves: int = 31,
         ranker_negatives: int = 60,
         ranker_bags: int = 1,
-        rank_max_users: int | None = 5000,
+        rank_max_users: int | None = 2500,
         segment_col: str | None = None,
         random_state: int = 0,
         num_threads: int = 0,
