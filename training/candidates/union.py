@@ -261,15 +261,12 @@ def user_candidates(
                 t = t[s[t] > 0]
             tops.append(t[:rank_depth])
             continue
-        if pos:  # item-based scores are mostly 0: rank only the positive ones (much less than the catalogue)
-            idx = np.flatnonzero(s > 0)
-            if blocked is not None:
-                idx = idx[~blocked[idx]]
-            tops.append(idx[top_items(s[idx], rank_depth)])
-            continue
-        if blocked is not None:
+        if blocked is not None or pos:
             s = s.copy()
-            s[blocked] = -np.inf
+            if blocked is not None:
+                s[blocked] = -np.inf
+            if pos:
+                s[s <= 0] = -np.inf
         tops.append(top_items(s, rank_depth))
     union = np.unique(np.concatenate([t[:n_candidates] for t in tops])) if tops else np.empty(0, np.int64)
     ranks = np.full((n_gen, len(union)), rank_depth + 1, dtype=np.float32)
