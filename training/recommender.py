@@ -185,7 +185,8 @@ class Recommender(BaseEstimator):
     when ranking without a re-ranker), ``selection_`` (what was chosen and why),
     the catalogue (``item_ids_``, ``item_index_``, ``item_price_``, ``item_category_``,
     ``category_names_``, ``segment_names_``), ``best_params_`` (the hyperparameters chosen by
-    ``fit(tune=True)``, ``{}`` without tuning) and ``tuning_`` (the tuning grid with its scores).
+    ``fit(tune=True)``, ``{}`` without tuning), ``tuning_`` (the tuning grid with its scores),
+    ``fit_seconds_`` (wall) and ``fit_cpu_`` (CPU seconds per phase of the fit, and ``total``).
     """
 
     def __init__(
