@@ -5,6 +5,7 @@ and the fit time on a large synthetic catalogue.
     python -m bench.bench_rec_cutoffs --workspace /tmp/uci            # the four quarterly cutoffs
     python -m bench.bench_rec_cutoffs --workspace /tmp/uci --ratings  # + the ratings-like table
     python -m bench.bench_rec_cutoffs --no-cutoffs --scale           # 25,000 items x 30,000 customers
+    python -m bench.bench_rec_cutoffs --workspace /tmp/uci --ceiling --cutoffs 2010-12-11  # oracle upper bounds
 
 At each cutoff: ``training.recommender.evaluate_time_split`` (fit before the cutoff, test on the next
 90 days; nDCG@10 over all purchases and over items new to the customer), the model beside every
@@ -40,7 +41,7 @@ def cutoffs_run(interactions, items, users, cutoffs, params: dict) -> list[dict]
     for c in cutoffs:
         started = time.perf_counter()
         ev = evaluate_time_split(interactions, c, window_days=90, k=10, items=items, users=users, params=params)
-        row = {"cutoff": c, "seconds": round(time.perf_counter() - started, 1), "fit_seconds": ev.get("fit_seconds"),
+        row = {"cutoff": c, "seconds": round(time.perf_counter() - started, 1), "fit_seconds": ev.get("fit_seconds"), "fit_cpu": ev.get("fit_cpu"),
                "n_users": ev["n_users"], "n_users_new": ev["n_users_new"],
                "all": {k: v["ndcg@10"] for k, v in ev["all"].items()},
                "new": {k: v["ndcg@10"] for k, v in ev["new"].items()},
@@ -48,6 +49,57 @@ def cutoffs_run(interactions, items, users, cutoffs, params: dict) -> list[dict]
         out.append(row)
         print(json.dumps(row, default=str), flush=True)
     return out
+
+
+def ceiling_run(interactions, items, users, cutoff, params: dict, window_days: float = 90.0) -> dict:
+    """Upper bounds of the model at one cutoff, on the test window itself (oracles: they see the test labels).
+
+    The model is fitted before ``cutoff`` as in the evaluation; the test users' candidates and
+    features are built from that fit and labelled with the test window (``all`` view). The test users
+    are split 50/50 by a hash of their id; on the second half (the check) are compared: the model's
+    own re-ranker, the best single generator, the best blend of generators with its weights searched
+    on the check half itself, a LambdaRank ranker trained on the first half's *test* labels (the same
+    features and settings: what the ranker could do without the shift between the inner window and
+    the test window), and the perfect order of the candidates (the recall ceiling of the candidates).
+    nDCG@10 counts every relevant item (candidates or not) and is averaged over all check users
+    (users whose candidates hold nothing relevant score 0)."""
+    import zlib
+
+    from features.interactions import holdout_truth, normalize_interactions, time_split
+    from training.recommender import Recommender, _Pack, _split_ndcg, search_blend
+
+    df = normalize_interactions(interactions)
+    train, test = time_split(df, cutoff, window_days)
+    test = test[test["weight"] > 0]
+    model = Recommender(**{**params, "rank_max_users": None}).fit(train, items=items, users=users)
+    truth_all, _ = holdout_truth(train, test)
+    n_users = truth_all["user_id"].nunique()
+    check_users = {u for u in truth_all["user_id"].unique() if zlib.crc32(u.encode()) % 2 == 1}
+    rows = model._training_rows(model.state_, train, test)["all"]
+    fit_rows = [r for r in rows if r.user not in check_users]
+    check_rows = [r for r in rows if r.user in check_users]
+    scale = len(check_rows) / max(len(check_users), 1)  # users without a relevant candidate score 0
+    names = list(model.generators)
+    pack = _Pack.of(check_rows, len(names), sample=False)
+    alone = {n: float(pack.ndcg(np.eye(len(names))[g])) * scale for g, n in enumerate(names)}
+    blend = float(pack.ndcg(search_blend(pack, np.ones(len(names), dtype=bool)))) * scale
+    x = np.vstack([r.x for r in check_rows])
+
+    def ranked(boosters) -> float:
+        s = sum(b.predict(x) for b in boosters)
+        return float(np.sum(_split_ndcg(s, check_rows))) / max(len(check_users), 1)
+
+    oracle_boosters, _ = model._fit_ranker(fit_rows)
+    perfect = float(np.sum(_split_ndcg(np.concatenate([r.y for r in check_rows]).astype(float), check_rows)))
+    best = max(alone, key=alone.get)
+    res = {"cutoff": str(cutoff), "test_users": int(n_users), "check_users": len(check_users),
+           "check_users_with_a_relevant_candidate": len(check_rows),
+           "model_ranker": ranked(model.rankers_["all"]) if "all" in model.rankers_ else None,
+           "best_generator": [best, alone[best]], "oracle_blend": blend,
+           "ranker_trained_on_test_labels": ranked(oracle_boosters),
+           "perfect_order_of_candidates": perfect / max(len(check_users), 1), "generators_alone": alone}
+    print(json.dumps(res, default=str), flush=True)
+    return res
 
 
 def ratings_table(interactions: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +172,8 @@ def scale_run(params: dict) -> dict:
     model = Recommender(**params).fit(df)
     res = {"lines": int(len(df)), "customers": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()),
            "fit_seconds": round(time.perf_counter() - started, 1), "fit_cpu_seconds": round(time.process_time() - cpu, 1),
-           "load_average": os.getloadavg(), "selection": getattr(model, "selection_", None)}
+           "load_average": os.getloadavg(), "fit_cpu_by_phase": model.fit_cpu_,
+           "selection": getattr(model, "selection_", None)}
     print(json.dumps(res, default=str), flush=True)
     return res
 
@@ -146,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-cutoffs", action="store_true")
     ap.add_argument("--ratings", action="store_true", help="also the ratings-like table against a tuned EASE")
     ap.add_argument("--scale", action="store_true", help="also the fit time on 25,000 items x 30,000 customers")
+    ap.add_argument("--ceiling", action="store_true", help="instead of the evaluation: oracle upper bounds at each cutoff")
     ap.add_argument("--params", default="{}", help="Recommender parameters as JSON")
     ap.add_argument("--output", default=str(REPO / "bench" / "results" / "rec_cutoffs.json"))
     args = ap.parse_args(argv)
@@ -156,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
         from training.recommender_inputs import load_inputs
 
         interactions, items, users = load_inputs(real_workspace(args.workspace))
-        if not args.no_cutoffs:
+        if args.ceiling:
+            res["ceiling"] = [ceiling_run(interactions, items, users, c, params) for c in args.cutoffs.split(",")]
+        elif not args.no_cutoffs:
             res["cutoffs"] = cutoffs_run(interactions, items, users, args.cutoffs.split(","), params)
             print(markdown(res["cutoffs"]))
         if args.ratings:

@@ -510,3 +510,29 @@ def test_generators_store_their_params_as_given_and_validate_in_fit():
         assert gen.name in ("svd", "jaccard")  # stored as given
         with pytest.raises(ValueError, match=message):
             gen.fit(data)
+
+
+def test_fit_records_where_its_cpu_time_goes(fitted):
+    rec, _ = fitted
+    phases = rec.fit_cpu_
+    assert {"matrix", "ranker_rows", "selection", "total", *rec.generators} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
+    parts = sum(v for k, v in phases.items() if k != "total")
+    assert parts <= phases["total"] + 0.05 * len(phases)  # phases are disjoint slices of the fit (rounded)
+
+
+def test_positive_only_candidates_are_the_positive_scores_best_first():
+    from training.candidates.union import user_candidates
+
+    rng = np.random.default_rng(3)
+    n = 500
+    sparse = np.where(rng.random(n) < 0.1, rng.random(n), 0.0).astype(np.float32)
+    dense_scores = rng.standard_normal(n).astype(np.float32)
+    blocked = rng.random(n) < 0.2
+    union, _, ranks, _ = user_candidates([sparse, dense_scores], [True, False], blocked, 10, 30)
+    expected = np.flatnonzero((sparse > 0) & ~blocked)
+    expected = expected[np.argsort(-sparse[expected], kind="stable")][:30]
+    position = {int(i): r + 1 for r, i in enumerate(expected)}
+    assert ranks[0].tolist() == [position.get(int(i), 31) for i in union]  # its ranks among the positive scores
+    assert not blocked[union].any()
+    assert set(expected[:10]) <= set(union)

@@ -32,7 +32,10 @@ How ``fit`` works
 
 Fit time is bounded for large catalogues: EASE (a dense items × items inverse, cubic in items) is
 fitted on the ``ease_max_items`` most popular items (5,000 by default; None for all), and the
-ranker and the selection use at most ``rank_max_users`` labelled users (None for all): the full
+ranker and the selection use at most ``rank_max_users`` labelled users per inner window (2,500 by
+default, a random sample; None for all): on a large shop the ranker's training and the candidates'
+features grow with the users and were most of the fit time, while a few thousand users suffice to
+learn the ranking (docs/experiments.md). The full
 search is ``Recommender(ease_max_items=None, rank_max_users=None)`` with ``fit(tune=True)``.
 
 With ``fit(tune=True)`` the generators' hyperparameters (:data:`TUNING_GRID`) are first chosen
@@ -182,7 +185,8 @@ class Recommender(BaseEstimator):
     when ranking without a re-ranker), ``selection_`` (what was chosen and why),
     the catalogue (``item_ids_``, ``item_index_``, ``item_price_``, ``item_category_``,
     ``category_names_``, ``segment_names_``), ``best_params_`` (the hyperparameters chosen by
-    ``fit(tune=True)``, ``{}`` without tuning) and ``tuning_`` (the tuning grid with its scores).
+    ``fit(tune=True)``, ``{}`` without tuning), ``tuning_`` (the tuning grid with its scores),
+    ``fit_seconds_`` (wall) and ``fit_cpu_`` (CPU seconds per phase of the fit, and ``total``).
     """
 
     def __init__(
@@ -212,7 +216,7 @@ class Recommender(BaseEstimator):
         ranker_num_leaves: int = 31,
         ranker_negatives: int = 60,
         ranker_bags: int = 1,
-        rank_max_users: int | None = 5000,
+        rank_max_users: int | None = 2500,
         segment_col: str | None = None,
         random_state: int = 0,
         num_threads: int = 0,
@@ -287,6 +291,7 @@ class Recommender(BaseEstimator):
 
         ``params``: the hyperparameters of this fit (the constructor's, with ``best_params_`` over
         them after tuning), passed explicitly so that ``fit`` never rewrites the constructor's."""
+        c = time.process_time()
         users = np.asarray(sorted(df["user_id"].unique()), dtype=object)
         matrix = build_interaction_matrix(
             df, now=now, half_life_days=self._half_lives(params), user_ids=users, item_ids=self.item_ids_,
@@ -297,10 +302,12 @@ class Recommender(BaseEstimator):
             matrix=matrix, interactions=df, user_segment=user_segment, n_segments=len(self.segment_names_),
             item_category=self.item_category_, n_categories=len(self.category_names_), num_threads=self.num_threads,
         )
+        self._spent("matrix", c)
         gens = []
         for name in self.generators:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             gens.append(self._make_generator(name, params).fit(data))
+            self._spent(name, c)
             log.debug("fitted %s in %.1fs", name, time.perf_counter() - t)
             if progress is not None:
                 progress.advance()
@@ -337,7 +344,8 @@ class Recommender(BaseEstimator):
         only, so ``get_params()`` is the same after ``fit`` as before and ``clone`` gives the
         untuned model (``clone(rec).set_params(**rec.best_params_)`` the tuned one).
         """
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.fit_cpu_ = {}
         unknown = [g for g in self.generators if g not in GENERATOR_NAMES]
         if unknown:
             raise ValueError(f"unknown generator(s) {unknown}")
@@ -368,13 +376,17 @@ class Recommender(BaseEstimator):
                 rows = {"all": [], "new": []}
                 for inner_train, labels, inner_now in splits:
                     inner = self._fit_state(inner_train, inner_now, params, adv)
+                    c = time.process_time()
                     for mode, found in self._training_rows(inner, inner_train, labels).items():
                         rows[mode].extend(found)
+                    self._spent("ranker_rows", c)
                     adv.advance()
                 windows = [str(n) if n is not None else "random" for *_, n in splits]
                 self.selection_ = {"split": "time" if self.has_time_ else "random", "windows": windows}
                 for mode in ("all", "new"):
+                    c = time.process_time()
                     booster, weights, info, chosen = self._select(rows[mode], mode == "new")
+                    self._spent("selection", c)
                     if booster is not None:
                         self.rankers_[mode] = booster
                     self.blend_weights_[mode] = weights
@@ -386,7 +398,14 @@ class Recommender(BaseEstimator):
         pop = self._generator("popular")
         self.popular_order_ = pop.order_ if pop is not None else np.argsort(-self.state_.items.users, kind="stable")
         self.fit_seconds_ = time.perf_counter() - t0
+        self._spent("total", c0)
         return self
+
+    def _spent(self, phase: str, cpu_start: float) -> None:
+        """Add the CPU seconds since ``cpu_start`` to ``fit_cpu_[phase]`` (where a fit's time goes,
+        summed over the inner and final fits; CPU rather than wall time because shared machines
+        make wall time meaningless)."""
+        self.fit_cpu_[phase] = round(self.fit_cpu_.get(phase, 0.0) + time.process_time() - cpu_start, 2)
 
     def _set_catalogue(self, df: pd.DataFrame, items: pd.DataFrame | None, users: pd.DataFrame | None) -> None:
         ids = set(df["item_id"].unique())
@@ -459,8 +478,12 @@ class Recommender(BaseEstimator):
         sets = {}
         for mode, truth in (("all", truth_all), ("new", truth_new)):
             t = truth.assign(u=truth["user_id"].map(m.user_index), i=truth["item_id"].map(self.item_index_)).dropna()
-            sets[mode] = t.groupby(t["u"].astype(np.int64))["i"].agg(lambda s: set(s.astype(np.int64)))
-        users = np.asarray(sorted(sets["all"].index), dtype=np.int64)
+            u, i = t["u"].to_numpy(np.int64), t["i"].to_numpy(np.int64)
+            order = np.lexsort((i, u))  # one array split per user, not a groupby with a Python lambda (slow at scale)
+            u, i = u[order], i[order]
+            starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.empty(0, np.int64)
+            sets[mode] = {int(k): set(v.tolist()) for k, v in zip(u[starts], np.split(i, starts[1:]))}
+        users = np.asarray(sorted(sets["all"]), dtype=np.int64)
         if self.rank_max_users and len(users) > self.rank_max_users:
             rng = np.random.default_rng(self.random_state)
             users = np.sort(rng.choice(users, size=int(self.rank_max_users), replace=False))
@@ -1160,6 +1183,7 @@ def evaluate_time_split(
     out["n_users_new"] = int(len(users_new))
     out["selection"] = model.selection_
     out["fit_seconds"] = round(model.fit_seconds_, 1)
+    out["fit_cpu"] = model.fit_cpu_
     out["cutoff"] = str(pd.Timestamp(cutoff).date())
     out["window_days"] = window_days
     out["k"] = k
