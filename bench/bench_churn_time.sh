@@ -5,6 +5,7 @@
 # "Churn training time".
 #
 # usage: bench/bench_churn_time.sh [DIR] [DATA]   (defaults: /tmp/crmml-churn-time /work/shared/data)
+#        BENCH_SHOPS="uci" bench/bench_churn_time.sh ...   (one shop only; default "synthetic25k uci")
 #
 # Each shop is prepared once in DIR/<shop> (generate + features, or ingest + features; not timed), then
 # every timed command runs on a fresh copy of it, so each starts as a first run would: the snapshot
@@ -14,8 +15,9 @@
 #
 # Bytecode: when the environment sets PYTHONDONTWRITEBYTECODE, every command recompiles the ~3,400
 # modules it imports (about 8 s of CPU here). The script caches bytecode under DIR/pycache instead
-# (PYTHONPYCACHEPREFIX; the venv is not written), as an ordinary install would have it, filled once by
-# compileall (untimed); BENCH_NO_PYCACHE=1 measures the recompiling case.
+# (PYTHONPYCACHEPREFIX; neither the venv nor the interpreter's library is written), as an ordinary
+# install would have it, filled once by compileall over everything on sys.path (untimed; with a prefix
+# Python ignores the __pycache__ folders beside the sources, the standard library's included); BENCH_NO_PYCACHE=1 measures the recompiling case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-/tmp/crmml-churn-time}; data=${2:-/work/shared/data}
@@ -56,17 +58,17 @@ timed() {  # name shop args...: one command on a fresh copy of the shop's worksp
   awk -v n="$name" -v s="$shop" -v l="$load" '/^TIME/ {printf "%-13s %-32s %8.1f %8.1f %8.0f %6s\n", s, n, $2, $3+$4, $5/1024, l}' "$log"
 }
 
-prepare synthetic25k
-prepare uci
+shops=${BENCH_SHOPS:-synthetic25k uci}
+for shop in $shops; do prepare "$shop"; done
 if [ -z "${BENCH_NO_PYCACHE:-}" ] && [ ! -f "$dir/pycache/.warm" ]; then  # bytecode of everything, once (untimed)
   mkdir -p "$dir/pycache"
   nice -n 10 .venv/bin/python -c "import compileall, re, sys
-for p in [p for p in sys.path if p.endswith('site-packages')] + ['features', 'training', 'pipelines', 'serving']:
+for p in [p for p in sys.path if p and not p.endswith('.zip')] + ['features', 'training', 'pipelines', 'serving']:
     compileall.compile_dir(p, quiet=2, rx=re.compile(r'/tests?/'))" > /dev/null 2>&1 || true
   touch "$dir/pycache/.warm"
 fi
 printf "%-13s %-32s %8s %8s %8s %6s\n" shop command "wall s" "CPU s" "RSS MiB" load
-for shop in synthetic25k uci; do
+for shop in $shops; do
   cut=$(newest "$dir/$shop")
   timed "train churn" "$shop" train churn
   timed "evaluate churn --cutoff $cut" "$shop" evaluate churn --cutoff "$cut"
