@@ -1017,7 +1017,7 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
                                                                                  model.feature_names_)})
 
         scored = score_customers(model, test, clv, predict=predicted)
-    else:  # metrics only (a rolling evaluation's older cutoffs): no reasons, CLV or value at stake
+    else:  # metrics only (``crmml evaluate churn --cutoffs N``): no reasons, CLV or value at stake
         contrib = None
         scored = pd.DataFrame({"customer_id": test["customer_id"].astype(str).to_numpy(),
                                "churn_probability": p_model, "risk_tier": model.risk_tier(p_model)})
