@@ -320,6 +320,28 @@ def test_centered_isotonic_calibrator_keeps_the_ranking():
     assert np.all((p > 0) & (p < 1))
 
 
+def test_isotonic_blocks_are_those_of_pool_adjacent_violators():
+    from training.churn_baselines import _pava
+
+    def textbook(y, w):  # pool adjacent blocks while the left one is not below the right one
+        blocks = []
+        for i, (v, wt) in enumerate(zip(y, w)):
+            blocks.append([i, i, float(v), float(wt)])
+            while len(blocks) > 1 and blocks[-2][2] >= blocks[-1][2]:
+                a, b = blocks[-2], blocks.pop()
+                a[1], a[2], a[3] = b[1], (a[2] * a[3] + b[2] * b[3]) / (a[3] + b[3]), a[3] + b[3]
+        return blocks
+
+    rng = np.random.default_rng(1)
+    for y in (rng.random(300), (rng.random(300) < 0.3).astype(float), np.sort(rng.random(50)), np.ones(4)):
+        w = rng.integers(1, 5, len(y)).astype(float)
+        starts, ends, values = _pava(y, w)
+        want = textbook(y, w)
+        assert starts.tolist() == [b[0] for b in want] and ends.tolist() == [b[1] for b in want]
+        assert np.allclose(values, [b[2] for b in want], rtol=0, atol=1e-12)
+        assert np.all(np.diff(values) > 0)  # strictly increasing blocks: equal neighbours were pooled
+
+
 # ------------------------------------------------------------------------------------------ BG/NBD, CLV
 def test_bgnbd_matches_lifetimes_and_its_limits(shop):
     from lifetimes import BetaGeoFitter

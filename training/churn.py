@@ -908,7 +908,7 @@ class Evaluation:
     model: ChurnModel
     baselines: Baselines
     train_cutoffs: list
-    contributions: np.ndarray
+    contributions: np.ndarray | None  # None without details (evaluate_protocol)
     X_eval: pd.DataFrame
     timings: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
@@ -977,7 +977,7 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
             "customers": int(len(g)),
             "mean_probability": _clean(g["churn_probability"].mean()) if len(g) else None,
             "observed_churn_rate": _clean(g["churned"].mean()) if len(g) and "churned" in g else None,
-            "value_at_stake": _clean(g["value_at_stake"].sum()),
+            "value_at_stake": _clean(g["value_at_stake"].sum()) if "value_at_stake" in g else None,
         })
     return rows
 
@@ -985,13 +985,17 @@ def _tier_table(scored: pd.DataFrame) -> list[dict]:
 def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune: bool = True, n_trials: int = 10,
                       step_days: int = 30, min_history_days: int = 60, model_kwargs: dict | None = None,
                       engine: str = "duckdb", progress: Callable[[str], None] | None = None,
-                      sample_customers: int | None = SAMPLE_CUSTOMERS) -> Evaluation:
+                      sample_customers: int | None = SAMPLE_CUSTOMERS, details: bool = True) -> Evaluation:
     """Train on labels that end on or before ``cutoff``; score the customers eligible at ``cutoff``; compare
     the model with the baselines on the same customers (see the module docstring).
     ``sample_customers``: train and evaluate on a hash sample of about this many customers (None: all;
-    see :data:`SAMPLE_CUSTOMERS`)."""
-    from features.sampling import in_sample
+    see :data:`SAMPLE_CUSTOMERS`).
+
+    ``details``: also score the customers as the CRM would (:func:`score_customers`: reasons, CLV, value
+    at stake, action) and keep their SHAP contributions, what :func:`write_report` draws; False: the
+    metrics only (``scored`` has the probability and tier, ``contributions`` is None)."""
     from features.bgnbd import purchase_days
+    from features.sampling import in_sample
     from training.clv import CLVModel
 
     say = progress or (lambda msg: log.info(msg))
@@ -1043,12 +1047,28 @@ def evaluate_protocol(source, cutoff, horizon_days: int = DEFAULT_HORIZON, tune:
     metrics = {name: cm.evaluate(y, s["proba"], score=s["score"]) for name, s in scores.items()}
     metrics["model"]["auc_uncalibrated"] = cm.roc_auc(y, model.decision_function(test))
 
-    say("scoring customers: reasons, CLV, value at stake")
-    clv_model = CLVModel().fit(events, cutoff, days=purchase_days(events))
-    clv = clv_model.predict()
-    scored = score_customers(model, test, clv)
-    scored = scored.merge(test[["customer_id", "churned"]], on="customer_id", how="left")
-    contrib = model.contributions(test)
+    if details:
+        say("scoring customers: reasons, CLV, value at stake")
+        clv_model = CLVModel().fit(events, cutoff, days=purchase_days(events))
+        clv = clv_model.predict()
+        # TreeSHAP is the costly part of scoring: computed once, for the reasons and the SHAP plot alike,
+        # with the probabilities already computed for the metrics
+        contrib = model.contributions(test)
+
+        def predicted(snap: pd.DataFrame) -> pd.DataFrame:
+            return pd.DataFrame({"churn_probability": p_model, "risk_tier": model.risk_tier(p_model),
+                                 "reasons": retention.reasons_from_contributions(contrib, snap,
+                                                                                 model.feature_names_)})
+
+        scored = score_customers(model, test, clv, predict=predicted)
+    else:  # metrics only (``crmml evaluate churn --cutoffs N``): no reasons, CLV or value at stake
+        contrib = None
+        scored = pd.DataFrame({"customer_id": test["customer_id"].astype(str).to_numpy(),
+                               "churn_probability": p_model, "risk_tier": model.risk_tier(p_model)})
+        if "cutoff" in test.columns:
+            scored["cutoff"] = test["cutoff"].to_numpy()
+    scored = scored.merge(test[["customer_id", "churned"]].astype({"customer_id": str}), on="customer_id",
+                          how="left")
     timings["scoring"] = round(time.perf_counter() - t2, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
     notes = []

@@ -39,23 +39,20 @@ BASELINE_DOCS = {
 # calibration
 # --------------------------------------------------------------------------------------------
 def _pava(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pool-adjacent-violators on sorted data: (block start index, block end index, block value)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    vals: list[float] = []
-    wts: list[float] = []
-    for i in range(len(y)):
-        starts.append(i)
-        ends.append(i)
-        vals.append(float(y[i]))
-        wts.append(float(w[i]))
-        while len(vals) > 1 and vals[-2] >= vals[-1]:
-            wsum = wts[-2] + wts[-1]
-            v = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wsum
-            ends[-2] = ends[-1]
-            vals[-2], wts[-2] = v, wsum
-            del starts[-1], ends[-1], vals[-1], wts[-1]
-    return np.array(starts), np.array(ends), np.array(vals)
+    """Pool-adjacent-violators on sorted data: (block start index, block end index, block value).
+
+    scikit-learn's compiled PAVA gives the fitted value of every point; the blocks are the runs of
+    equal fitted values (adjacent blocks of equal value are pooled, as the textbook loop does). A
+    Python loop over every distinct score cost seconds per fit on 200k-row training frames."""
+    from sklearn.isotonic import isotonic_regression
+
+    y = np.asarray(y, dtype=float)
+    if len(y) == 0:
+        return np.array([], dtype=int), np.array([], dtype=int), np.array([], dtype=float)
+    fitted = isotonic_regression(y, sample_weight=np.asarray(w, dtype=float), increasing=True)
+    starts = np.flatnonzero(np.r_[True, fitted[1:] != fitted[:-1]])
+    ends = np.r_[starts[1:] - 1, len(y) - 1]
+    return starts, ends, fitted[starts]
 
 
 @dataclass
@@ -107,9 +104,7 @@ class Calibrator:
         ysum = np.add.reduceat(y * w, idx)
         ybar = ysum / wsum
         b_start, b_end, b_val = _pava(ybar, wsum)
-        cx = np.array(
-            [np.average(uniq[a:b + 1], weights=wsum[a:b + 1]) for a, b in zip(b_start, b_end)]
-        )
+        cx = np.add.reduceat(uniq * wsum, b_start) / np.add.reduceat(wsum, b_start)  # weighted block centres
         self.knots_x_, self.knots_y_ = cx, np.clip(b_val, self.eps, 1 - self.eps)
         return self
 

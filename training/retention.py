@@ -163,6 +163,10 @@ def _singular(text: str) -> str:
     return text
 
 
+#: the columns of a customer's row that :func:`sentence` reads besides the driver's own value
+SENTENCE_CONTEXT = ("recency_days", "recency_gap_ratio", "gap_mean_days")
+
+
 def reasons_from_contributions(
     contrib: np.ndarray,
     X: pd.DataFrame,
@@ -178,23 +182,29 @@ def reasons_from_contributions(
     """
     contrib = np.asarray(contrib)[:, : len(feature_names)]
     out: list[list[dict]] = []
-    cols = list(X.columns)
-    values = X.to_dict(orient="records") if len(X) else []
+    if contrib.shape[0] == 0:
+        return out
     order = np.argsort(-contrib, axis=1, kind="stable")[:, :top_k]
+    top = np.take_along_axis(contrib, order, axis=1)
+    # only the columns a reason can read: the top features' values and the context of the sentences;
+    # records of these columns only (not of the whole frame) keep the values' types and cost
+    used = {feature_names[j] for j in np.unique(order[top > min_contribution])}
+    take = [c for c in X.columns if c in used or c in SENTENCE_CONTEXT]
+    values = X[take].to_dict(orient="records")
+    present = set(take)
     for i in range(contrib.shape[0]):
         row = values[i]
         reasons = []
-        for j in order[i]:
-            c = float(contrib[i, j])
+        for j, c in zip(order[i], top[i]):
             if c <= min_contribution:
                 break
             name = feature_names[j]
-            value = row.get(name) if name in cols else None
+            value = row.get(name) if name in present else None
             reasons.append(
                 {
                     "feature": name,
                     "value": _json_value(value),
-                    "contribution": round(c, 6),
+                    "contribution": round(float(c), 6),
                     "sentence": sentence(name, value, row),
                 }
             )

@@ -158,7 +158,11 @@ def evaluate_churn_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None
     """``training.churn.evaluate_protocol`` at each of ``n_cutoffs`` cutoffs every ``every_days`` (default:
     the horizon) back from the newest labelled one. A cutoff without enough history before it is
     skipped with its reason; none evaluated raises ``ValueError``. ``sample_customers``: as
-    ``evaluate_protocol`` (None: its default; 0: every customer)."""
+    ``evaluate_protocol`` (None: its default; 0: every customer).
+
+    The metrics need the probabilities only: the customers are scored with reasons, CLV and SHAP
+    contributions (``evaluate_protocol(details=True)``) only with ``keep_evaluations`` (the backtest of
+    ``crmml train churn`` reports its newest evaluation)."""
     from training import churn
 
     say = progress or _quiet
@@ -172,6 +176,7 @@ def evaluate_churn_rolling(ws: Workspace, n_cutoffs: int, every_days: int | None
             ev = churn.evaluate_protocol(ws, c, horizon_days=horizon, tune=tune, n_trials=n_trials,
                                          step_days=step_days, model_kwargs=model_kwargs,
                                          progress=lambda m, i=i: say(f"  [{i}/{len(cuts)}] {m}"),
+                                         details=keep_evaluations,
                                          **({} if sample_customers is None
                                             else {"sample_customers": sample_customers or None}))
         except ValueError as exc:
