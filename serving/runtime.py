@@ -143,11 +143,8 @@ class Runtime:
                 self.last_error = None
                 return False, "champions and data unchanged"
             try:
-                t_imp = time.perf_counter()
-                log.info("reload: champions looked up")
                 refs = {name: import_champion(self.ws, self.registry, mv) for name, mv in found.items()}
                 started = time.perf_counter()
-                log.info("reload: imported in %.3f s", started - t_imp)
                 new_state = build_state(self.ws, refs, [], current)
             except ModelLoadError as exc:  # corrupt or changed files: refused, the old champions keep serving
                 self.degraded = describe(exc)

@@ -255,8 +255,9 @@ def freeze_heap(full: bool = True) -> None:
     if full:
         gc.unfreeze()
         gc.collect()
-    gc.freeze()
-    log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
+    gc.freeze()  # O(1): the generations' lists are spliced onto the permanent one
+    if full:  # counting walks every frozen object (~30 ms for 600k): not under traffic
+        log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
 
 
 class _Phases:
