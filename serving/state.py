@@ -114,13 +114,6 @@ def _published(data, version: str) -> bool:
         return False
 
 
-def _child_nice() -> None:
-    try:
-        os.nice(10)  # the worker answering requests comes first
-    except OSError:  # pragma: no cover - nice is best effort
-        pass
-
-
 def off_process(fn, *args):
     """``fn(*args)`` in a fresh child process (spawn); its result is returned, its exception raised.
 
@@ -135,7 +128,9 @@ def off_process(fn, *args):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_nice) as pool:
+    # niced: the worker answering requests comes first (os.nice: a builtin, the child imports nothing for it)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice,
+                             initargs=(10,)) as pool:
         return pool.submit(fn, *args).result()
 
 
