@@ -66,7 +66,6 @@ class Runtime:
     @classmethod
     def from_env(cls) -> "Runtime":
         """The workspace of ``CRMML_WORKSPACE`` and the key of ``CRMML_API_KEY`` / ``CRMML_AUTH``."""
-        from serving import _debughook; _debughook.setup()
         return cls(Workspace(os.environ.get("CRMML_WORKSPACE") or None), ApiKey.from_env())
 
     # -- start-up -------------------------------------------------------------------------------
