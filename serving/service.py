@@ -44,7 +44,8 @@ key), ``serving/bentoml_patches.py`` (two BentoML middlewares, installed below),
 (cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
 customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the loaded state out of
 the cyclic GC's reach), ``CRMML_RELOAD_PROCESS`` (1: a reload builds the customer data and batch
-records in a child process, ``serving.state.off_process``; 0: in the worker's reload thread), ``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
+records in a child process, ``serving.state.off_process``; 0: in the worker's reload thread),
+``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
 ``CRMML_TRACING`` (on: OpenTelemetry spans), ``CRMML_WORKERS`` (worker processes, default 1),
 ``CRMML_STORE`` (``memory`` or ``redis``) and ``CRMML_REDIS_URL`` (see ``serving.state.batch_store``),
 ``BENTOML_HOME``. ``POST /events`` records events (``serving.events``).

@@ -110,7 +110,7 @@ def _published(data, version: str) -> bool:
     try:
         client = st.redis_client(_redis_url())
         return client.get(f"{_redis_prefix()}:{redis_generation(data, version)}:meta") is not None
-    except Exception:  # the worker reports an unreachable Redis; here it only means: score
+    except Exception:  # noqa: BLE001 - the worker reports an unreachable Redis; here it only means: score
         return False
 
 
@@ -159,7 +159,7 @@ class ServingState:
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
     nba: NextBestActions = field(default_factory=NextBestActions)  # loads the uplift model on first use
 
-    def go_live(self, previous: "ServingState | None" = None) -> None:
+    def go_live(self, previous: ServingState | None = None) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap.
 
         ``previous``: the state this one replaces (None for a starting worker: a full collection
