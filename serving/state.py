@@ -167,11 +167,14 @@ class ServingState:
         :func:`freeze_heap`). What this state took over from ``previous`` already warm (the online
         events of unchanged data, a recommender whose cache was filled) is not warmed again: the
         warm-ups compete with requests for the GIL, and repeating them made every forced reload a
-        stall. The warm-ups that remain run with a short GIL switch interval (:func:`responsive`).
+        stall. The warm-ups that remain after a reload run with a short GIL switch interval
+        (:func:`responsive`).
         """
         first = previous is None
-        if self.online is not None and (previous is None or self.online is not previous.online):
-            threading.Thread(target=responsive(self.online.warm), name="crmml-online-warm", daemon=True).start()
+        # after a reload, with requests in flight: a short switch interval; at start-up as before
+        polite = (lambda fn: fn) if first else responsive
+        if self.online is not None and (first or self.online is not previous.online):
+            threading.Thread(target=polite(self.online.warm), name="crmml-online-warm", daemon=True).start()
         if (os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order
                 or (previous is not None and self.rec is previous.rec and self.rec.warm_done)):
             self.rec.warm_done = True
@@ -185,7 +188,7 @@ class ServingState:
                 freeze_heap(full=first)
             self.rec.warm_done = True
 
-        threading.Thread(target=responsive(warm_then_freeze), name="crmml-warm", daemon=True).start()
+        threading.Thread(target=polite(warm_then_freeze), name="crmml-warm", daemon=True).start()
 
 
 #: the GIL switch interval while background work (a reload, a warm-up) competes with requests
