@@ -22,7 +22,7 @@ from serving.champions import (
     ModelLoadError, Registry, RegistryUnavailable, describe, import_champion, now, record_served, resolve_champions,
 )
 from serving.schemas import Metadata
-from serving.state import ServingState, build_state
+from serving.state import ServingState, build_state, responsive
 from serving.store import data_stamp, risk_tier_counts
 from training.names import CHAMPION
 
@@ -93,7 +93,7 @@ class Runtime:
     def _live(new: ServingState, old: ServingState | None) -> None:
         if old is not None:
             old.retired.set()
-        new.go_live(first=old is None)
+        new.go_live(old)
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:
@@ -113,8 +113,13 @@ class Runtime:
 
     # -- reload ---------------------------------------------------------------------------------
     def check(self, force: bool = False) -> tuple[bool, str]:
-        """Reload if the champions or the data changed (or ``force``); returns (reloaded, detail)."""
-        with self._lock:
+        """Reload if the champions or the data changed (or ``force``); returns (reloaded, detail).
+
+        Runs beside the requests (a worker thread): the registry look-up and the build run with a
+        short GIL switch interval (``serving.state.responsive``) and the heavy part of the build in a
+        child process (``serving.state.off_process``), so requests keep their latency during a reload.
+        """
+        with self._lock, responsive():
             self.last_check = now()
             current = self.state
             try:

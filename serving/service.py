@@ -43,7 +43,9 @@ key), ``serving/bentoml_patches.py`` (two BentoML middlewares, installed below),
 ``CRMML_AUTH``, ``CRMML_RELOAD_SECONDS`` (default 30; 0 turns polling off), ``CRMML_REC_CACHE``
 (cached recommendation lists, default 50,000), ``CRMML_REC_WARM`` (1: fill the cache for known
 customers in the background after each load), ``CRMML_GC_FREEZE`` (1: move the loaded state out of
-the cyclic GC's reach), ``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
+the cyclic GC's reach), ``CRMML_RELOAD_PROCESS`` (1: a reload builds the customer data and batch
+records in a child process, ``serving.state.off_process``; 0: in the worker's reload thread),
+``CRMML_REQUEST_TIMEOUT`` (seconds before a request gets 504, default 60),
 ``CRMML_TRACING`` (on: OpenTelemetry spans), ``CRMML_WORKERS`` (worker processes, default 1),
 ``CRMML_STORE`` (``memory`` or ``redis``) and ``CRMML_REDIS_URL`` (see ``serving.state.batch_store``),
 ``CRMML_SCORE_CACHE`` (customers whose scored records a worker keeps, default 50,000),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,58 @@ def batch_store(churn: LoadedModel, data: st.TableData, version: str) -> tuple[s
 
 
 # --------------------------------------------------------------------------------------------
+# the heavy part of a reload, in a child process
+# --------------------------------------------------------------------------------------------
+def prepare_reload(ws_root: str, horizon_days: int, stamp: tuple, churn_ref: ChampionRef | None,
+                   prefill: int) -> dict[str, dict[str, bytes]]:
+    """Run in a child process on a reload: publish the online table of the new data (when it has none
+    yet) and score its ``prefill`` most recent buyers with the churn champion; returns their records.
+
+    The worker then maps the table (nothing to read) and puts the records in its score cache, so the
+    customers asked for most are not scored under traffic right after the reload. With the Redis store
+    the records go to Redis from here (shared by every worker) and nothing is returned.
+    """
+    from features.workspace import Workspace
+
+    ws = Workspace(ws_root)
+    data = load_data(ws, horizon_days, stamp)
+    if churn_ref is None or prefill <= 0 or scores_at_startup():
+        return {}
+    base, _ = batch_store(load_champion(churn_ref), data, churn_ref.version)
+    out = base.compute(data.table.warm_ids(prefill))
+    return {} if base.backend == "redis" else out
+
+
+def reload_prefill() -> int:
+    """``CRMML_RELOAD_PREFILL``: customers scored ahead by a reload's child process (default 10,000)."""
+    return int(os.environ.get("CRMML_RELOAD_PREFILL", "10000"))
+
+
+def off_process(fn, *args):
+    """``fn(*args)`` in a fresh child process (spawn); its result is returned, its exception raised.
+
+    Why: a reload builds the new state in a thread of the serving worker, and pandas, LightGBM and
+    the JSON encoding hold the GIL in long stretches: the event loop answering requests waited for
+    them (p99 of /recommend 52-207 ms during a reload, BENCHMARKS.md). In a child process they hold
+    its own GIL; the worker's reload thread only waits for the result (GIL released) and unpickles
+    it (numpy arrays, Arrow-backed columns and byte blobs: mostly memory copies). ``spawn``: the
+    worker has threads, a fork of it could inherit held locks. ``CRMML_RELOAD_PROCESS=0`` builds
+    in the worker's thread instead.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # niced: the worker answering requests comes first (os.nice: a builtin, the child imports nothing for it)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice,
+                             initargs=(10,)) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def reload_in_process() -> bool:
+    return os.environ.get("CRMML_RELOAD_PROCESS", "1") in ("0", "false", "off")
+
+
+# --------------------------------------------------------------------------------------------
 # the served state
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -107,26 +160,77 @@ class ServingState:
     retired: threading.Event = field(default_factory=threading.Event)  # set when replaced
     nba: NextBestActions = field(default_factory=NextBestActions)  # loads the uplift model on first use
 
-    def go_live(self, first: bool = True) -> None:
+    def go_live(self, previous: ServingState | None = None) -> None:
         """Start warming the recommendation cache (``CRMML_REC_WARM=0`` turns it off), then freeze the heap.
 
-        ``first``: the state of a starting worker (a full collection before the freeze is free:
-        no traffic yet); ``False`` for a reload under traffic (freeze only, see :func:`freeze_heap`).
+        ``previous``: the state this one replaces (None for a starting worker: a full collection
+        before the freeze is free, no traffic yet; after a reload under traffic, freeze only, see
+        :func:`freeze_heap`). What this state took over from ``previous`` already warm (the online
+        events of unchanged data, a recommender whose cache was filled) is not warmed again: the
+        warm-ups compete with requests for the GIL, and repeating them made every forced reload a
+        stall. The warm-ups that remain after a reload run with a short GIL switch interval
+        (:func:`responsive`).
         """
-        if self.online is not None:
-            threading.Thread(target=self.online.warm, name="crmml-online-warm", daemon=True).start()
-        if os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order:
+        first = previous is None
+        # after a reload, with requests in flight: a short switch interval; at start-up as before
+        polite = (lambda fn: fn) if first else responsive
+        if self.online is not None and (first or self.online is not previous.online):
+            threading.Thread(target=polite(self.online.warm), name="crmml-online-warm", daemon=True).start()
+        if (os.environ.get("CRMML_REC_WARM", "1") in ("0", "false", "off") or not self.warm_order
+                or (previous is not None and self.rec is previous.rec and self.rec.warm_done)):
             self.rec.warm_done = True
             freeze_heap(full=first)
             return
 
         def warm_then_freeze():
             self.rec.warm(self.warm_order, self.retired)
+            log.info("recommendation cache warm: %s customers in %s s", self.rec.warm_total, self.rec.warm_seconds)
             if not self.retired.is_set():
                 freeze_heap(full=first)
             self.rec.warm_done = True
 
-        threading.Thread(target=warm_then_freeze, name="crmml-warm", daemon=True).start()
+        threading.Thread(target=polite(warm_then_freeze), name="crmml-warm", daemon=True).start()
+
+
+#: the GIL switch interval while background work (a reload, a warm-up) competes with requests
+RESPONSIVE_SWITCH_SECONDS = 0.0005
+_responsive_lock = threading.Lock()
+_responsive_users = 0
+_default_switch = sys.getswitchinterval()
+
+
+class responsive:
+    """Run with a short GIL switch interval: as a context manager, or wrapping a function (``responsive(fn)``).
+
+    Why: a background thread in pure Python keeps the GIL until the interpreter asks it to drop it,
+    ``sys.getswitchinterval()`` after another thread asked for it (5 ms by default). The event loop
+    gives up the GIL at every socket wait, so a request waited up to 5 ms several times over while a
+    reload or a warm-up ran. At 0.5 ms the loop gets the GIL back ten times sooner; the cost (more
+    thread switches in the background work) only lasts while one runs. Nested and concurrent uses
+    share one setting; the default comes back when the last one ends.
+    """
+
+    def __init__(self, fn=None):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with responsive():
+            return self.fn(*args, **kwargs)
+
+    def __enter__(self):
+        global _responsive_users
+        with _responsive_lock:
+            _responsive_users += 1
+            sys.setswitchinterval(min(RESPONSIVE_SWITCH_SECONDS, _default_switch))
+        return self
+
+    def __exit__(self, *exc):
+        global _responsive_users
+        with _responsive_lock:
+            _responsive_users -= 1
+            if _responsive_users == 0:
+                sys.setswitchinterval(_default_switch)
+        return False
 
 
 def freeze_heap(full: bool = True) -> None:
@@ -150,8 +254,25 @@ def freeze_heap(full: bool = True) -> None:
     if full:
         gc.unfreeze()
         gc.collect()
-    gc.freeze()
-    log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
+    gc.freeze()  # O(1): the generations' lists are spliced onto the permanent one
+    if full:  # counting walks every frozen object (~30 ms for 600k): not under traffic
+        log.info("heap frozen: %d objects in %.2f s", gc.get_freeze_count(), time.perf_counter() - started)
+
+
+class _Phases:
+    """Seconds per phase of a state build, for the log."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now_ = time.perf_counter()
+        self.spent[name] = round(now_ - self.last, 3)
+        self.last = now_
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.3f} s" for k, v in self.spent.items())
 
 
 def _horizon_of(data) -> int | None:
@@ -164,8 +285,15 @@ def _warm_order(data: st.TableData, limit: int) -> list:
 
 
 def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str], previous: ServingState | None) -> ServingState:
-    """Load models (reusing unchanged ones), online data (reused if unchanged) and encode the store."""
+    """Load models (reusing unchanged ones), online data (reused if unchanged) and the store over it.
+
+    A reload under traffic (``previous`` given) that needs new data or a new churn store first runs
+    :func:`prepare_reload` in a child process (:func:`off_process`): the online table of new data is
+    built there and the most recent buyers are scored there, so this worker only maps the table and
+    fills its score cache. ``CRMML_RELOAD_PROCESS=0`` does it all in this thread.
+    """
     started = time.perf_counter()
+    phases = _Phases()
     models: dict[str, LoadedModel] = {}
     for name, ref in refs.items():
         old = previous.models.get(name) if previous is not None else None
@@ -173,22 +301,38 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
             models[name] = LoadedModel(ref=ref, pyfunc=old.pyfunc, impl=old.impl)
         else:
             models[name] = load_champion(ref)
+    phases("models")
     stamp = st.data_stamp(ws)
     horizon = int(models[CHURN].impl.horizon_days)
-    if previous is not None and previous.data_stamp == stamp and _horizon_of(previous.data) in (None, horizon):
+    same_data = previous is not None and previous.data_stamp == stamp and _horizon_of(previous.data) in (None, horizon)
+    same_churn = (previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
+                  and previous.models[CHURN].ref.version == refs[CHURN].version)
+    prefilled: dict = {}
+    if previous is not None and not (same_data and same_churn) and not reload_in_process():
+        prefilled = off_process(prepare_reload, str(ws.root), horizon, stamp, refs[CHURN], reload_prefill())
+        phases("child")
+    if same_data:
         data = previous.data
     else:
         data = load_data(ws, horizon, stamp)
         stamp = data.stamp
-    same_churn = previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
-    if same_churn and data is previous.data and previous.models[CHURN].ref.version == refs[CHURN].version:
+    phases("data")
+    if same_data and same_churn:
         store, online = previous.store, previous.online
     else:
         base, records = batch_store(models[CHURN], data, refs[CHURN].version)
+        if prefilled and getattr(base, "cache", None) is not None:
+            base.cache.put_many(prefilled)
+        phases("store")
         online = OnlineEvents(ws, data, models[CHURN], refs[CHURN].version, records)
         store = st.OverlayStore(base, online)
+        phases("online")
     same_rec = previous is not None and previous.models[RECOMMENDER].ref.bentoml_tag == refs[RECOMMENDER].bentoml_tag
     rec = previous.rec if same_rec else answering_recommender(models[RECOMMENDER])  # keeps its cache
+    phases("recommender")
+    warm_order = _warm_order(data, rec.cache.max_entries)
+    phases("warm_order")
+    log.info("state built: %s", phases)
     return ServingState(
         models=models,
         store=store,
@@ -200,7 +344,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
         load_seconds=round(time.perf_counter() - started, 3),
         warnings=list(warnings),
         online=online,
-        warm_order=_warm_order(data, rec.cache.max_entries),
+        warm_order=warm_order,
     )
 
 

@@ -235,3 +235,31 @@ def test_short_keys_are_refused(shop, monkeypatch):
     out = (r.stdout + r.stderr).strip()
     assert r.returncode == 2 and "at least 16" in out and len(out.splitlines()) == 1, out
     assert "short-key" not in out
+
+
+# --------------------------------------------------------------------------------------------
+# reload mechanics (issue #16: requests keep their latency during a reload; the latency itself is
+# measured by bench/bench_soak.py, not here)
+# --------------------------------------------------------------------------------------------
+def test_a_reload_lowers_the_gil_switch_interval_only_while_it_runs():
+    import threading
+
+    from serving.state import RESPONSIVE_SWITCH_SECONDS, responsive
+
+    default = sys.getswitchinterval()
+    seen = []
+    with responsive():
+        worker = threading.Thread(target=responsive(lambda: seen.append(sys.getswitchinterval())))
+        worker.start()
+        worker.join()
+        seen.append(sys.getswitchinterval())  # a nested use that ended does not restore it early
+    assert seen == [RESPONSIVE_SWITCH_SECONDS, RESPONSIVE_SWITCH_SECONDS]
+    assert sys.getswitchinterval() == default
+
+
+def test_the_reload_child_process_returns_results_and_raises_its_errors():
+    from serving.state import off_process
+
+    assert off_process(os.getpid) != os.getpid()
+    with pytest.raises(ValueError, match="invalid literal"):
+        off_process(int, "not a number")
