@@ -90,7 +90,7 @@ def batch_store(churn: LoadedModel, data: st.TableData, version: str) -> tuple[s
 # --------------------------------------------------------------------------------------------
 # the heavy part of a reload, in a child process
 # --------------------------------------------------------------------------------------------
-def prepare_reload(ws_root: str, horizon_days: int, stamp: tuple, churn_ref: ChampionRef | None,
+def prepare_reload(ws_root: str, horizon_days: int, stamp: tuple, churn_ref: ChampionRef,
                    prefill: int) -> dict[str, dict[str, bytes]]:
     """Run in a child process on a reload: publish the online table of the new data (when it has none
     yet) and score its ``prefill`` most recent buyers with the churn champion; returns their records.
@@ -103,7 +103,7 @@ def prepare_reload(ws_root: str, horizon_days: int, stamp: tuple, churn_ref: Cha
 
     ws = Workspace(ws_root)
     data = load_data(ws, horizon_days, stamp)
-    if churn_ref is None or prefill <= 0 or scores_at_startup():
+    if prefill <= 0 or scores_at_startup():
         return {}
     base, _ = batch_store(load_champion(churn_ref), data, churn_ref.version)
     out = base.compute(data.table.warm_ids(prefill))
@@ -122,7 +122,7 @@ def off_process(fn, *args):
     the JSON encoding hold the GIL in long stretches: the event loop answering requests waited for
     them (p99 of /recommend 52-207 ms during a reload, BENCHMARKS.md). In a child process they hold
     its own GIL; the worker's reload thread only waits for the result (GIL released) and unpickles
-    it (numpy arrays, Arrow-backed columns and byte blobs: mostly memory copies). ``spawn``: the
+    it (encoded records: byte strings, mostly memory copies). ``spawn``: the
     worker has threads, a fork of it could inherit held locks. ``CRMML_RELOAD_PROCESS=0`` builds
     in the worker's thread instead.
     """
@@ -135,7 +135,8 @@ def off_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def reload_in_process() -> bool:
+def reload_in_worker() -> bool:
+    """``CRMML_RELOAD_PROCESS=0``: a reload builds everything in the worker's own thread (no child process)."""
     return os.environ.get("CRMML_RELOAD_PROCESS", "1") in ("0", "false", "off")
 
 
@@ -308,7 +309,7 @@ def build_state(ws: Workspace, refs: dict[str, ChampionRef], warnings: list[str]
     same_churn = (previous is not None and previous.models[CHURN].ref.bentoml_tag == refs[CHURN].bentoml_tag
                   and previous.models[CHURN].ref.version == refs[CHURN].version)
     prefilled: dict = {}
-    if previous is not None and not (same_data and same_churn) and not reload_in_process():
+    if previous is not None and not (same_data and same_churn) and not reload_in_worker():
         prefilled = off_process(prepare_reload, str(ws.root), horizon, stamp, refs[CHURN], reload_prefill())
         phases("child")
     if same_data:

@@ -129,10 +129,11 @@ def write_table(directory: Path, frame, c360, meta: dict) -> None:
 def publish(ws, data, horizon_days: int, stamp: tuple | None = None) -> Path:
     """Build the table of ``data`` (a ``serving.store.CustomerData``) unless it exists; returns its directory.
 
-    The scoring frame is ``data.scoring_frame(horizon_days)`` with ``data.clv`` merged as
-    ``training.churn.score_customers`` merges it; the CLV threshold of the suggested actions is the one
+    The scoring frame is ``data.scoring_frame(horizon_days)`` with ``data.clv`` merged
+    (``training.churn.merge_clv``, as the batch scorer merges it); the CLV threshold of the suggested actions is the one
     of every scored customer (``training.retention.high_value_threshold``), as in the batch.
     """
+    from training.churn import merge_clv
     from training.retention import high_value_threshold
 
     stamp = data.stamp if stamp is None else stamp
@@ -140,16 +141,7 @@ def publish(ws, data, horizon_days: int, stamp: tuple | None = None) -> Path:
     if (final / "meta.json").exists():
         return final
     started = time.perf_counter()
-    frame = data.scoring_frame(horizon_days).copy()
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    clv = data.clv
-    if clv is not None and len(clv):
-        clv = clv.copy()
-        clv["customer_id"] = clv["customer_id"].astype(str)
-        take = ["customer_id"] + [c for c in clv.columns if c not in frame.columns]
-        frame = frame.merge(clv[take].drop_duplicates("customer_id"), on="customer_id", how="left")
-    if "clv_12m" not in frame.columns:
-        frame["clv_12m"] = np.nan
+    frame = merge_clv(data.scoring_frame(horizon_days), data.clv)
     meta = {
         "as_of": str(data.as_of.date()), "fingerprint": data.fingerprint, "horizon_days": int(horizon_days),
         "high_value": high_value_threshold(frame["clv_12m"]), "sources": data.sources, "stamp": list(stamp),

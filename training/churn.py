@@ -67,7 +67,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from features import catalog
 from features.churn_features import EXTRA_FEATURES, backtest_cutoffs, feature_matrix, final_training_cutoffs
 from features.dates import as_of_date, newest_labelled_cutoff, training_cutoffs
-from features.sampling import TRAIN_CUSTOMERS
+from features.sampling import TRAIN_CUSTOMERS, hash_unit
 from training import churn_metrics as cm
 from training import retention
 from training.churn_baselines import BASELINES, BASELINE_DOCS, Baselines, Calibrator
@@ -109,13 +109,6 @@ def _tables(source, columns: list[str] | None = None) -> tuple[Any, pd.DataFrame
 def _hash_fold(ids: pd.Series, k: int = 5) -> np.ndarray:
     """Deterministic fold 0..k-1 of each id (only used when there is a single cutoff to learn from)."""
     return np.array([int(hashlib.md5(str(i).encode(), usedforsecurity=False).hexdigest()[:8], 16) % k for i in ids])
-
-
-def _hash_unit(ids: pd.Series) -> np.ndarray:
-    """A deterministic number in [0, 1) per id: the same customers are sampled in every cutoff and run."""
-    codes, uniques = pd.factorize(pd.Series(np.asarray(ids)))
-    unit = np.array([int(hashlib.md5(str(i).encode(), usedforsecurity=False).hexdigest()[:8], 16) / 2**32 for i in uniques])
-    return unit[codes]
 
 
 class _PruneCallback:
@@ -581,7 +574,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.tune_customers_ = n_customers
         if self.tune_sample and n_customers > int(self.tune_sample):
             share = int(self.tune_sample) / n_customers
-            keep = _hash_unit(ids) < share
+            keep = hash_unit(ids) < share
             self.tune_customers_ = int(pd.Series(ids)[keep].nunique())
         tr, va = train & keep, val & keep
         if len(np.unique(yv[tr])) < 2 or len(np.unique(yv[va])) < 2:
@@ -849,6 +842,22 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 # ============================================================================================
 # scoring for the CRM
 # ============================================================================================
+def merge_clv(snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None, columns=None) -> pd.DataFrame:
+    """The snapshot rows (ids as text, a fresh index) with the columns of ``clv_df`` they lack (only
+    ``columns`` of them, when given), matched on ``customer_id``; ``clv_12m`` is NaN where unknown."""
+    snap = snapshot_df.reset_index(drop=True).copy()
+    snap["customer_id"] = snap["customer_id"].astype(str)
+    if clv_df is not None and len(clv_df):
+        clv = clv_df.copy()
+        clv["customer_id"] = clv["customer_id"].astype(str)
+        wanted = clv.columns if columns is None else columns
+        take = [c for c in wanted if c in clv.columns and c not in snap.columns and c != "customer_id"]
+        snap = snap.merge(clv[["customer_id", *take]].drop_duplicates("customer_id"), on="customer_id", how="left")
+    if "clv_12m" not in snap.columns:
+        snap["clv_12m"] = np.nan
+    return snap
+
+
 def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.DataFrame | None = None,
                     top_k: int = 3, predict=None, high_value=...) -> pd.DataFrame:
     """Score one snapshot: ``customer_id, churn_probability, risk_tier, reasons, value_at_stake, clv_12m,
@@ -862,16 +871,7 @@ def score_customers(model: ChurnModel, snapshot_df: pd.DataFrame, clv_df: pd.Dat
     ``high_value``: the CLV threshold of the suggested actions (``retention.attach_actions``); by default
     that of the scored rows, so a few rows scored at a time need the one of their whole population.
     """
-    snap = snapshot_df.reset_index(drop=True).copy()
-    snap["customer_id"] = snap["customer_id"].astype(str)
-    if clv_df is not None and len(clv_df):
-        clv = clv_df.copy()
-        clv["customer_id"] = clv["customer_id"].astype(str)
-        need = [c for c in model.feature_names_ if c not in snap.columns and c in clv.columns]
-        take = ["customer_id"] + need + (["clv_12m"] if "clv_12m" not in snap.columns else [])
-        snap = snap.merge(clv[take].drop_duplicates("customer_id"), on="customer_id", how="left")
-    if "clv_12m" not in snap.columns:
-        snap["clv_12m"] = np.nan
+    snap = merge_clv(snapshot_df, clv_df, [*model.feature_names_, "clv_12m"])
     out = pd.DataFrame({"customer_id": snap["customer_id"].to_numpy()})
     if "cutoff" in snap.columns:
         out["cutoff"] = snap["cutoff"].to_numpy()
